@@ -1,0 +1,83 @@
+"""Argument checks shared by the real and fake kernels, so eager calls and torch.compile fail the same way.
+
+Every error names the op, the argument and what was expected.
+"""
+import torch
+
+ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+PARAMETER_DTYPES = (torch.float32, torch.float64)
+
+
+def _names(dtypes) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def dtype_in(op: str, name: str, t: torch.Tensor, allowed) -> None:
+    if t.dtype not in allowed:
+        raise TypeError(f"vtrans.{op}: {name} must have dtype in ({_names(allowed)}), got {t.dtype}")
+
+
+def same_device(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"vtrans.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
+                             f"expected all tensors on one device")
+
+
+def same_shape(op: str, name: str, t: torch.Tensor | None, expected: torch.Size, what: str) -> None:
+    if t is not None and t.shape != expected:
+        raise ValueError(f"vtrans.{op}: {name} must have shape {tuple(expected)} ({what}), got {tuple(t.shape)}")
+
+
+def noise_source(op: str, noise_name: str, noise: torch.Tensor | None, seed) -> None:
+    if noise is not None and seed is not None:
+        raise ValueError(f"vtrans.{op}: pass either {noise_name} or seed, not both")
+    if noise is None and seed is None:
+        raise ValueError(f"vtrans.{op}: training needs noise: pass {noise_name} (explicit) or seed (in-kernel)")
+
+
+def scalar_in(op: str, name: str, value: float, low: float, high: float, what: str) -> None:
+    if not (low < value < high):
+        raise ValueError(f"vtrans.{op}: {name} must be {what}, got {value}")
+
+
+def hard_concrete(op: str, log_alpha: torch.Tensor, beta: float, limit_l: float, limit_r: float,
+                  u: torch.Tensor | None = None) -> None:
+    dtype_in(op, "log_alpha", log_alpha, PARAMETER_DTYPES)
+    scalar_in(op, "beta", beta, 0.0, float("inf"), "positive")
+    scalar_in(op, "limit_l", limit_l, float("-inf"), 0.0, "negative")
+    scalar_in(op, "limit_r", limit_r, 1.0, float("inf"), "greater than 1")
+    if u is not None:
+        dtype_in(op, "u", u, ACTIVATION_DTYPES)
+        same_device(op, "log_alpha", log_alpha, u=u)
+        same_shape(op, "u", u, log_alpha.shape, "one uniform per log_alpha element")
+
+
+def hard_concrete_sample(log_alpha, u, seed, beta, limit_l, limit_r) -> None:
+    hard_concrete("hard_concrete_sample", log_alpha, beta, limit_l, limit_r, u)
+    noise_source("hard_concrete_sample", "u", u, seed)
+
+
+def vib_params(op: str, mu: torch.Tensor, log_sigma2: torch.Tensor) -> None:
+    dtype_in(op, "mu", mu, PARAMETER_DTYPES)
+    dtype_in(op, "log_sigma2", log_sigma2, PARAMETER_DTYPES)
+    same_device(op, "mu", mu, log_sigma2=log_sigma2)
+    same_shape(op, "log_sigma2", log_sigma2, mu.shape, "the shape of mu")
+
+
+def vib_gate(x: torch.Tensor, mu: torch.Tensor, log_sigma2: torch.Tensor, eps: torch.Tensor | None, seed,
+             training: bool) -> None:
+    op = "vib_gate"
+    dtype_in(op, "x", x, ACTIVATION_DTYPES)
+    if x.dim() == 0:
+        raise ValueError(f"vtrans.{op}: x must have at least one dimension (the gated one, last), got a 0-d tensor")
+    vib_params(op, mu, log_sigma2)
+    same_device(op, "x", x, mu=mu, log_sigma2=log_sigma2, eps=eps)
+    if mu.dim() != 1 or mu.shape[0] != x.shape[-1]:
+        raise ValueError(f"vtrans.{op}: mu and log_sigma2 must have shape [{x.shape[-1]}] (one unit per column "
+                         f"of x's last dim), got {tuple(mu.shape)}")
+    if training:
+        noise_source(op, "eps", eps, seed)
+    if eps is not None:
+        dtype_in(op, "eps", eps, ACTIVATION_DTYPES)
+        same_shape(op, "eps", eps, x.shape, "one noise value per element of x")

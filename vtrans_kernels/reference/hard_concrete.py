@@ -1,0 +1,50 @@
+"""Hard-concrete (L0) gates of Louizos et al. as used by CoFi: the reference math (DESIGN 2.2)."""
+import math
+
+import torch
+
+from . import rng
+
+#: uniforms are clamped to [U_EPS, 1 - U_EPS] so log(u) and log(1 - u) stay finite.
+U_EPS = 1e-6
+
+
+def hard_concrete_transform(log_alpha: torch.Tensor, u: torch.Tensor, beta: float, limit_l: float,
+                            limit_r: float) -> torch.Tensor:
+    """``clamp(sigmoid((log u - log(1-u) + log_alpha) / beta) * (r - l) + l, 0, 1)``, u clamped first."""
+    u = u.to(log_alpha.dtype).clamp(U_EPS, 1.0 - U_EPS)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / beta)
+    return (s * (limit_r - limit_l) + limit_l).clamp(0.0, 1.0)
+
+
+def hard_concrete_noise(seed: int, like: torch.Tensor) -> torch.Tensor:
+    """The uniforms a kernel draws for ``seed`` over a tensor shaped like ``like`` (2-D view: last dim = cols)."""
+    cols = like.shape[-1] if like.dim() else 1
+    rows = like.numel() // cols if cols else 0
+    return rng.uniform(seed, rows, cols, device=like.device).reshape(like.shape)
+
+
+def hard_concrete_sample(log_alpha: torch.Tensor, u: torch.Tensor | None = None, seed: int | None = None,
+                         beta: float = 2 / 3, limit_l: float = -0.1, limit_r: float = 1.1) -> torch.Tensor:
+    """One hard-concrete sample per element of ``log_alpha`` from explicit ``u`` or from ``seed``."""
+    if u is None:
+        u = hard_concrete_noise(seed, log_alpha)
+    return hard_concrete_transform(log_alpha, u, beta, limit_l, limit_r)
+
+
+def hard_concrete_expected_l0(log_alpha: torch.Tensor, beta: float = 2 / 3, limit_l: float = -0.1,
+                              limit_r: float = 1.1) -> torch.Tensor:
+    """``P(z != 0) = sigmoid(log_alpha - beta * log(-l / r))`` per element."""
+    return torch.sigmoid(log_alpha - beta * math.log(-limit_l / limit_r))
+
+
+def hard_concrete_deterministic(log_alpha: torch.Tensor, beta: float = 2 / 3, limit_l: float = -0.1,
+                                limit_r: float = 1.1) -> torch.Tensor:
+    """Evaluation mask over the last dim: the top ``floor(sum P(z != 0) + 0.5)`` units by log_alpha (ties to
+    the lower index) keep ``sigmoid(0.8 * log_alpha / beta)``, the rest are 0."""
+    keep_count = torch.floor(hard_concrete_expected_l0(log_alpha, beta, limit_l, limit_r).sum(-1, keepdim=True)
+                             + 0.5)
+    order = torch.sort(log_alpha.detach(), dim=-1, descending=True, stable=True).indices
+    rank = torch.argsort(order, dim=-1)
+    keep = rank < keep_count
+    return torch.sigmoid(log_alpha * (0.8 / beta)) * keep

@@ -1,0 +1,37 @@
+"""Launch helpers shared by the Triton kernel families: tile shapes and interpreter detection."""
+import os
+
+import triton
+
+
+def interpreted() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at kernel definition)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def tile_2d(rows: int, cols: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_C) for a row-major 2-D elementwise pass; BLOCK_C is a multiple of 4 (one Philox block
+    per 4 columns). The interpreter gets bigger tiles: its cost is per program, not per element."""
+    elems = 16384 if interpreted() else 2048
+    block_c = max(4, min(triton.next_power_of_2(cols), 256 if not interpreted() else 1024))
+    block_r = max(1, min(triton.next_power_of_2(rows), elems // block_c))
+    return block_r, block_c
+
+
+def block_1d(numel: int) -> int:
+    """Block size for a flat elementwise pass."""
+    return max(16, min(triton.next_power_of_2(numel), 16384 if interpreted() else 1024))
+
+
+def seed_words(seed: int | None) -> tuple[int, int]:
+    """The two 32-bit key words of an optional seed (0, 0 when noise is explicit)."""
+    if seed is None:
+        return 0, 0
+    seed &= (1 << 64) - 1
+    return seed & 0xFFFFFFFF, seed >> 32
+
+
+def rows_cols(t) -> tuple[int, int]:
+    """A tensor's 2-D view (rows, last dim); a 0-d tensor is one element."""
+    cols = t.shape[-1] if t.dim() else 1
+    return (t.numel() // cols if cols else 0), cols
