@@ -115,8 +115,9 @@ def _deterministic_kernel(log_alpha_ptr, grad_ptr, out_ptr, C, shift, value_scal
 def _launch_deterministic(grad, log_alpha, beta, limit_l, limit_r):
     out = torch.empty_like(log_alpha)
     rows, cols = launch.rows_cols(log_alpha)
-    block_i = max(16, min(triton.next_power_of_2(cols), 128))
-    block_j = max(16, min(triton.next_power_of_2(cols), 128))
+    widest = 1024 if launch.interpreted() else 128  # the interpreter pays per step, not per element
+    block_i = max(16, min(triton.next_power_of_2(cols), widest))
+    block_j = max(16, min(triton.next_power_of_2(cols), widest))
     _deterministic_kernel[(rows, triton.cdiv(cols, block_i))](
         log_alpha, grad, out, cols, _l0_shift(beta, limit_l, limit_r), 0.8 / beta,
         BACKWARD=grad is not None, BLOCK_I=block_i, BLOCK_J=block_j)

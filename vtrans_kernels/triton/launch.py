@@ -35,3 +35,10 @@ def rows_cols(t) -> tuple[int, int]:
     """A tensor's 2-D view (rows, last dim); a 0-d tensor is one element."""
     cols = t.shape[-1] if t.dim() else 1
     return (t.numel() // cols if cols else 0), cols
+
+
+def round_bf16_by_hand(dtype) -> bool:
+    """True when a kernel must round fp32 -> bf16 itself: the interpreter truncates that cast (measured with
+    triton 3.8), while the GPU rounds to nearest even. Never true on the GPU path."""
+    import torch
+    return interpreted() and dtype == torch.bfloat16

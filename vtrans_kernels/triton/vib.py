@@ -5,6 +5,7 @@ import triton
 import triton.language as tl
 
 from . import launch, rng
+from .rounding import cast_out
 
 
 @triton.jit
@@ -27,8 +28,8 @@ def _noise(eps_ptr, offs, mask, seed_lo, seed_hi, rows, col0, HAS_EPS: tl.conste
 
 @triton.jit
 def _gate_forward_kernel(x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, out_ptr, R, C, seed_lo, seed_hi,
-                         TRAINING: tl.constexpr, HAS_EPS: tl.constexpr, BLOCK_R: tl.constexpr,
-                         BLOCK_C: tl.constexpr):
+                         TRAINING: tl.constexpr, HAS_EPS: tl.constexpr, ROUND_BF16: tl.constexpr,
+                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     col0 = tl.program_id(1) * BLOCK_C
     cols = col0 + tl.arange(0, BLOCK_C)
@@ -40,13 +41,13 @@ def _gate_forward_kernel(x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, out_ptr, R, C, 
     z = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32) + mu[None, :]
     if TRAINING:
         z += sigma[None, :] * _noise(eps_ptr, offs, mask, seed_lo, seed_hi, rows, col0, HAS_EPS, BLOCK_C)
-    tl.store(out_ptr + offs, (x.to(tl.float32) * z).to(x.dtype), mask=mask)
+    tl.store(out_ptr + offs, cast_out(x.to(tl.float32) * z, x.dtype, ROUND_BF16), mask=mask)
 
 
 @triton.jit
 def _gate_backward_kernel(grad_ptr, x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, dx_ptr, dmu_part_ptr, dls2_part_ptr,
                           R, C, rows_per_prog, seed_lo, seed_hi, TRAINING: tl.constexpr, HAS_EPS: tl.constexpr,
-                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                          ROUND_BF16: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     # Each program owns a column block and a run of rows: it writes dx and one row of column partial
     # sums for d mu = sum g*x and d log_sigma2 = sigma/2 * sum g*x*eps (reduced afterwards, deterministic).
     col0 = tl.program_id(1) * BLOCK_C
@@ -69,7 +70,7 @@ def _gate_backward_kernel(grad_ptr, x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, dx_p
             z += sigma[None, :] * eps
             dls2 += tl.sum(gx * eps, axis=0)
         dmu += tl.sum(gx, axis=0)
-        tl.store(dx_ptr + offs, (g * z).to(x.dtype), mask=mask)
+        tl.store(dx_ptr + offs, cast_out(g * z, x.dtype, ROUND_BF16), mask=mask)
     part = tl.program_id(0).to(tl.int64) * C + cols
     if TRAINING:
         tl.store(dmu_part_ptr + part, dmu, mask=col_mask)
@@ -87,7 +88,8 @@ def vib_gate(x, mu, log_sigma2, eps, seed, training):
     lo, hi = launch.seed_words(seed)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
     _gate_forward_kernel[grid](x, mu, log_sigma2, eps, out, rows, cols, lo, hi, TRAINING=training,
-                               HAS_EPS=eps is not None, BLOCK_R=block_r, BLOCK_C=block_c)
+                               HAS_EPS=eps is not None, ROUND_BF16=launch.round_bf16_by_hand(x.dtype),
+                               BLOCK_R=block_r, BLOCK_C=block_c)
     return out
 
 
@@ -103,8 +105,8 @@ def vib_gate_backward(grad, x, mu, log_sigma2, eps, seed, training):
     lo, hi = launch.seed_words(seed)
     grid = (row_progs, triton.cdiv(cols, block_c))
     _gate_backward_kernel[grid](grad, x, mu, log_sigma2, eps, dx, parts[0], parts[1], rows, cols, rows_per_prog,
-                                lo, hi, TRAINING=training, HAS_EPS=eps is not None, BLOCK_R=block_r,
-                                BLOCK_C=block_c)
+                                lo, hi, TRAINING=training, HAS_EPS=eps is not None,
+                                ROUND_BF16=launch.round_bf16_by_hand(x.dtype), BLOCK_R=block_r, BLOCK_C=block_c)
     return dx, parts[0].sum(dim=0), parts[1].sum(dim=0)
 
 
