@@ -1,0 +1,132 @@
+"""Microbenchmark of the fused VIB gate against the PyTorch composition it replaces (randn + mul + mul).
+
+Measures, in one run on the device at hand: the copy bandwidth (the roofline of an elementwise op), then
+vib_gate forward, backward and forward+backward for each backend against the composition, reporting
+median time, GB/s, the fraction of the copy bandwidth and the speedup over the composition. Goal on a GPU
+(bf16, 4096 x 3072): at least 80% of the copy bandwidth and at least 2.5x the composition.
+Rows go to bench/results/bench_masks.csv (device, versions, git sha). Without a GPU it runs a small CPU
+smoke test: CPU figures say nothing about the GPU goals.
+
+Usage: python bench/bench_masks.py [--rows 4096] [--cols 3072] [--dtype bfloat16]
+"""
+import argparse
+import csv
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+import vtrans_kernels
+from vtrans_kernels import backends, ops
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_masks.csv"
+
+
+def timed(fn, device: str) -> tuple[float, float, float]:
+    """(median, p20, p80) milliseconds."""
+    if device == "cuda":
+        import triton.testing
+        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
+    fn()
+    samples = []
+    for _ in range(7):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    q = statistics.quantiles(samples, n=5)
+    return statistics.median(samples), q[0], q[3]
+
+
+def composition(x, mu, log_sigma2):
+    """What mask-training code does without the fused op: draw the noise, build z, multiply."""
+    eps = torch.randn(x.shape, device=x.device, dtype=torch.float32)
+    return (x.float() * (mu + torch.exp(0.5 * log_sigma2) * eps)).to(x.dtype)
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=None)
+    parser.add_argument("--cols", type=int, default=None)
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = args.rows or (4096 if device == "cuda" else 512)
+    cols = args.cols or (3072 if device == "cuda" else 768)
+    dtype = getattr(torch, args.dtype)
+    if device == "cpu":
+        print("no GPU: CPU smoke run at a small shape; the GPU goals need a GPU")
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    x = torch.randn(rows, cols, device=device, dtype=dtype, requires_grad=True)
+    mu = torch.ones(cols, device=device, requires_grad=True)
+    log_sigma2 = torch.full((cols,), -4.0, device=device, requires_grad=True)
+    grad = torch.randn_like(x)
+    bytes_fwd = 2 * x.numel() * x.element_size()  # read x, write y
+    bytes_bwd = 3 * x.numel() * x.element_size()  # read grad and x, write dx
+    copy_ms = timed(lambda: x.detach().clone(), device)[0]
+    copy_gbs = bytes_fwd / copy_ms / 1e6
+    print(f"device {name}: copy bandwidth {copy_gbs:.0f} GB/s; vib_gate {rows} x {cols} {args.dtype}")
+
+    def modes(fn):
+        def full():
+            x.grad = mu.grad = log_sigma2.grad = None
+            fn().backward(grad)
+        y = fn()
+        return {"forward": (lambda: fn(), bytes_fwd),
+                "backward": (lambda: torch.autograd.grad(y, (x, mu, log_sigma2), grad, retain_graph=True),
+                             bytes_bwd),
+                "full": (full, bytes_fwd + bytes_bwd)}
+
+    candidates = {"composition": lambda: composition(x, mu, log_sigma2)}
+    for backend in backends.NAMES:
+        if backend != "torch" and backends.BACKENDS[backend].why_not(device, torch.float32) is None:
+            candidates[backend] = (lambda b=backend: _fused(b, x, mu, log_sigma2))
+    rows_out, baseline = [], {}
+    for label, fn in candidates.items():
+        for mode, (run, nbytes) in modes(fn).items():
+            median, p20, p80 = timed(run, device)
+            gbs = nbytes / median / 1e6
+            if label == "composition":
+                baseline[mode] = median
+            speedup = baseline[mode] / median
+            rows_out.append(dict(device=name, torch=torch.__version__, triton=_triton_version(), sha=git_sha(),
+                                 op="vib_gate", impl=label, mode=mode, shape=f"{rows}x{cols}", dtype=args.dtype,
+                                 median_ms=f"{median:.4f}", p20_ms=f"{p20:.4f}", p80_ms=f"{p80:.4f}",
+                                 gb_per_s=f"{gbs:.1f}", frac_copy_bw=f"{gbs / copy_gbs:.3f}",
+                                 speedup_vs_composition=f"{speedup:.2f}"))
+            print(f"  {label:<12} {mode:<9} {median:8.3f} ms  {gbs:7.1f} GB/s  {gbs / copy_gbs:5.1%} of copy  "
+                  f"{speedup:5.2f}x composition")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not RESULTS.exists()
+    with RESULTS.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows_out[0]))
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows_out)
+    print(f"rows appended to {RESULTS}")
+
+
+def _fused(backend, x, mu, log_sigma2):
+    with vtrans_kernels.use_backend(backend):
+        return ops.vib_gate(x, mu, log_sigma2, seed=1)
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return "none"
+
+
+if __name__ == "__main__":
+    main()
