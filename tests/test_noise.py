@@ -17,9 +17,9 @@ def test_uniforms_stay_strictly_inside_the_unit_interval():
     assert rng.word_to_uniform(torch.tensor([2**32 - 1])).item() < 1
 
 
-def _noise(seed, shape=(64, 97)):
-    x = torch.ones(shape)
-    zeros = torch.zeros(shape[-1])
+def _noise(seed, device, shape=(64, 97)):
+    x = torch.ones(shape, device=device)
+    zeros = torch.zeros(shape[-1], device=device)
     return ops.vib_gate(x, zeros, zeros, seed=seed)
 
 
@@ -29,8 +29,8 @@ def test_same_seed_same_noise_other_seed_other_noise(device_backend):
     assert torch.equal(ops.hard_concrete_sample(log_alpha, seed=11), ops.hard_concrete_sample(log_alpha, seed=11))
     assert not torch.equal(ops.hard_concrete_sample(log_alpha, seed=11),
                            ops.hard_concrete_sample(log_alpha, seed=12))
-    assert torch.equal(_noise(7), _noise(7))
-    assert not torch.equal(_noise(7), _noise(8))
+    assert torch.equal(_noise(7, device), _noise(7, device))
+    assert not torch.equal(_noise(7, device), _noise(8, device))
 
 
 def test_unseeded_calls_follow_torch_manual_seed():

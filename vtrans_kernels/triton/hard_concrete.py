@@ -10,7 +10,7 @@ from . import launch, rng
 U_EPS = 1e-6
 
 
-@triton.jit
+@triton.jit(do_not_specialize=launch.SEED_ARGS)
 def _sample_kernel(log_alpha_ptr, u_ptr, grad_ptr, out_ptr, R, C, seed_lo, seed_hi, inv_beta, limit_l, limit_r,
                    HAS_U: tl.constexpr, BACKWARD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)

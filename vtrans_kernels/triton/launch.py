@@ -3,6 +3,9 @@ import os
 
 import triton
 
+#: kernel arguments holding seed words: a new seed every step must not compile a new kernel variant
+SEED_ARGS = ["seed_lo", "seed_hi"]
+
 
 def interpreted() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at kernel definition)."""

@@ -12,8 +12,9 @@ import triton.language as tl
 def philox4x32(seed_lo, seed_hi, c0, c1, c2):
     """Philox4x32-10 on uint32 counters ``(c0, c1, c2, 0)`` with key ``(seed_lo, seed_hi)``."""
     c3 = tl.zeros_like(c0)
-    k0 = tl.zeros_like(c0) + seed_lo.to(tl.uint32)
-    k1 = tl.zeros_like(c0) + seed_hi.to(tl.uint32)
+    # (seed words may arrive as i32, i64 or a constexpr 1 after Triton's integer specialisation)
+    k0 = (tl.zeros_like(c0) + seed_lo).to(tl.uint32)
+    k1 = (tl.zeros_like(c0) + seed_hi).to(tl.uint32)
     for _ in tl.static_range(10):
         a0 = c0
         a2 = c2

@@ -26,7 +26,7 @@ def _noise(eps_ptr, offs, mask, seed_lo, seed_hi, rows, col0, HAS_EPS: tl.conste
     return rng.normal_tile(seed_lo, seed_hi, rows, col0, BLOCK_C)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=launch.SEED_ARGS)
 def _gate_forward_kernel(x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, out_ptr, R, C, seed_lo, seed_hi,
                          TRAINING: tl.constexpr, HAS_EPS: tl.constexpr, ROUND_BF16: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -44,7 +44,7 @@ def _gate_forward_kernel(x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, out_ptr, R, C, 
     tl.store(out_ptr + offs, cast_out(x.to(tl.float32) * z, x.dtype, ROUND_BF16), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=launch.SEED_ARGS)
 def _gate_backward_kernel(grad_ptr, x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, dx_ptr, dmu_part_ptr, dls2_part_ptr,
                           R, C, rows_per_prog, seed_lo, seed_hi, TRAINING: tl.constexpr, HAS_EPS: tl.constexpr,
                           ROUND_BF16: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
