@@ -72,15 +72,25 @@ float l0_shift(double beta, double limit_l, double limit_r) {
 // rows per partial-sum chunk of vib_gate_backward: a function of the shape only, so results are reproducible
 int64_t rows_per_chunk(int64_t rows) { return std::max<int64_t>(32, (rows + 255) / 256); }
 
-Tensor sample_impl(const OptTensor& grad, const Tensor& log_alpha_in, const OptTensor& u_in,
-                   std::optional<int64_t> seed, double beta, double limit_l, double limit_r) {
+// Ops over log_alpha: fp32 inputs, an output shaped like log_alpha, and `launch(log_alpha, grad, out)`
+// calling the kernel (grad is nullptr for the forward).
+template <typename Launch>
+Tensor log_alpha_op(const OptTensor& grad, const Tensor& log_alpha_in, Launch&& launch) {
   const Tensor log_alpha = fp32(log_alpha_in);
-  const OptTensor u = fp32(u_in), g = fp32(grad);
+  const OptTensor g = fp32(grad);
   Tensor out = at::empty_like(log_alpha);
-  const View2d v = view_2d(log_alpha);
-  VTRANS_RUN(log_alpha, hard_concrete_sample, log_alpha.data_ptr<float>(), ptr(u), ptr(g), out.data_ptr<float>(),
-             v.rows, v.cols, seed_of(seed), hard_concrete(beta, limit_l, limit_r));
+  launch(log_alpha, ptr(g), out.data_ptr<float>());
   return out;
+}
+
+Tensor sample_impl(const OptTensor& grad, const Tensor& log_alpha, const OptTensor& u_in, std::optional<int64_t> seed,
+                   double beta, double limit_l, double limit_r) {
+  const OptTensor u = fp32(u_in);
+  return log_alpha_op(grad, log_alpha, [&](const Tensor& la, const float* g, float* out) {
+    const View2d v = view_2d(la);
+    VTRANS_RUN(la, hard_concrete_sample, la.data_ptr<float>(), ptr(u), g, out, v.rows, v.cols, seed_of(seed),
+               hard_concrete(beta, limit_l, limit_r));
+  });
 }
 
 Tensor hard_concrete_sample(const Tensor& log_alpha, const OptTensor& u, std::optional<int64_t> seed, double beta,
@@ -93,14 +103,12 @@ Tensor hard_concrete_sample_backward(const Tensor& grad, const Tensor& log_alpha
   return sample_impl(grad, log_alpha, u, seed, beta, limit_l, limit_r);
 }
 
-Tensor expected_l0_impl(const OptTensor& grad, const Tensor& log_alpha_in, double beta, double limit_l,
+Tensor expected_l0_impl(const OptTensor& grad, const Tensor& log_alpha, double beta, double limit_l,
                         double limit_r) {
-  const Tensor log_alpha = fp32(log_alpha_in);
-  const OptTensor g = fp32(grad);
-  Tensor out = at::empty_like(log_alpha);
-  VTRANS_RUN(log_alpha, hard_concrete_expected_l0, log_alpha.data_ptr<float>(), ptr(g), out.data_ptr<float>(),
-             log_alpha.numel(), l0_shift(beta, limit_l, limit_r));
-  return out;
+  return log_alpha_op(grad, log_alpha, [&](const Tensor& la, const float* g, float* out) {
+    VTRANS_RUN(la, hard_concrete_expected_l0, la.data_ptr<float>(), g, out, la.numel(),
+               l0_shift(beta, limit_l, limit_r));
+  });
 }
 
 Tensor hard_concrete_expected_l0(const Tensor& log_alpha, double beta, double limit_l, double limit_r) {
@@ -112,15 +120,13 @@ Tensor hard_concrete_expected_l0_backward(const Tensor& grad, const Tensor& log_
   return expected_l0_impl(grad, log_alpha, beta, limit_l, limit_r);
 }
 
-Tensor deterministic_impl(const OptTensor& grad, const Tensor& log_alpha_in, double beta, double limit_l,
+Tensor deterministic_impl(const OptTensor& grad, const Tensor& log_alpha, double beta, double limit_l,
                           double limit_r) {
-  const Tensor log_alpha = fp32(log_alpha_in);
-  const OptTensor g = fp32(grad);
-  Tensor out = at::empty_like(log_alpha);
-  const View2d v = view_2d(log_alpha);
-  VTRANS_RUN(log_alpha, hard_concrete_deterministic, log_alpha.data_ptr<float>(), ptr(g), out.data_ptr<float>(),
-             v.rows, v.cols, l0_shift(beta, limit_l, limit_r), static_cast<float>(0.8 / beta));
-  return out;
+  return log_alpha_op(grad, log_alpha, [&](const Tensor& la, const float* g, float* out) {
+    const View2d v = view_2d(la);
+    VTRANS_RUN(la, hard_concrete_deterministic, la.data_ptr<float>(), g, out, v.rows, v.cols,
+               l0_shift(beta, limit_l, limit_r), static_cast<float>(0.8 / beta));
+  });
 }
 
 Tensor hard_concrete_deterministic(const Tensor& log_alpha, double beta, double limit_l, double limit_r) {

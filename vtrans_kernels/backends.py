@@ -108,12 +108,18 @@ def select(op: str, device: torch.device, dtype: torch.dtype):
             raise RuntimeError(f"vtrans.{op}: backend {forced!r} was forced but cannot serve {device.type} "
                                f"{dtype} tensors: {reason}")
         return BACKENDS[forced].load()
-    for name in _DEFAULT_ORDER.get(device.type, ("torch",)):
-        if BACKENDS[name].why_not(device.type, dtype) is None:
-            if name == "torch" and dtype != torch.float64:
-                _warn_fallback_once(device.type)
-            return BACKENDS[name].load()
-    raise AssertionError("unreachable: the torch backend serves every device")
+    name = default_backend(device.type, dtype)
+    if name == "torch" and dtype != torch.float64:
+        _warn_fallback_once(device.type)
+    return BACKENDS[name].load()
+
+
+def default_backend(device_type: str, dtype: torch.dtype = torch.float32) -> str:
+    """The first backend in the default order that can serve this device type and dtype (torch serves all)."""
+    for name in _DEFAULT_ORDER.get(device_type, ("torch",)):
+        if BACKENDS[name].why_not(device_type, dtype) is None:
+            return name
+    return "torch"
 
 
 def _warn_fallback_once(device_type: str) -> None:

@@ -25,14 +25,6 @@ def _devices() -> list[str]:
     return devices
 
 
-def default_backend(device_type: str) -> str:
-    """Name of the backend that serves fp32 calls on ``device_type`` without any override."""
-    for name in backends._DEFAULT_ORDER.get(device_type, ("torch",)):
-        if backends.BACKENDS[name].why_not(device_type, torch.float32) is None:
-            return name
-    return "torch"
-
-
 def report() -> str:
     """The full report as text."""
     lines = ["vtrans-kernels backends report", ""]
@@ -54,7 +46,7 @@ def report() -> str:
         lines.append(f"forced backend: {forced}")
     lines.append("")
     for device_type in _devices():
-        default = default_backend(device_type)
+        default = backends.default_backend(device_type)
         lines.append(f"[{device_type}] default backend: {default}")
         for name in backends.NAMES:
             reason = backends.BACKENDS[name].why_not(device_type, torch.float32)

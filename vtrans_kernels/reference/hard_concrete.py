@@ -19,8 +19,7 @@ def hard_concrete_transform(log_alpha: torch.Tensor, u: torch.Tensor, beta: floa
 
 def hard_concrete_noise(seed: int, like: torch.Tensor) -> torch.Tensor:
     """The uniforms a kernel draws for ``seed`` over a tensor shaped like ``like`` (2-D view: last dim = cols)."""
-    cols = like.shape[-1] if like.dim() else 1
-    rows = like.numel() // cols if cols else 0
+    rows, cols = rng.rows_cols(like)
     return rng.uniform(seed, rows, cols, device=like.device).reshape(like.shape)
 
 

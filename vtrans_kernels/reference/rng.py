@@ -18,10 +18,16 @@ _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 TWO_PI = 6.283185307179586
 
 
-def split_seed(seed: int) -> tuple[int, int]:
-    """The two 32-bit key words of a seed (any Python int, taken modulo 2**64)."""
-    seed &= (1 << 64) - 1
+def split_seed(seed: int | None) -> tuple[int, int]:
+    """The two 32-bit key words of a seed (any Python int, taken modulo 2**64; None, for explicit noise, is 0)."""
+    seed = (seed or 0) & ((1 << 64) - 1)
     return seed & _MASK32, seed >> 32
+
+
+def rows_cols(t: torch.Tensor) -> tuple[int, int]:
+    """The 2-D view noise is defined over: (rows, last dim); a 0-d tensor is one element."""
+    cols = t.shape[-1] if t.dim() else 1
+    return (t.numel() // cols if cols else 0), cols
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

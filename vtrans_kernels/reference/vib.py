@@ -11,8 +11,7 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 def vib_noise(seed: int, like: torch.Tensor) -> torch.Tensor:
     """The standard normals a kernel draws for ``seed`` over ``like`` viewed as [rows, last dim]."""
-    cols = like.shape[-1]
-    rows = like.numel() // cols if cols else 0
+    rows, cols = rng.rows_cols(like)
     return rng.normal(seed, rows, cols, device=like.device).reshape(like.shape)
 
 

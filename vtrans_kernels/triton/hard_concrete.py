@@ -5,6 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.rng import rows_cols, split_seed  # the noise spec's 2-D view and key words
 from . import launch, rng
 
 U_EPS = 1e-6
@@ -37,9 +38,9 @@ def _sample_kernel(log_alpha_ptr, u_ptr, grad_ptr, out_ptr, R, C, seed_lo, seed_
 
 def _launch_sample(grad, log_alpha, u, seed, beta, limit_l, limit_r):
     out = torch.empty_like(log_alpha)
-    rows, cols = launch.rows_cols(log_alpha)
+    rows, cols = rows_cols(log_alpha)
     block_r, block_c = launch.tile_2d(rows, cols)
-    lo, hi = launch.seed_words(seed)
+    lo, hi = split_seed(seed)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
     _sample_kernel[grid](log_alpha, u, grad, out, rows, cols, lo, hi, 1.0 / beta, limit_l, limit_r,
                          HAS_U=u is not None, BACKWARD=grad is not None, BLOCK_R=block_r, BLOCK_C=block_c)
@@ -114,7 +115,7 @@ def _deterministic_kernel(log_alpha_ptr, grad_ptr, out_ptr, C, shift, value_scal
 
 def _launch_deterministic(grad, log_alpha, beta, limit_l, limit_r):
     out = torch.empty_like(log_alpha)
-    rows, cols = launch.rows_cols(log_alpha)
+    rows, cols = rows_cols(log_alpha)
     widest = 1024 if launch.interpreted() else 128  # the interpreter pays per step, not per element
     block_i = max(16, min(triton.next_power_of_2(cols), widest))
     block_j = max(16, min(triton.next_power_of_2(cols), widest))

@@ -26,18 +26,6 @@ def block_1d(numel: int) -> int:
     return max(16, min(triton.next_power_of_2(numel), 16384 if interpreted() else 1024))
 
 
-def seed_words(seed: int | None) -> tuple[int, int]:
-    """The two 32-bit key words of an optional seed (0, 0 when noise is explicit)."""
-    if seed is None:
-        return 0, 0
-    seed &= (1 << 64) - 1
-    return seed & 0xFFFFFFFF, seed >> 32
-
-
-def rows_cols(t) -> tuple[int, int]:
-    """A tensor's 2-D view (rows, last dim); a 0-d tensor is one element."""
-    cols = t.shape[-1] if t.dim() else 1
-    return (t.numel() // cols if cols else 0), cols
 
 
 def round_bf16_by_hand(dtype) -> bool:

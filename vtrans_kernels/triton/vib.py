@@ -4,6 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.rng import rows_cols, split_seed  # the noise spec's 2-D view and key words
 from . import launch, rng
 from .rounding import cast_out
 
@@ -83,9 +84,9 @@ def _gate_backward_kernel(grad_ptr, x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, dx_p
 
 def vib_gate(x, mu, log_sigma2, eps, seed, training):
     out = torch.empty_like(x)
-    rows, cols = launch.rows_cols(x)
+    rows, cols = rows_cols(x)
     block_r, block_c = launch.tile_2d(rows, cols)
-    lo, hi = launch.seed_words(seed)
+    lo, hi = split_seed(seed)
     grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
     _gate_forward_kernel[grid](x, mu, log_sigma2, eps, out, rows, cols, lo, hi, TRAINING=training,
                                HAS_EPS=eps is not None, ROUND_BF16=launch.round_bf16_by_hand(x.dtype),
@@ -95,14 +96,14 @@ def vib_gate(x, mu, log_sigma2, eps, seed, training):
 
 def vib_gate_backward(grad, x, mu, log_sigma2, eps, seed, training):
     dx = torch.empty_like(x)
-    rows, cols = launch.rows_cols(x)
+    rows, cols = rows_cols(x)
     block_r, block_c = launch.tile_2d(rows, cols)
     # enough row programs to fill the GPU, few enough that the partial sums stay small
     row_progs = max(1, min(triton.cdiv(rows, block_r), 1 if launch.interpreted() else 256))
     rows_per_prog = triton.cdiv(triton.cdiv(rows, row_progs), block_r) * block_r
     row_progs = triton.cdiv(rows, rows_per_prog)
     parts = torch.empty((2, row_progs, cols), dtype=torch.float32, device=x.device)
-    lo, hi = launch.seed_words(seed)
+    lo, hi = split_seed(seed)
     grid = (row_progs, triton.cdiv(cols, block_c))
     _gate_backward_kernel[grid](grad, x, mu, log_sigma2, eps, dx, parts[0], parts[1], rows, cols, rows_per_prog,
                                 lo, hi, TRAINING=training, HAS_EPS=eps is not None,
