@@ -1,0 +1,7 @@
+"""transformers integration: architecture adapters, compaction, the masked-model reference, save/load."""
+from .adapters import adapter_for, supported_classes
+from .compact import compact
+from .masked_eval import masked_by_plan
+from .plan import CompactionPlan
+
+__all__ = ["CompactionPlan", "adapter_for", "compact", "masked_by_plan", "supported_classes"]

@@ -1,0 +1,58 @@
+"""Stand-ins for sublayers that compaction removed (DESIGN 2.3: the branch contributes exactly zero).
+
+They hold no projection weights and cost one scalar add, and they keep the call signatures of the modules
+they replace, so the transformers layer code around them runs unchanged (including ``generate`` with a KV
+cache: a removed attention still advances its cache layer by the right number of positions, with zero heads).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RemovedAttention(nn.Module):
+    """Pre-LN attention sublayer that was pruned away: returns a zero residual update."""
+
+    def __init__(self, layer_idx: int, head_dim: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.head_dim = head_dim
+
+    def forward(self, hidden_states: torch.Tensor, *args, past_key_values=None, **kwargs):
+        if past_key_values is not None:
+            # Zero heads, but the same number of positions, so the cache's sequence length stays right.
+            empty = hidden_states.new_zeros(hidden_states.shape[0], 0, hidden_states.shape[1], self.head_dim)
+            past_key_values.update(empty, empty, self.layer_idx)
+        return hidden_states.new_zeros(()), None
+
+    def extra_repr(self) -> str:
+        return f"layer_idx={self.layer_idx}"
+
+
+class RemovedFeedForward(nn.Module):
+    """Pre-LN FFN sublayer that was pruned away: returns a zero residual update."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states.new_zeros(())
+
+
+class PostNormOnlyAttention(nn.Module):
+    """Post-LN attention sublayer (BERT) that was pruned away: only ``norm(0 + residual)`` remains."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return self.norm(hidden_states), None
+
+
+class PostNormOnlyOutput(nn.Module):
+    """Post-LN FFN output (BERT) whose FFN was pruned away: ``norm(0 + residual)``."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, intermediate: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.norm(input_tensor)
