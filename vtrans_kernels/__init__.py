@@ -8,4 +8,16 @@ from . import ops
 from .backends import use_backend
 
 __version__ = "0.1.0"
-__all__ = ["ops", "use_backend", "__version__"]
+
+# Names served from vtrans_kernels.hf on first use, so that `import vtrans_kernels` (and the ops) does not
+# import transformers.
+_HF_NAMES = ("CompactionPlan", "compact", "save_compacted", "load_compacted", "masked_by_plan")
+
+__all__ = ["ops", "use_backend", "__version__", *_HF_NAMES]
+
+
+def __getattr__(name: str):
+    if name in _HF_NAMES:
+        from . import hf
+        return getattr(hf, name)
+    raise AttributeError(f"module 'vtrans_kernels' has no attribute {name!r}")

@@ -3,5 +3,7 @@ from .adapters import adapter_for, supported_classes
 from .compact import compact
 from .masked_eval import masked_by_plan
 from .plan import CompactionPlan
+from .serialization import load_compacted, save_compacted
 
-__all__ = ["CompactionPlan", "adapter_for", "compact", "masked_by_plan", "supported_classes"]
+__all__ = ["CompactionPlan", "adapter_for", "compact", "load_compacted", "masked_by_plan",
+           "save_compacted", "supported_classes"]

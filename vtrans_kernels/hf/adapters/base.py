@@ -167,6 +167,17 @@ class Adapter:
             ffn.append(0 if self.ffn_removed(i) else _in_features(get_module(self.model, roles.ffn_consumer)))
         return ModelUnits(self.hidden_size(), tuple(heads), tuple(ffn))
 
+    def plain_loadable(self) -> bool:
+        """Whether transformers' own ``from_pretrained`` can rebuild this model from its config alone: no removed
+        sublayers, the same shapes in every layer, and shapes the config can express."""
+        units = self.units()
+        uniform = len(set(units.heads)) == 1 and len(set(units.ffn)) == 1 and min(units.heads + units.ffn) > 0
+        return uniform and self.config_expresses(units)
+
+    def config_expresses(self, units: ModelUnits) -> bool:
+        """Whether the family's config fields can describe ``units`` (uniform per layer)."""
+        return True
+
     def hidden_norms(self) -> list[str]:
         """Every norm over the residual stream that is still present."""
         paths = [p for p in (self.embedding_norm(), self.final_norm()) if p]

@@ -54,6 +54,10 @@ class BertAdapter(Adapter):
     def _is_linear(self, path: str) -> bool:
         return self.has(path) and isinstance(get_module(self.model, path), nn.Linear)
 
+    def config_expresses(self, units: ModelUnits) -> bool:
+        # The attention modules derive the head size as hidden_size // num_heads.
+        return units.hidden == units.heads[0] * self.head_dim()
+
     def set_head_count(self, index: int, q_heads: int) -> None:
         attention = get_module(self.model, f"{self.layer_path(index)}.attention.self")
         attention.num_attention_heads = q_heads

@@ -48,6 +48,10 @@ class GPT2Adapter(Adapter):
     def head_readers(self) -> tuple[str, ...]:
         return tuple(p for p in ("lm_head", "score") if self.has(p))
 
+    def config_expresses(self, units: ModelUnits) -> bool:
+        # The attention modules derive the head size as hidden_size // num_heads.
+        return units.hidden == units.heads[0] * self.head_dim()
+
     def set_head_count(self, index: int, q_heads: int) -> None:
         attention = get_module(self.model, f"{self.layer_path(index)}.attn")
         attention.num_heads = q_heads

@@ -1,0 +1,185 @@
+"""`save_compacted` / `load_compacted`: compacted models as safetensors + config.json, no pickles.
+
+The config carries the compaction record (``config.vtrans_compaction``): the original config, the source
+layer of every remaining layer, and the kept hidden size, heads and FFN neurons per layer. Loading rebuilds
+the architecture from the original config by the same compaction code (keeping the first units of each
+structure), then loads the tensors strictly, so any per-layer shape round-trips. When every layer kept the
+same shapes and the config can express them, the folder also loads with plain ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from .adapters import adapter_for, supported_classes
+from .adapters.base import RECORD_KEY
+from .compact import apply_plan
+from .plan import CompactionPlan, resolve_plan
+
+try:  # transformers v5: skip the random init of a model whose weights are loaded right after
+    from transformers.initialization import no_init_weights
+except ImportError:  # pragma: no cover - older transformers
+    from contextlib import nullcontext as no_init_weights
+
+
+def save_compacted(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` (compacted or not) to the folder ``path`` as safetensors + config.json.
+
+    A model that was never compacted gets an identity record in its config first. Files are written to a
+    temporary folder first and moved in one by one, so an interrupted save never
+    leaves a half-written tensor file under its final name. Returns the folder.
+    """
+    adapter = adapter_for(model)
+    if not getattr(model.config, RECORD_KEY, None):
+        apply_plan(adapter, resolve_plan(CompactionPlan(), *_unit_args(adapter)))
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path, prefix=".saving-") as tmp, _config_for_saving(adapter):
+        model.save_pretrained(tmp, safe_serialization=True)
+        for name in os.listdir(tmp):
+            os.replace(os.path.join(tmp, name), path / name)
+    return path
+
+
+# Config fields that describe layer widths; see _config_for_saving.
+_WIDTH_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim",
+                 "n_embd", "n_head", "n_inner")
+
+
+@contextmanager
+def _config_for_saving(adapter):
+    """Mark in the record whether plain ``from_pretrained`` can load the folder. When it cannot (per-layer
+    shapes, removed sublayers, or widths the config class rejects, like LLaMA's hidden % heads check), the
+    saved config keeps the original width fields, so that it passes the config's validation; the record,
+    not those fields, then describes the shapes."""
+    config = adapter.config
+    record = getattr(config, RECORD_KEY)
+    plain = adapter.plain_loadable()
+    if plain and hasattr(config, "validate"):
+        try:
+            config.validate()
+        except Exception:  # the config class's own validation: any failure means "not expressible"
+            plain = False
+    record["plain_loadable"] = plain
+    current = {f: getattr(config, f) for f in _WIDTH_FIELDS if not plain and f in record["original"]}
+    try:
+        for field, _ in current.items():
+            setattr(config, field, record["original"][field])
+        yield
+    finally:
+        for field, value in current.items():
+            setattr(config, field, value)
+
+
+def load_compacted(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """Rebuild and load a model written by :func:`save_compacted` (eval mode).
+
+    ``dtype`` defaults to the dtype of the saved tensors. Raises ``FileNotFoundError`` for a missing folder or
+    file, and ``ValueError`` naming the tensor and both shapes for a truncated or mismatched checkpoint.
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"load_compacted: {str(config_file)!r} does not exist")
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    record = getattr(config, RECORD_KEY, None)
+    if not record:
+        raise ValueError(f"load_compacted: {str(config_file)!r} has no '{RECORD_KEY}' record, so it was not "
+                         "written by save_compacted; load it with transformers' from_pretrained")
+    model_class = _model_class(config)
+    tensors = _read_tensors(path)
+    if dtype is None:
+        dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
+    original = type(config).from_dict(record["original"])
+    with no_init_weights():
+        model = model_class(original)
+    model.tie_weights()  # no_init_weights skips the tying that init would do
+    model.to(dtype)
+    adapter = adapter_for(model)
+    apply_plan(adapter, resolve_plan(_first_units_plan(record, adapter.num_layers()), *_unit_args(adapter)))
+    setattr(model.config, RECORD_KEY, record)
+    _load_strict(model, tensors, path)
+    model.tie_weights()
+    return model.eval()
+
+
+def _unit_args(adapter):
+    units = adapter.units()
+    return units.hidden, units.heads, units.ffn
+
+
+def _first_units_plan(record: dict, n_layers: int) -> CompactionPlan:
+    """The plan that gives the original architecture the recorded shapes (first units of each structure)."""
+    heads = {i: [] for i in range(n_layers)}
+    ffn = {i: [] for i in range(n_layers)}
+    for source, n_heads, n_ffn in zip(record["sources"], record["heads"], record["ffn"]):
+        heads[source] = list(range(n_heads))
+        ffn[source] = list(range(n_ffn))
+    return CompactionPlan(hidden=list(range(record["hidden"])), heads=heads, ffn=ffn)
+
+
+def _model_class(config):
+    names = getattr(config, "architectures", None) or []
+    if not names:
+        raise ValueError("load_compacted: config.json has no 'architectures' entry naming the model class")
+    model_class = getattr(transformers, names[0], None)
+    if model_class is None or names[0] not in supported_classes():
+        raise ValueError(f"load_compacted: model class {names[0]!r} is not supported; supported classes: "
+                         f"{', '.join(supported_classes())}")
+    return model_class
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    index_file = path / "model.safetensors.index.json"
+    if index_file.is_file():
+        files = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    tensors = {}
+    for name in files:
+        file = path / name
+        if not file.is_file():
+            raise FileNotFoundError(f"load_compacted: tensor file {str(file)!r} does not exist")
+        try:
+            tensors.update(load_file(str(file)))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"load_compacted: cannot read {str(file)!r} (truncated or corrupt?): {err}") from None
+    return tensors
+
+
+def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    aliases = _tied_aliases(model)
+    for name, tensor in tensors.items():
+        if name not in expected:
+            raise ValueError(f"load_compacted: {path} has tensor {name!r} {tuple(tensor.shape)}, which the "
+                             "recorded architecture does not have (config.json and weights do not match)")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ValueError(f"load_compacted: tensor {name!r} has shape {tuple(tensor.shape)} in {path} but the "
+                             f"architecture recorded in config.json expects {tuple(expected[name].shape)}")
+    missing = [n for n in expected if n not in tensors and not (aliases.get(n, set()) & tensors.keys())]
+    if missing:
+        shapes = ", ".join(f"{n!r} {tuple(expected[n].shape)}" for n in missing[:5])
+        raise ValueError(f"load_compacted: {path} lacks {len(missing)} tensor(s) the architecture needs: {shapes}"
+                         f"{' ...' if len(missing) > 5 else ''} (truncated or mismatched checkpoint)")
+    model.load_state_dict(tensors, strict=False)
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, set[str]]:
+    """For each state-dict name, the other names that share its storage (tied weights)."""
+    by_tensor: dict[int, set[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(param), set()).add(name)
+    return {name: names - {name} for names in by_tensor.values() for name in names}
+
+
+__all__ = ["save_compacted", "load_compacted"]
