@@ -76,8 +76,10 @@ def masked_by_plan(model: nn.Module, plan: CompactionPlan):
                     on(path, "post", _masked_norm(keep))
             for i in range(adapter.num_layers()):
                 roles = adapter.layer_roles(i)
-                on(roles.head_consumer, "post", _scale_output(gate))
-                on(roles.ffn_consumer, "post", _scale_output(gate))
+                if not adapter.attention_removed(i):
+                    on(roles.head_consumer, "post", _scale_output(gate))
+                if not adapter.ffn_removed(i):
+                    on(roles.ffn_consumer, "post", _scale_output(gate))
             for path in adapter.head_square():
                 on(path, "post", _scale_output(keep))
         width = adapter.q_heads_per_unit() * adapter.head_dim()
