@@ -2,7 +2,8 @@
 
 Tensor cores and vector units work in tiles, so an FFN of 1021 neurons runs no faster than one of 1024. Each
 kept FFN width and the kept hidden size is moved to the nearest multiple of ``k`` (halfway rounds up; a
-non-empty structure never rounds to zero, and never above its current size). Units are dropped lowest score
+non-empty structure never rounds to zero, and never above its current size; a structure kept whole stays
+as it is). Units are dropped lowest score
 first and added highest score first. Scores come from ``CompactionPlan.scores`` when given, else from the
 plan's full-length scales (``|scale|``), else from the weights: the norm of each unit's column in the
 projection that reads it. Heads are whole units and are not rounded.
@@ -16,8 +17,9 @@ from .plan import Kept, ResolvedPlan
 
 
 def rounded_count(count: int, multiple: int, total: int) -> int:
-    """``count`` moved to the nearest multiple of ``multiple``, within ``[multiple, total]`` when possible."""
-    if count == 0 or multiple == 1:
+    """``count`` moved to the nearest multiple of ``multiple``, within ``[multiple, total]`` when possible;
+    0 and ``total`` (nothing or everything kept) stay."""
+    if count == 0 or count == total or multiple == 1:
         return count
     target = ((count + multiple // 2) // multiple) * multiple
     target = max(target, multiple)

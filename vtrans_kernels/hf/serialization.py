@@ -80,10 +80,12 @@ def _config_for_saving(adapter):
             setattr(config, field, value)
 
 
-def load_compacted(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> nn.Module:
+def load_compacted(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
+                   attn_implementation: str | None = None) -> nn.Module:
     """Rebuild and load a model written by :func:`save_compacted` (eval mode).
 
-    ``dtype`` defaults to the dtype of the saved tensors. Raises ``FileNotFoundError`` for a missing folder or
+    ``dtype`` defaults to the dtype of the saved tensors; ``attn_implementation`` ("eager", "sdpa", ...)
+    defaults to transformers' choice. Raises ``FileNotFoundError`` for a missing folder or
     file, and ``ValueError`` naming the tensor and both shapes for a truncated or mismatched checkpoint.
     """
     path = Path(path)
@@ -100,6 +102,8 @@ def load_compacted(path: str | os.PathLike, *, dtype: torch.dtype | None = None)
     if dtype is None:
         dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
     original = type(config).from_dict(record["original"])
+    if attn_implementation is not None:
+        original._attn_implementation = attn_implementation
     with no_init_weights():
         model = model_class(original)
     model.tie_weights()  # no_init_weights skips the tying that init would do
