@@ -116,6 +116,18 @@ def load_compacted(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
     return model.eval()
 
 
+def load_model(path: str | os.PathLike, **kwargs) -> nn.Module:
+    """Load a supported model folder: a compacted one with :func:`load_compacted`, any other with the
+    transformers class named in its config (``kwargs`` go to either loader)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {str(path)!r} has no config.json")
+    config = transformers.AutoConfig.from_pretrained(str(path))
+    if getattr(config, RECORD_KEY, None):
+        return load_compacted(path, **kwargs)
+    return _model_class(config).from_pretrained(str(path), **kwargs).eval()
+
+
 def _unit_args(adapter):
     units = adapter.units()
     return units.hidden, units.heads, units.ffn
@@ -134,10 +146,10 @@ def _first_units_plan(record: dict, n_layers: int) -> CompactionPlan:
 def _model_class(config):
     names = getattr(config, "architectures", None) or []
     if not names:
-        raise ValueError("load_compacted: config.json has no 'architectures' entry naming the model class")
+        raise ValueError("config.json has no 'architectures' entry naming the model class")
     model_class = getattr(transformers, names[0], None)
     if model_class is None or names[0] not in supported_classes():
-        raise ValueError(f"load_compacted: model class {names[0]!r} is not supported; supported classes: "
+        raise ValueError(f"model class {names[0]!r} is not supported; supported classes: "
                          f"{', '.join(supported_classes())}")
     return model_class
 
@@ -186,4 +198,4 @@ def _tied_aliases(model: nn.Module) -> dict[str, set[str]]:
     return {name: names - {name} for names in by_tensor.values() for name in names}
 
 
-__all__ = ["save_compacted", "load_compacted"]
+__all__ = ["save_compacted", "load_compacted", "load_model"]
