@@ -143,6 +143,23 @@ def test_generate_with_kv_cache_matches_masked_model(name):
         assert torch.equal(compacted.generate(prompt, **settings), expected)
 
 
+@pytest.mark.parametrize("name", DECODERS)
+def test_generate_when_only_the_first_attention_is_removed(name):
+    """Layer 0 keeps its FFN but loses its attention: the stand-in must keep the KV cache length right."""
+    model = build(name, 9)
+    plan = CompactionPlan(heads={0: []}, ffn={0: [1, 4, 9]})
+    prompt = torch.randint(2, 50, (2, 4), generator=torch.Generator().manual_seed(9))
+    settings = dict(max_new_tokens=7, do_sample=False, pad_token_id=0)
+    with torch.no_grad(), masked_by_plan(model, plan):
+        expected = model.generate(prompt, **settings)
+    compacted = compact(model, plan)
+    assert adapter_for(compacted).units().heads[0] == 0
+    with torch.no_grad():
+        assert torch.equal(compacted.generate(prompt, **settings), expected)
+        # Code that reads the cache length (from layer 0 by default) must see the prompt.
+        assert compacted(prompt, use_cache=True).past_key_values.get_seq_length() == prompt.shape[1]
+
+
 def test_compacted_model_compiles_fullgraph():
     model = build("llama-gqa", 7)
     compacted = compact(model, random_plan(model, 7))

@@ -19,7 +19,7 @@ def test_save_load_round_trip_is_exact(name, tmp_path):
     compacted = compact(model, random_plan(model, 11))
     save_compacted(compacted, tmp_path)
     assert not [f for f in os.listdir(tmp_path) if f.endswith((".bin", ".pt", ".pkl"))]
-    reloaded = load_compacted(tmp_path, attn_implementation="eager")
+    reloaded = load_compacted(tmp_path)  # the saved model's attention implementation by default
     assert type(reloaded) is type(model)
     batch = inputs(model, 11)
     assert torch.equal(output(reloaded, batch), output(compacted, batch))
@@ -162,3 +162,14 @@ def test_plan_json_round_trip(tmp_path):
         CompactionPlan.load(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="unknown fields"):
         CompactionPlan.from_dict({"hidden": None, "layers": []})
+
+
+def test_scales_dict_is_the_same_as_separate_fields():
+    model = build("llama-gqa", 20)
+    plan = random_plan(model, 20)
+    same = CompactionPlan(hidden=plan.hidden, heads=plan.heads, ffn=plan.ffn,
+                          scales={"hidden": plan.hidden_scale, "heads": plan.head_scale, "ffn": plan.ffn_scale})
+    batch = inputs(model)
+    assert torch.equal(output(compact(model, same), batch), output(compact(model, plan), batch))
+    with pytest.raises(ValueError, match="not both"):
+        CompactionPlan(hidden_scale=[1.0], scales={"hidden": [1.0]})

@@ -38,6 +38,15 @@ def _as_layer_dict(mapping, what: str) -> dict[int, list[int]]:
     return out
 
 
+def _check_structures(mapping, what: str) -> None:
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{what}: expected a dict with keys among 'hidden', 'heads', 'ffn'")
+    unknown = set(mapping) - {"hidden", "heads", "ffn"}
+    if unknown:
+        raise ValueError(f"{what}: unknown structures {sorted(unknown)}; expected keys among 'hidden', 'heads', "
+                         "'ffn'")
+
+
 def _as_scale(values, what: str) -> torch.Tensor | None:
     if values is None:
         return None
@@ -72,6 +81,8 @@ class CompactionPlan:
             unit of the original model) or one value per kept unit, in the order of the kept indices.
         scores: optional per-unit importance over all units of a structure (``{"hidden": vec, "heads":
             {layer: vec}, "ffn": {layer: vec}}``), used by ``round_to`` to choose which units to add or drop.
+        scales: the three scale arguments in one dict of the same form as ``scores`` (an alternative
+            spelling; do not give both).
 
     Indices are sorted and deduplicated when the plan is applied; out-of-range indices raise ``ValueError``.
     """
@@ -83,8 +94,18 @@ class CompactionPlan:
     head_scale: dict[int, torch.Tensor] = field(default_factory=dict)
     ffn_scale: dict[int, torch.Tensor] = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
+    scales: dict | None = None
 
     def __post_init__(self):
+        if self.scales is not None:
+            _check_structures(self.scales, "CompactionPlan.scales")
+            if self.hidden_scale is not None or self.head_scale or self.ffn_scale:
+                raise ValueError("CompactionPlan: give scales either as `scales` or as hidden_scale/head_scale/"
+                                 "ffn_scale, not both")
+            self.hidden_scale = self.scales.get("hidden")
+            self.head_scale = self.scales.get("heads") or {}
+            self.ffn_scale = self.scales.get("ffn") or {}
+            self.scales = None
         self.hidden = None if self.hidden is None else _as_index_list(self.hidden, "CompactionPlan.hidden")
         self.heads = _as_layer_dict(self.heads, "CompactionPlan.heads")
         self.ffn = _as_layer_dict(self.ffn, "CompactionPlan.ffn")
@@ -92,10 +113,7 @@ class CompactionPlan:
         self.head_scale = _as_scale_dict(self.head_scale, "CompactionPlan.head_scale")
         self.ffn_scale = _as_scale_dict(self.ffn_scale, "CompactionPlan.ffn_scale")
         scores = dict(self.scores or {})
-        unknown = set(scores) - {"hidden", "heads", "ffn"}
-        if unknown:
-            raise ValueError(f"CompactionPlan.scores: unknown structures {sorted(unknown)}; "
-                             "expected keys among 'hidden', 'heads', 'ffn'")
+        _check_structures(scores, "CompactionPlan.scores")
         self.scores = {
             "hidden": _as_scale(scores.get("hidden"), "CompactionPlan.scores['hidden']"),
             "heads": _as_scale_dict(scores.get("heads"), "CompactionPlan.scores['heads']"),
@@ -130,7 +148,7 @@ class CompactionPlan:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
         if not isinstance(data, Mapping):
             raise TypeError(f"CompactionPlan.from_dict: expected a dict, got {type(data).__name__}")
-        allowed = {"hidden", "heads", "ffn", "hidden_scale", "head_scale", "ffn_scale", "scores"}
+        allowed = {"hidden", "heads", "ffn", "hidden_scale", "head_scale", "ffn_scale", "scores", "scales"}
         unknown = set(data) - allowed
         if unknown:
             raise ValueError(f"CompactionPlan: unknown fields {sorted(unknown)}; expected among {sorted(allowed)}")

@@ -70,6 +70,7 @@ def _config_for_saving(adapter):
         except Exception:  # the config class's own validation: any failure means "not expressible"
             plain = False
     record["plain_loadable"] = plain
+    record["attn_implementation"] = getattr(config, "_attn_implementation", None)
     current = {f: getattr(config, f) for f in _WIDTH_FIELDS if not plain and f in record["original"]}
     try:
         for field, _ in current.items():
@@ -85,7 +86,7 @@ def load_compacted(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
     """Rebuild and load a model written by :func:`save_compacted` (eval mode).
 
     ``dtype`` defaults to the dtype of the saved tensors; ``attn_implementation`` ("eager", "sdpa", ...)
-    defaults to transformers' choice. Raises ``FileNotFoundError`` for a missing folder or
+    defaults to the one the model was saved with. Raises ``FileNotFoundError`` for a missing folder or
     file, and ``ValueError`` naming the tensor and both shapes for a truncated or mismatched checkpoint.
     """
     path = Path(path)
@@ -102,6 +103,7 @@ def load_compacted(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
     if dtype is None:
         dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
     original = type(config).from_dict(record["original"])
+    attn_implementation = attn_implementation or record.get("attn_implementation")
     if attn_implementation is not None:
         original._attn_implementation = attn_implementation
     with no_init_weights():
