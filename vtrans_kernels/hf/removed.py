@@ -2,7 +2,7 @@
 
 They hold no projection weights and cost one scalar add, and they keep the call signatures of the modules
 they replace, so the transformers layer code around them runs unchanged (including ``generate`` with a KV
-cache: a removed attention still advances its cache layer by the right number of positions, with zero heads).
+cache: a removed attention still advances its cache layer by the right number of positions).
 """
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from torch import nn
 class RemovedAttention(nn.Module):
     """Pre-LN attention sublayer that was pruned away: returns a zero residual update."""
 
-    def __init__(self, layer_idx: int, head_dim: int):
+    def __init__(self, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.head_dim = head_dim
 
     def forward(self, hidden_states: torch.Tensor, *args, past_key_values=None, **kwargs):
         if past_key_values is not None:
-            # Zero heads, but the same number of positions, so the cache's sequence length stays right.
-            empty = hidden_states.new_zeros(hidden_states.shape[0], 0, hidden_states.shape[1], self.head_dim)
-            past_key_values.update(empty, empty, self.layer_idx)
+            # transformers reads the cache length from layer 0 and counts an empty cache as length 0, so the
+            # stand-in caches one position per token: a single key/value head of width 1 (negligible memory).
+            phantom = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
+            past_key_values.update(phantom, phantom, self.layer_idx)
         return hidden_states.new_zeros(()), None
 
     def extra_repr(self) -> str:

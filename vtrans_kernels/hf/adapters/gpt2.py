@@ -59,7 +59,7 @@ class GPT2Adapter(Adapter):
 
     def remove_attention(self, index: int) -> None:
         layer = self.layer_path(index)
-        set_module(self.model, f"{layer}.attn", RemovedAttention(index, self.head_dim()))
+        set_module(self.model, f"{layer}.attn", RemovedAttention(index))
         set_module(self.model, f"{layer}.ln_1", nn.Identity())
 
     def remove_ffn(self, index: int) -> None:

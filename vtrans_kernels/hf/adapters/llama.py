@@ -43,7 +43,7 @@ class LlamaAdapter(Adapter):
 
     def remove_attention(self, index: int) -> None:
         layer = self.layer_path(index)
-        set_module(self.model, f"{layer}.self_attn", RemovedAttention(index, self.head_dim()))
+        set_module(self.model, f"{layer}.self_attn", RemovedAttention(index))
         set_module(self.model, f"{layer}.input_layernorm", nn.Identity())
 
     def remove_ffn(self, index: int) -> None:
