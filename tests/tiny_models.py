@@ -94,3 +94,14 @@ def output(model, batch: dict) -> torch.Tensor:
     with torch.no_grad():
         out = model(**batch)
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def greedy(model, prompt: torch.Tensor, new_tokens: int, plan=None) -> torch.Tensor:
+    """Greedy ``generate`` with the KV cache; with ``plan``, of the masked model of that plan."""
+    from contextlib import nullcontext
+
+    from vtrans_kernels import masked_by_plan
+
+    masking = masked_by_plan(model, plan) if plan is not None else nullcontext()
+    with torch.no_grad(), masking:
+        return model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)

@@ -62,9 +62,7 @@ def masked_by_plan(model: nn.Module, plan: CompactionPlan):
 
     try:
         if not resolved.hidden.is_everything():
-            gate = resolved.hidden.gate()
-            keep = torch.zeros_like(gate)
-            keep[resolved.hidden.index] = 1.0
+            gate, keep = resolved.hidden.gate(), resolved.hidden.mask()
             emb_norm = adapter.embedding_norm()
             if emb_norm:
                 on(emb_norm, "post", _masked_norm(keep, gate))

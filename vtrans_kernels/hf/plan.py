@@ -191,6 +191,12 @@ class Kept:
     def is_everything(self) -> bool:
         return self.count == self.total and self.scale is None
 
+    def mask(self) -> torch.Tensor:
+        """Full-length 0/1 vector (float64): 1 on kept units."""
+        mask = torch.zeros(self.total, dtype=torch.float64)
+        mask[self.index] = 1.0
+        return mask
+
     def gate(self) -> torch.Tensor:
         """Full-length gate: the scale (or 1) on kept units, 0 on pruned ones (float64)."""
         gate = torch.zeros(self.total, dtype=torch.float64)

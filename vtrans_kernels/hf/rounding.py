@@ -14,6 +14,7 @@ import torch
 
 from .adapters.base import Adapter, get_module
 from .plan import Kept, ResolvedPlan
+from .slicing import weight_dims
 
 
 def rounded_count(count: int, multiple: int, total: int) -> int:
@@ -29,11 +30,9 @@ def rounded_count(count: int, multiple: int, total: int) -> int:
 
 
 def _column_norms(adapter: Adapter, path: str) -> torch.Tensor:
-    from transformers.pytorch_utils import Conv1D
-
+    """Norm of each input feature's weights in the projection at ``path``."""
     module = get_module(adapter.model, path)
-    weight = module.weight.detach().float()
-    return weight.norm(dim=1 if isinstance(module, Conv1D) else 0).double().cpu()
+    return module.weight.detach().float().norm(dim=weight_dims(module)[0]).double().cpu()
 
 
 def _rounded(kept: Kept, multiple: int, scores: torch.Tensor | None, weight_scores) -> tuple[Kept, bool]:
@@ -45,13 +44,11 @@ def _rounded(kept: Kept, multiple: int, scores: torch.Tensor | None, weight_scor
     if scores.numel() != kept.total:
         raise ValueError(f"CompactionPlan.scores: expected {kept.total} scores for this structure, "
                          f"got {scores.numel()}")
-    is_kept = torch.zeros(kept.total, dtype=torch.bool)
-    is_kept[kept.index] = True
     if target < kept.count:
         order = kept.index[torch.argsort(scores[kept.index], descending=True, stable=True)]
         index = order[:target].sort().values
     else:
-        pruned = torch.nonzero(~is_kept).view(-1)
+        pruned = torch.nonzero(kept.mask() == 0).view(-1)
         added = pruned[torch.argsort(scores[pruned], descending=True, stable=True)][: target - kept.count]
         index = torch.cat([kept.index, added]).sort().values
     scale = None

@@ -73,7 +73,7 @@ def _config_for_saving(adapter):
     record["attn_implementation"] = getattr(config, "_attn_implementation", None)
     current = {f: getattr(config, f) for f in _WIDTH_FIELDS if not plain and f in record["original"]}
     try:
-        for field, _ in current.items():
+        for field in current:
             setattr(config, field, record["original"][field])
         yield
     finally:

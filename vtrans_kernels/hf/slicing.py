@@ -30,6 +30,22 @@ def _parameter(data: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(data.contiguous().clone(), requires_grad=like.requires_grad)
 
 
+def weight_dims(module: nn.Module) -> tuple[int, int]:
+    """(output dim, input dim) of the weight of an ``nn.Linear`` (out, in) or a GPT-2 ``Conv1D`` (in, out)."""
+    if isinstance(module, Conv1D):
+        return 1, 0
+    if isinstance(module, nn.Linear):
+        return 0, 1
+    raise TypeError(f"expected nn.Linear or Conv1D, got {type(module).__name__}")
+
+
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A copy sharing everything but the parameter dict, so parameters can be replaced on the copy only."""
+    new = copy.copy(module)
+    new._parameters = dict(module._parameters)
+    return new
+
+
 def projection(module: nn.Module, *, out_index=None, in_index=None, out_scale=None, in_scale=None) -> nn.Module:
     """A sliced copy of an ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2's transposed linear).
 
@@ -37,12 +53,7 @@ def projection(module: nn.Module, *, out_index=None, in_index=None, out_scale=No
     ``out_scale`` (one value per kept output) multiplies the rows and the bias, ``in_scale`` (one value per
     kept input) the columns. Dropping an index argument keeps that side whole.
     """
-    if isinstance(module, Conv1D):
-        out_dim, in_dim = 1, 0
-    elif isinstance(module, nn.Linear):
-        out_dim, in_dim = 0, 1
-    else:
-        raise TypeError(f"projection: expected nn.Linear or Conv1D, got {type(module).__name__}")
+    out_dim, in_dim = weight_dims(module)
     weight = _pick(_pick(module.weight.detach(), out_index, out_dim), in_index, in_dim)
     weight = _fold(_fold(weight, out_scale, out_dim), in_scale, in_dim)
     bias = None
@@ -61,8 +72,7 @@ def projection(module: nn.Module, *, out_index=None, in_index=None, out_scale=No
 
 def embedding(module: nn.Embedding, index: torch.Tensor, scale: torch.Tensor | None = None) -> nn.Embedding:
     """An ``nn.Embedding`` keeping the embedding columns ``index``, each multiplied by ``scale``."""
-    new = copy.copy(module)
-    new._parameters = dict(module._parameters)
+    new = _shallow_copy(module)
     new.weight = _parameter(_fold(_pick(module.weight.detach(), index, 1), scale, 1), module.weight)
     new.embedding_dim = int(index.numel())
     return new
@@ -73,8 +83,7 @@ def norm(module: nn.Module, index: torch.Tensor, scale: torch.Tensor | None = No
 
     Works for ``nn.LayerNorm`` and the RMSNorm classes of transformers (a ``weight`` and an optional ``bias``).
     """
-    new = copy.copy(module)
-    new._parameters = dict(module._parameters)
+    new = _shallow_copy(module)
     for name in ("weight", "bias"):
         param = getattr(module, name, None)
         if isinstance(param, nn.Parameter):

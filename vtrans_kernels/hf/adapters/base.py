@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ...masks.size_model import ArchitectureSpec
+from ..slicing import weight_dims
 
 # Config attribute holding the compaction record (original config, per-layer shapes, rounding changes).
 RECORD_KEY = "vtrans_compaction"
@@ -57,6 +58,8 @@ class Adapter:
     family: str = ""
     supported_classes: tuple[str, ...] = ()
     pre_ln: bool = True
+    # True when the attention modules derive the head size as hidden_size // num_heads (BERT, GPT-2).
+    head_size_from_hidden: bool = False
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -176,7 +179,7 @@ class Adapter:
 
     def config_expresses(self, units: ModelUnits) -> bool:
         """Whether the family's config fields can describe ``units`` (uniform per layer)."""
-        return True
+        return not self.head_size_from_hidden or units.hidden == units.heads[0] * self.head_dim()
 
     def hidden_norms(self) -> list[str]:
         """Every norm over the residual stream that is still present."""
@@ -228,7 +231,5 @@ def unit_columns(units: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _in_features(module: nn.Module) -> int:
-    from transformers.pytorch_utils import Conv1D
-
-    return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
+    return module.weight.shape[weight_dims(module)[1]]
 

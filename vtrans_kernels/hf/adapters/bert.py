@@ -13,6 +13,7 @@ class BertAdapter(Adapter):
     supported_classes = ("BertModel", "BertForSequenceClassification",
                          "RobertaModel", "RobertaForSequenceClassification")
     pre_ln = False
+    head_size_from_hidden = True
 
     def check(self) -> None:
         if getattr(self.config, "is_decoder", False) or getattr(self.config, "add_cross_attention", False):
@@ -53,10 +54,6 @@ class BertAdapter(Adapter):
 
     def _is_linear(self, path: str) -> bool:
         return self.has(path) and isinstance(get_module(self.model, path), nn.Linear)
-
-    def config_expresses(self, units: ModelUnits) -> bool:
-        # The attention modules derive the head size as hidden_size // num_heads.
-        return units.hidden == units.heads[0] * self.head_dim()
 
     def set_head_count(self, index: int, q_heads: int) -> None:
         attention = get_module(self.model, f"{self.layer_path(index)}.attention.self")

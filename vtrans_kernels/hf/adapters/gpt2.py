@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ...masks.size_model import ArchitectureSpec
-from ..removed import RemovedAttention, RemovedFeedForward
-from .base import Adapter, LayerRoles, ModelUnits, get_module, set_module, uniform_or_max, unit_columns
+from .base import LayerRoles, ModelUnits, get_module, uniform_or_max, unit_columns
+from .pre_ln import PreLNDecoderAdapter
 
 
-class GPT2Adapter(Adapter):
+class GPT2Adapter(PreLNDecoderAdapter):
     family = "gpt2"
     supported_classes = ("GPT2Model", "GPT2LMHeadModel", "GPT2ForSequenceClassification")
-    pre_ln = True
+    head_size_from_hidden = True
+    attention_name, mlp_name, attention_norm_name, mlp_norm_name = "attn", "mlp", "ln_1", "ln_2"
 
     def check(self) -> None:
         if getattr(self.config, "add_cross_attention", False):
@@ -26,7 +26,7 @@ class GPT2Adapter(Adapter):
         return LayerRoles(
             head_producers=(f"{layer}.attn.c_attn",), head_consumer=f"{layer}.attn.c_proj",
             ffn_producers=(f"{layer}.mlp.c_fc",), ffn_consumer=f"{layer}.mlp.c_proj",
-            attn_norm=f"{layer}.ln_1", ffn_norm=f"{layer}.ln_2",
+            attn_norm=f"{layer}.{self.attention_norm_name}", ffn_norm=f"{layer}.{self.mlp_norm_name}",
         )
 
     def head_dim(self) -> int:
@@ -45,33 +45,10 @@ class GPT2Adapter(Adapter):
     def final_norm(self) -> str | None:
         return self.prefix("ln_f")
 
-    def head_readers(self) -> tuple[str, ...]:
-        return tuple(p for p in ("lm_head", "score") if self.has(p))
-
-    def config_expresses(self, units: ModelUnits) -> bool:
-        # The attention modules derive the head size as hidden_size // num_heads.
-        return units.hidden == units.heads[0] * self.head_dim()
-
     def set_head_count(self, index: int, q_heads: int) -> None:
-        attention = get_module(self.model, f"{self.layer_path(index)}.attn")
+        attention = get_module(self.model, f"{self.layer_path(index)}.{self.attention_name}")
         attention.num_heads = q_heads
         attention.split_size = q_heads * attention.head_dim
-
-    def remove_attention(self, index: int) -> None:
-        layer = self.layer_path(index)
-        set_module(self.model, f"{layer}.attn", RemovedAttention(index))
-        set_module(self.model, f"{layer}.ln_1", nn.Identity())
-
-    def remove_ffn(self, index: int) -> None:
-        layer = self.layer_path(index)
-        set_module(self.model, f"{layer}.mlp", RemovedFeedForward())
-        set_module(self.model, f"{layer}.ln_2", nn.Identity())
-
-    def attention_removed(self, index: int) -> bool:
-        return isinstance(get_module(self.model, f"{self.layer_path(index)}.attn"), RemovedAttention)
-
-    def ffn_removed(self, index: int) -> bool:
-        return isinstance(get_module(self.model, f"{self.layer_path(index)}.mlp"), RemovedFeedForward)
 
     def update_config(self, units: ModelUnits) -> None:
         self.config.n_embd = units.hidden
@@ -81,15 +58,11 @@ class GPT2Adapter(Adapter):
 
     def spec(self) -> ArchitectureSpec:
         units = self.units()
-        readers = [get_module(self.model, p) for p in self.head_readers()]
         return ArchitectureSpec(
             hidden_size=units.hidden, units_per_layer=units.heads, ffn_per_layer=units.ffn,
             q_heads_per_unit=1, kv_heads_per_unit=1, head_dim=self.head_dim(),
             qkv_bias=True, o_bias=True, ffn_inputs=1, ffn_in_bias=True, ffn_out_bias=True,
             norm_params=2, pre_ln=True,
             embedding_rows=sum(get_module(self.model, p).num_embeddings for p in self.embedding_tables()),
-            embedding_norm=False, final_norm=True,
-            head_outputs=sum(m.out_features for m in readers),
-            head_out_bias=any(m.bias is not None for m in readers),
-            head_tied=self.lm_head_tied(), head_per_token=True,
+            embedding_norm=False, final_norm=True, **self.head_spec(),
         )
