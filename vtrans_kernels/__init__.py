@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 # Names served from vtrans_kernels.hf on first use, so that `import vtrans_kernels` (and the ops) does not
 # import transformers.
-_HF_NAMES = ("CompactionPlan", "compact", "save_compacted", "load_compacted", "masked_by_plan")
+_HF_NAMES = ("CompactionPlan", "compact", "save_compacted", "load_compacted", "masked_by_plan", "attach", "detach",
+             "masks_of")
 
 __all__ = ["ops", "use_backend", "__version__", *_HF_NAMES]
 

@@ -1,9 +1,10 @@
 """transformers integration: architecture adapters, compaction, the masked-model reference, save/load."""
 from .adapters import adapter_for, supported_classes
+from .attach import ModelMasks, attach, detach, masks_of
 from .compact import compact
 from .masked_eval import masked_by_plan
 from .plan import CompactionPlan
 from .serialization import load_compacted, save_compacted
 
-__all__ = ["CompactionPlan", "adapter_for", "compact", "load_compacted", "masked_by_plan",
+__all__ = ["CompactionPlan", "ModelMasks", "adapter_for", "attach", "detach", "masks_of", "compact", "load_compacted", "masked_by_plan",
            "save_compacted", "supported_classes"]

@@ -115,3 +115,30 @@ def count_flops(spec: ArchitectureSpec, seq_len: int, hidden: Count | None = Non
         per_token = per_token + 2 * projections + 4 * seq_len * q
     head = 2 * (spec.head_square_layers * hidden * hidden + spec.head_outputs * hidden)
     return seq_len * per_token + (seq_len * head if spec.head_per_token else head)
+
+
+@dataclass(frozen=True)
+class SizeMeasure:
+    """What a sparsity target counts: ``"params"`` (parameters, see :func:`count_parameters`; with
+    ``embeddings=False`` the layers and norms only) or ``"flops"`` (forward matmul FLOPs of one sequence of
+    ``seq_len`` tokens, :func:`count_flops`). Sparsity is ``1 - size(kept) / size(unpruned)``."""
+
+    spec: ArchitectureSpec
+    kind: str = "params"
+    seq_len: int = 128
+    embeddings: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("params", "flops"):
+            raise ValueError(f"target: expected 'params' or 'flops', got {self.kind!r}")
+        if int(self.seq_len) < 1:
+            raise ValueError(f"seq_len: expected a positive int, got {self.seq_len}")
+
+    def size(self, hidden=None, units=None, ffn=None) -> Count:
+        if self.kind == "flops":
+            return count_flops(self.spec, self.seq_len, hidden, units, ffn)
+        return count_parameters(self.spec, hidden, units, ffn, embeddings=self.embeddings)
+
+    def sparsity(self, hidden=None, units=None, ffn=None) -> Count:
+        """``1 - size(hidden, units, ffn) / size()``: a float for int counts, a tensor for soft counts."""
+        return 1 - self.size(hidden, units, ffn) / self.size()

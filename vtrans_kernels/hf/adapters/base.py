@@ -83,6 +83,11 @@ class Adapter:
         """Norm applied to the summed embeddings (BERT), or ``None``."""
         return None
 
+    def embedding_output(self) -> str | None:
+        """A module whose output is the summed embeddings, when the family has one without a norm (GPT-2's
+        dropout); masks then gate the sum once instead of each table."""
+        return None
+
     def final_norm(self) -> str | None:
         """Norm after the last layer (pre-LN models), or ``None``."""
         return None

@@ -29,6 +29,9 @@ class GPT2Adapter(PreLNDecoderAdapter):
             attn_norm=f"{layer}.{self.attention_norm_name}", ffn_norm=f"{layer}.{self.mlp_norm_name}",
         )
 
+    def embedding_output(self) -> str | None:
+        return self.prefix("drop")
+
     def head_dim(self) -> int:
         original = self.original_config()
         return original["n_embd"] // original["n_head"]

@@ -1,0 +1,143 @@
+"""`attach(model)`: learnable VIB or hard-concrete masks on a transformers model, in place; `detach` undoes it."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from ..masks.mask_set import STRUCTURES, MaskSet
+from ..masks.size_model import SizeMeasure
+from .adapters import adapter_for
+from .adapters.base import RECORD_KEY
+from .gating import GateSource, gate_blocks, wire_gates
+from .plan import CompactionPlan
+
+_ATTR = "_vtrans_masks"
+
+
+class ModelMasks(MaskSet):
+    """The :class:`MaskSet` of a model returned by :func:`attach`: the masks plus what ties them to the model
+    (the hooks, the size measure of its architecture, the conversion to a :class:`CompactionPlan`).
+
+    It is not a submodule of the model: optimise ``masks.parameters()`` separately, and ``model.state_dict()``
+    stays that of the unmasked model.
+    """
+
+    def __init__(self, model: nn.Module, method: str, structures: Sequence[str], seed: int):
+        adapter = adapter_for(model)
+        super().__init__(adapter.spec(), method, structures, seed=seed)
+        self.adapter = adapter
+        self._handles = []
+
+    def measure(self, target: str = "params", seq_len: int = 128, embeddings: bool = False) -> SizeMeasure:
+        """The size measure of this model for a sparsity target (see :class:`SizeMeasure`)."""
+        return SizeMeasure(self.spec, target, seq_len, embeddings)
+
+    def plan(self, target_sparsity: float | None = None, measure: SizeMeasure | None = None,
+             tolerance: float = 0.005) -> CompactionPlan:
+        """The final masks as a :class:`CompactionPlan`: kept units by the deterministic decision (adjusted to hit
+        ``target_sparsity`` under ``measure`` when given, see :meth:`MaskSet.decide`), each mask's scale to
+        fold in, and its scores for rounding."""
+        decision = self.decide(measure or self.measure(), target_sparsity, tolerance)
+        kept = lambda keep: keep.nonzero().flatten().tolist()  # noqa: E731
+        by_layer = lambda masks, keeps: {i: kept(k) for i, k in enumerate(keeps)} if masks is not None else {}  # noqa: E731
+        per_layer = lambda masks, fn: {i: fn(m) for i, m in enumerate(masks)} if masks is not None else {}  # noqa: E731
+        return CompactionPlan(
+            hidden=None if decision.hidden is None else kept(decision.hidden),
+            heads=by_layer(self.heads, decision.heads),
+            ffn=by_layer(self.ffn, decision.ffn),
+            scales={"hidden": None if self.hidden is None else self.hidden.scale(),
+                    "heads": per_layer(self.heads, lambda m: m.scale()),
+                    "ffn": per_layer(self.ffn, lambda m: m.scale())},
+            scores={"hidden": None if self.hidden is None else self.hidden.score(),
+                    "heads": per_layer(self.heads, lambda m: m.score()),
+                    "ffn": per_layer(self.ffn, lambda m: m.score())},
+        )
+
+    def detach_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+class _MaskGates(GateSource):
+    """Gates drawn from a :class:`ModelMasks`: stochastic in training mode, deterministic in eval mode."""
+
+    def __init__(self, masks: ModelMasks):
+        self.masks = masks
+
+    def active(self):
+        return self.masks.enabled
+
+    def has_hidden(self):
+        return self.masks.hidden is not None
+
+    def hidden_gate(self, x, training):
+        return self.masks.hidden.gate_last_dim(x, self.masks.site_seed(0), training)
+
+    def hidden_keep(self, training):
+        hidden = self.masks.hidden
+        return hidden.training_keep(self.masks.site_seed(0)) if training else hidden.keep()
+
+    def has_units(self, kind, layer):
+        return self.masks.layer_mask(kind, layer) is not None
+
+    def gate_units(self, kind, layer, x, width, training):
+        mask = self.masks.layer_mask(kind, layer)
+        seed = self.masks.site_seed(1 + 2 * layer + (kind == "ffn"))
+        if training:
+            keep = mask.training_keep(seed) if mask.method == "hard_concrete" else None
+            removed = keep is not None and not bool(keep.any())
+        else:
+            removed = not bool(mask.keep().any())
+        if width == 1:
+            return mask.gate_last_dim(x, seed, training), removed
+        return gate_blocks(x, mask.unit_gates(x.numel() // x.shape[-1], seed, training), width), removed
+
+
+def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = STRUCTURES, *,
+           seed: int = 0) -> ModelMasks:
+    """Put masks on a transformers v5 model in place (DESIGN 2.3) and return them.
+
+    Args:
+        model: a supported model (``vtrans_kernels.hf.supported_classes()``), not yet compacted or masked.
+        method: ``"vib"`` (VTrans, per-token Gaussian gates) or ``"hard_concrete"`` (CoFi-style L0 gates).
+        structures: any of ``"hidden"``, ``"heads"``, ``"ffn"``. Heads are KV groups in GQA/MQA models.
+        seed: base seed of the mask noise (training-mode forwards draw fresh noise from it, reproducibly).
+    Returns:
+        The :class:`ModelMasks` (an ``nn.Module``; on the model's device after ``masks.to(device)``). In
+        ``model.train()`` the gates are sampled; in ``model.eval()`` they are the deterministic gates, and the
+        model then computes what ``compact(model, masks.plan())`` computes.
+    """
+    if getattr(model, _ATTR, None) is not None:
+        raise ValueError("attach: this model already has masks; call vtrans_kernels.detach(model) first")
+    masks = ModelMasks(model, method, structures, seed)
+    adapter = masks.adapter
+    if getattr(model.config, RECORD_KEY, None):
+        raise ValueError("attach: the model is already compacted; attach masks to the unpruned model")
+    param = next(model.parameters())
+    masks.to(param.device)
+
+    def new_step(module, args, kwargs):
+        if module.training and masks.enabled:
+            masks.new_step()
+
+    masks._handles = [model.register_forward_pre_hook(new_step, with_kwargs=True)]
+    masks._handles += wire_gates(model, adapter, _MaskGates(masks))
+    model.__dict__[_ATTR] = masks
+    return masks
+
+
+def masks_of(model: nn.Module) -> ModelMasks | None:
+    """The masks :func:`attach` put on ``model``, or ``None``."""
+    return getattr(model, _ATTR, None)
+
+
+def detach(model: nn.Module) -> ModelMasks:
+    """Remove the masks of :func:`attach`; the model computes its original function again. Returns them."""
+    masks = masks_of(model)
+    if masks is None:
+        raise ValueError("detach: this model has no masks attached")
+    masks.detach_hooks()
+    del model.__dict__[_ATTR]
+    return masks

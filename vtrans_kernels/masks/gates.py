@@ -1,0 +1,174 @@
+"""Mask modules: one learnable gate per prunable unit (DESIGN 2.1 VIB, 2.2 hard-concrete).
+
+Both classes answer the same questions, so the wiring into a model and the objective never ask which method
+is in use: the gate for a batch of rows (stochastic in training, deterministic in evaluation), which units are
+kept, a differentiable kept count, the information penalty, an importance score, and the value each kept unit
+folds into the weights at compaction. Noise comes from a seed (counter-based, regenerated in backward), so the
+same seed gives the same gates at every place a mask acts.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..ops import masks as mask_ops
+
+LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-2), math.log(1e2)
+
+
+class UnitMask(nn.Module):
+    """Base class: gates over ``units`` prunable units."""
+
+    method = ""
+
+    def __init__(self, units: int):
+        super().__init__()
+        if int(units) < 1:
+            raise ValueError(f"{type(self).__name__}: units must be >= 1, got {units}")
+        self.units = int(units)
+
+    def gate_last_dim(self, x: torch.Tensor, seed: int, training: bool) -> torch.Tensor:
+        """``x`` [..., units] times the gates (per row of x in training when the method samples per row)."""
+        raise NotImplementedError
+
+    def unit_gates(self, rows: int, seed: int, training: bool) -> torch.Tensor:
+        """Gate values as [rows, units] (per-row methods) or [units] (one sample shared by all rows)."""
+        raise NotImplementedError
+
+    def keep(self) -> torch.Tensor:
+        """Bool [units]: the deterministic decision."""
+        raise NotImplementedError
+
+    def training_keep(self, seed: int) -> torch.Tensor:
+        """Bool [units]: the units whose gate can be nonzero in this training step (norm statistics use them)."""
+        return self.keep()
+
+    def soft_count(self) -> torch.Tensor:
+        """Differentiable expected number of kept units (0-d)."""
+        raise NotImplementedError
+
+    def kl(self) -> torch.Tensor:
+        """Information penalty (0-d; zero for methods without one)."""
+        return self.score().new_zeros(())
+
+    def score(self) -> torch.Tensor:
+        """Importance per unit, comparable across masks of the same method: higher means keep first."""
+        raise NotImplementedError
+
+    def scale(self) -> torch.Tensor:
+        """Per-unit value a kept unit folds into the weights (detached)."""
+        raise NotImplementedError
+
+    def eval_gate(self) -> torch.Tensor:
+        """The deterministic gate: ``scale`` on kept units, 0 elsewhere."""
+        raise NotImplementedError
+
+    def constrain(self) -> None:
+        """Project the parameters back into their valid range after an optimizer step."""
+
+    def extra_repr(self) -> str:
+        return f"units={self.units}"
+
+
+class VIBMask(UnitMask):
+    """VIB gates ``z = mu + exp(log_sigma2 / 2) * eps`` with eps drawn per row (token); DESIGN 2.1.
+
+    Initialisation: mu ~ N(1, 0.01), log_sigma2 ~ N(-9, 0.01) (draws from torch's global generator).
+    """
+
+    method = "vib"
+
+    def __init__(self, units: int, *, temperature: float = 10.0):
+        super().__init__(units)
+        self.mu = nn.Parameter(1.0 + 0.01 * torch.randn(self.units))
+        self.log_sigma2 = nn.Parameter(-9.0 + 0.01 * torch.randn(self.units))
+        self.temperature = float(temperature)
+
+    def gate_last_dim(self, x, seed, training):
+        return mask_ops.vib_gate(x, self.mu, self.log_sigma2, seed=seed if training else None, training=training)
+
+    def unit_gates(self, rows, seed, training):
+        if not training:
+            return self.eval_gate()
+        ones = self.mu.new_ones(rows, self.units)
+        return mask_ops.vib_gate(ones, self.mu, self.log_sigma2, seed=seed, training=True)
+
+    def log_snr(self) -> torch.Tensor:
+        """``log(mu^2 / sigma2)``, the score; the unit is kept when it is positive."""
+        return torch.log(self.mu.square().clamp_min(1e-30)) - self.log_sigma2
+
+    def keep(self):
+        return self.log_snr().detach() > 0
+
+    def soft_count(self):
+        return mask_ops.vib_keep_prob(self.mu, self.log_sigma2, temperature=self.temperature).sum()
+
+    def kl(self):
+        return mask_ops.vib_kl(self.mu, self.log_sigma2)
+
+    def score(self):
+        return self.log_snr().detach()
+
+    def scale(self):
+        return self.mu.detach()
+
+    def eval_gate(self):
+        return self.mu * self.keep().to(self.mu.dtype)
+
+
+class HardConcreteMask(UnitMask):
+    """Hard-concrete L0 gates (CoFi / LLM-Shearing baseline); one sample per step shared by all rows; DESIGN 2.2.
+
+    Initialisation: ``log_alpha = log(1 - p) - log(p) + N(0, 0.01)`` for the initial drop rate ``p``.
+    """
+
+    method = "hard_concrete"
+
+    def __init__(self, units: int, *, drop_init: float = 0.5):
+        super().__init__(units)
+        if not 0.0 < drop_init < 1.0:
+            raise ValueError(f"HardConcreteMask: drop_init must be in (0, 1), got {drop_init}")
+        base = math.log(1.0 - drop_init) - math.log(drop_init)
+        self.log_alpha = nn.Parameter(base + 0.01 * torch.randn(self.units))
+
+    def gate_last_dim(self, x, seed, training):
+        return x * self.unit_gates(0, seed, training).to(x.dtype)
+
+    def unit_gates(self, rows, seed, training):
+        if not training:
+            return self.eval_gate()
+        return mask_ops.hard_concrete_sample(self.log_alpha, seed=seed)
+
+    def training_keep(self, seed):
+        return self.unit_gates(0, seed, True).detach() != 0
+
+    def keep(self):
+        return self.eval_gate().detach() != 0
+
+    def soft_count(self):
+        return mask_ops.hard_concrete_expected_l0(self.log_alpha).sum()
+
+    def score(self):
+        return self.log_alpha.detach()
+
+    def scale(self):
+        return torch.sigmoid(0.8 * self.log_alpha.detach() / mask_ops.BETA)
+
+    def eval_gate(self):
+        return mask_ops.hard_concrete_deterministic(self.log_alpha)
+
+    def constrain(self):
+        with torch.no_grad():
+            self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+
+METHODS = {"vib": VIBMask, "hard_concrete": HardConcreteMask}
+
+
+def make_mask(method: str, units: int) -> UnitMask:
+    """A mask of ``method`` ("vib" or "hard_concrete") over ``units`` units."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
+    return METHODS[method](units)

@@ -1,0 +1,106 @@
+"""`PruneConfig`: every setting of a VTrans pruning run, with the defaults public VIB-pruning code uses."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..masks.mask_set import STRUCTURES
+
+VARIANTS = ("vtrans", "fast", "faster")
+# Data fraction each variant trains the masks on by default (DESIGN 2.4: Fast and Faster use about 3%).
+DEFAULT_SUBSET = {"vtrans": 1.0, "fast": 0.03, "faster": 0.03}
+
+
+@dataclass
+class PruneConfig:
+    """Settings of a pruning run.
+
+    Method and target: ``method`` "vib" or "hard_concrete"; ``variant`` "vtrans" (masks and weights, full data,
+    then fine-tuning), "fast" (the same on a subset) or "faster" (weights frozen, masks only, on a subset);
+    ``target_sparsity`` in (0, 1) of ``target`` "params" (layers and norms, plus embeddings and head when
+    ``count_embeddings``) or "flops" (per sequence of ``seq_len`` tokens).
+    Schedule: ``steps`` mask-training steps, the target ramping over ``warmup_fraction`` of them;
+    ``finetune_steps`` of the compacted model afterwards (default: 0 for faster, ``steps`` otherwise).
+    Objective (DESIGN 2.4): ``task_weight`` x task loss + ``distill_weight`` x (logit KL at ``temperature`` +
+    ``hidden_distill_weight`` x layer-wise hidden MSE over kept dims) + ``kl_weight`` x sum over structures of
+    ``kl_multipliers[s]`` x KL_s + the Lagrangian.
+    """
+
+    method: str = "vib"
+    variant: str = "faster"
+    structures: tuple[str, ...] = STRUCTURES
+    target_sparsity: float = 0.5
+    target: str = "params"
+    seq_len: int = 128
+    count_embeddings: bool = False
+    steps: int = 200
+    warmup_fraction: float = 0.15
+    finetune_steps: int | None = None
+    subset_fraction: float | None = None
+    batch_size: int = 16
+    grad_accumulation: int = 1
+    mask_lr: float = 0.05
+    lambda_lr: float = 0.1
+    weight_lr: float = 3e-5
+    max_grad_norm: float = 1.0
+    kl_weight: float = 1e-6
+    kl_multipliers: dict = field(default_factory=lambda: {"hidden": 30.0, "heads": 128.0, "ffn": 1.0})
+    task_weight: float = 1.0
+    distill_weight: float = 1.0
+    temperature: float = 2.0
+    hidden_distill_weight: float = 1.0
+    round_to: int = 1
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        self.structures = tuple(self.structures)
+        if self.method not in ("vib", "hard_concrete"):
+            raise ValueError(f"method: expected 'vib' or 'hard_concrete', got {self.method!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
+        if not 0.0 < float(self.target_sparsity) < 1.0:
+            raise ValueError(f"target_sparsity: expected a value in (0, 1), got {self.target_sparsity}")
+        if self.target not in ("params", "flops"):
+            raise ValueError(f"target: expected 'params' or 'flops', got {self.target!r}")
+        for name in ("steps", "batch_size", "grad_accumulation", "log_every", "checkpoint_every", "round_to",
+                     "seq_len"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction: expected a value in [0, 1], got {self.warmup_fraction}")
+        if self.subset_fraction is not None and not 0.0 < self.subset_fraction <= 1.0:
+            raise ValueError(f"subset_fraction: expected a value in (0, 1], got {self.subset_fraction}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature: expected > 0, got {self.temperature}")
+
+    @property
+    def trains_weights(self) -> bool:
+        return self.variant != "faster"
+
+    @property
+    def data_fraction(self) -> float:
+        return DEFAULT_SUBSET[self.variant] if self.subset_fraction is None else self.subset_fraction
+
+    @property
+    def finetune(self) -> int:
+        if self.finetune_steps is not None:
+            return int(self.finetune_steps)
+        return 0 if self.variant == "faster" else self.steps
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.warmup_fraction * self.steps))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["structures"] = list(self.structures)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PruneConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"PruneConfig: unknown settings {sorted(unknown)}")
+        return cls(**values)

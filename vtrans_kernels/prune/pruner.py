@@ -1,0 +1,210 @@
+"""`Pruner`: VTrans mask training on a transformers model, usable from any training loop."""
+from __future__ import annotations
+
+import copy
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..hf.attach import ModelMasks, attach, detach
+from ..hf.plan import CompactionPlan
+from ..masks.lagrangian import Lagrangian
+from .config import PruneConfig
+from .objective import hidden_distillation, logit_distillation
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the run stops and the last good checkpoint stays."""
+
+
+class Pruner:
+    """Attach masks to ``model`` and train them under the size target of ``config``.
+
+    Own loop::
+
+        pruner = Pruner(model, PruneConfig(target_sparsity=0.5, steps=500))
+        for step in range(500):
+            metrics = pruner.train_step(next_batch())   # forward, backward, optimizer step
+        plan = pruner.plan()                            # CompactionPlan hitting the target
+
+    or, for a loop that does its own backward: ``loss, metrics = pruner.compute_loss(batch)``, then
+    ``(loss + pruner.penalty()[0]).backward()`` and ``pruner.optimizer_step()``.
+
+    A batch is a dict of tensors the model accepts (``input_ids``, ``attention_mask``, ``labels``, ...).
+    Weights train with the masks in the "vtrans" and "fast" variants and are frozen in "faster". The teacher
+    of the distillation terms is ``teacher`` if given, else the model itself with masks switched off (faster)
+    or a frozen copy taken before training (vtrans, fast).
+    """
+
+    def __init__(self, model: nn.Module, config: PruneConfig | None = None, *, teacher: nn.Module | None = None):
+        self.config = config = config or PruneConfig()
+        self.model = model
+        device = next(model.parameters()).device
+        if teacher is None and config.distill_weight > 0 and config.trains_weights:
+            teacher = copy.deepcopy(model)
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        torch.manual_seed(config.seed)  # mask initialisation draws from the global generator
+        self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed)
+        self.measure = self.masks.measure(config.target, config.seq_len, config.count_embeddings)
+        for param in model.parameters():
+            param.requires_grad_(config.trains_weights)
+        with torch.no_grad():
+            initial = float(self.masks.expected_sparsity(self.measure))
+        self.lagrangian = Lagrangian(config.target_sparsity, config.warmup_steps, initial=min(initial,
+                                                                                              config.target_sparsity))
+        self.lagrangian.to(device)
+        groups = [{"params": self.masks.mask_parameters(), "lr": config.mask_lr, "weight_decay": 0.0},
+                  {"params": list(self.lagrangian.parameters()), "lr": config.lambda_lr, "weight_decay": 0.0}]
+        if config.trains_weights:
+            groups.append({"params": list(model.parameters()), "lr": config.weight_lr, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups)
+        self.step = 0
+
+    # ---- loss -------------------------------------------------------------------------------------------
+    def _teacher_outputs(self, batch: dict, hidden: bool):
+        with torch.no_grad():
+            if self.teacher is not None:
+                return self.teacher(**batch, output_hidden_states=hidden)
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with self.masks.disabled():
+                    return self.model(**batch, output_hidden_states=hidden)
+            finally:
+                self.model.train(was_training)
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Task and distillation loss of one (micro-)batch, in training mode (masks sampled)."""
+        cfg = self.config
+        batch = {k: v.to(self.masks.steps_drawn.device) if isinstance(v, torch.Tensor) else v
+                 for k, v in batch.items()}
+        distill = cfg.distill_weight > 0
+        hidden = distill and cfg.hidden_distill_weight > 0
+        self.model.train()
+        out = self.model(**batch, output_hidden_states=hidden)
+        logits = getattr(out, "logits", None)
+        terms, metrics = [], {}
+        task = getattr(out, "loss", None)
+        if task is not None and cfg.task_weight > 0:
+            terms.append(cfg.task_weight * task)
+            metrics["task_loss"] = float(task.detach())
+        if distill:
+            teacher = self._teacher_outputs({k: v for k, v in batch.items() if k != "labels"}, hidden)
+            attention_mask = batch.get("attention_mask")
+            if logits is not None:
+                kd = logit_distillation(logits, teacher.logits, cfg.temperature,
+                                        attention_mask if logits.dim() == 3 else None)
+                terms.append(cfg.distill_weight * kd)
+                metrics["distill_logits"] = float(kd.detach())
+            if hidden:
+                keep = None if self.masks.hidden is None else self.masks.hidden.keep()
+                hd = hidden_distillation(out.hidden_states[1:], teacher.hidden_states[1:], keep, attention_mask)
+                terms.append(cfg.distill_weight * cfg.hidden_distill_weight * hd)
+                metrics["distill_hidden"] = float(hd.detach())
+        if not terms:
+            raise ValueError("Pruner: the batch gives no loss: pass `labels`, or keep distillation on "
+                             "(distill_weight > 0) for a model with logits or hidden states")
+        loss = sum(terms)
+        metrics["data_loss"] = float(loss.detach())
+        return loss, metrics
+
+    def penalty(self) -> tuple[torch.Tensor, dict]:
+        """The mask terms, computed once per optimizer step: weighted KL + Lagrangian on the expected sparsity."""
+        cfg = self.config
+        kl = sum(cfg.kl_multipliers.get(s, 1.0) * v for s, v in self.masks.kl_terms().items())
+        expected = self.masks.expected_sparsity(self.measure)
+        lagrangian = self.lagrangian(expected, self.step)
+        metrics = {"expected_sparsity": float(expected.detach()), "target_now": self.lagrangian.target_at(self.step),
+                   "lambda1": float(self.lagrangian.lambda1.detach()),
+                   "lambda2": float(self.lagrangian.lambda2.detach())}
+        return cfg.kl_weight * kl + lagrangian, metrics
+
+    # ---- steps ------------------------------------------------------------------------------------------
+    def optimizer_step(self) -> None:
+        """Clip the weight gradients, step masks, lambdas (ascent) and weights, clear gradients, constrain."""
+        if self.config.trains_weights and self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.masks.constrain()
+        self.step += 1
+
+    def train_step(self, batch: dict) -> dict:
+        """One optimizer step on ``batch`` (split into ``grad_accumulation`` micro-batches). Returns metrics;
+        raises :class:`NonFiniteLossError` before stepping if the loss is NaN or Inf."""
+        parts = _split(batch, self.config.grad_accumulation)
+        totals: dict = {}
+        for part in parts:
+            loss, metrics = self.compute_loss(part)
+            self._check_finite(loss, "loss")
+            (loss / len(parts)).backward()
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value / len(parts)
+        penalty, metrics = self.penalty()
+        self._check_finite(penalty, "mask penalty")
+        penalty.backward()
+        totals.update(metrics)
+        totals["loss"] = totals["data_loss"] + float(penalty.detach())
+        self.optimizer_step()
+        totals["step"] = self.step
+        totals["sparsity"] = self.masks.sparsity(self.measure)
+        return totals
+
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(value.detach()).all():
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"{what} became {float(value)} at step {self.step}; stopping (lower the learning "
+                                     "rates or use fp32; the last good checkpoint is kept)")
+
+    # ---- results ----------------------------------------------------------------------------------------
+    def plan(self, target_sparsity: float | None = None) -> CompactionPlan:
+        """The final masks as a plan hitting ``target_sparsity`` (default: the configured target)."""
+        target = self.config.target_sparsity if target_sparsity is None else target_sparsity
+        return self.masks.plan(target, self.measure)
+
+    def finish(self) -> ModelMasks:
+        """Detach the masks from the model (it computes its unmasked function again) and return them."""
+        return detach(self.model)
+
+    # ---- checkpointing ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: step, masks, lambdas, optimizer, weights if trained, RNG."""
+        state = {"step": self.step, "masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
+                 "lagrangian_initial": self.lagrangian.initial, "optimizer": self.optimizer.state_dict(),
+                 "config": self.config.to_dict(),
+                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                         "numpy": np.random.get_state()}}
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        if self.config.trains_weights:
+            state["model"] = self.model.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = PruneConfig.from_dict(state["config"])
+        for key in ("method", "variant", "structures", "target_sparsity", "target", "steps", "seed"):
+            if getattr(saved, key) != getattr(self.config, key):
+                raise ValueError(f"resume: the checkpoint was written with {key}={getattr(saved, key)!r}, this run "
+                                 f"has {key}={getattr(self.config, key)!r}")
+        self.step = int(state["step"])
+        self.masks.load_state_dict(state["masks"])
+        self.lagrangian.load_state_dict(state["lagrangian"])
+        self.lagrangian.initial = float(state["lagrangian_initial"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "model" in state:
+            self.model.load_state_dict(state["model"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def _split(batch: dict, parts: int) -> list[dict]:
+    size = next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
+    parts = max(1, min(parts, size))
+    bounds = [round(i * size / parts) for i in range(parts + 1)]
+    return [{k: v[a:b] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            for a, b in zip(bounds, bounds[1:]) if b > a]
