@@ -1,10 +1,13 @@
 """The ``vtrans`` command.
 
-Subcommands: ``info`` (versions, devices, backends) and ``compact`` (apply a saved CompactionPlan to a model
-folder and write the smaller model). Pruning and benchmark subcommands join as their pipelines land.
+Subcommands: ``info`` (versions, devices, backends), ``prune`` (train masks under a size target, write the
+plan, logs, plots and the compacted model) and ``compact`` (apply a saved CompactionPlan to a model folder).
 """
 import argparse
 import sys
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "tokenizer.model")
 
 
 def _compact(args) -> int:
@@ -20,8 +23,7 @@ def _compact(args) -> int:
     compacted = compact(model, plan, round_to=args.round_to)
     after = sum(p.numel() for p in compacted.parameters())
     out = save_compacted(compacted, args.out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                 "vocab.json", "merges.txt", "tokenizer.model"):
+    for name in TOKENIZER_FILES:
         if (Path(args.model) / name).is_file():
             shutil.copy2(Path(args.model) / name, out / name)
     units = adapter_for(compacted).units()
@@ -36,12 +38,84 @@ def _compact(args) -> int:
     return 0
 
 
+def _load_for_task(path: str, task: str, num_labels: int | None):
+    from pathlib import Path
+
+    import transformers
+
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"--model: no transformers model folder (config.json) at {path}")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    if task == "classification":
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _prune(args) -> int:
+    import torch
+
+    from .prune.config import PruneConfig
+    from .prune.data import load_text_data
+    from .prune.pipeline import PipelineOptions, format_summary, prune_pipeline
+
+    config = PruneConfig(
+        method=args.method, variant=args.variant, structures=tuple(args.structures.split(",")),
+        target_sparsity=args.target_sparsity, target=args.target, seq_len=args.seq_len, steps=args.steps,
+        batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
+        round_to=args.round_to, seed=args.seed, mask_lr=args.mask_lr)
+    data = load_text_data(args.data, args.task)
+    model, tokenizer = _load_for_task(args.model, args.task,
+                                      len(data.label_names) if data.label_names else None)
+    model.to(args.device if args.device else ("cuda" if torch.cuda.is_available() else "cpu"))
+    options = PipelineOptions(task=args.task, max_length=args.max_length, teacher_steps=args.teacher_steps,
+                              resume=args.resume, progress=not args.no_progress)
+    summary = prune_pipeline(model, tokenizer, data, config, args.out, options)
+    print(format_summary(summary))
+    print(f"wrote {args.out}: plan.json, log.jsonl, checkpoint.pt, masks.pt, plots, compacted/ (load with "
+          "vtrans_kernels.load_compacted)")
+    return 0
+
+
+def _add_prune_parser(sub) -> None:
+    p = sub.add_parser("prune", help="train VTrans masks under a size target and write the compacted model")
+    p.add_argument("--model", required=True, help="transformers model folder")
+    p.add_argument("--data", required=True, help="local .csv/.jsonl with `text` (and `label`), or a datasets name")
+    p.add_argument("--task", choices=("classification", "lm"), default="classification")
+    p.add_argument("--method", choices=("vib", "hard_concrete"), default="vib")
+    p.add_argument("--variant", choices=("vtrans", "fast", "faster"), default="faster")
+    p.add_argument("--structures", default="hidden,heads,ffn", help="comma-separated subset of hidden,heads,ffn")
+    p.add_argument("--target-sparsity", type=float, default=0.5, help="in (0, 1)")
+    p.add_argument("--target", choices=("params", "flops"), default="params",
+                   help="what the sparsity counts: layer parameters, or FLOPs per sequence of --seq-len tokens")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length of the FLOPs target")
+    p.add_argument("--steps", type=int, default=200, help="mask-training steps")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example (block size for lm)")
+    p.add_argument("--teacher-steps", type=int, default=0, help="fine-tune the model on the task first")
+    p.add_argument("--finetune-steps", type=int, default=None, help="fine-tune steps of the compacted model")
+    p.add_argument("--subset-fraction", type=float, default=None, help="data fraction (default by variant)")
+    p.add_argument("--mask-lr", type=float, default=0.05)
+    p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vtrans`` console script."""
     parser = argparse.ArgumentParser(prog="vtrans", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices, and which backend serves each op here")
+    _add_prune_parser(sub)
     comp = sub.add_parser("compact", help="rewrite a model into a smaller dense model by a CompactionPlan")
     comp.add_argument("--model", required=True, help="model folder (transformers or save_compacted format)")
     comp.add_argument("--masks", required=True, help="CompactionPlan JSON (written by vtrans prune or plan.save)")
@@ -53,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         info.main()
         return 0
     try:
-        return _compact(args)
-    except (FileNotFoundError, ValueError, TypeError) as err:
+        return _prune(args) if args.command == "prune" else _compact(args)
+    except (FileNotFoundError, ValueError, TypeError, OSError, RuntimeError) as err:
         print(f"vtrans {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -36,20 +36,26 @@ class Pruner:
     Weights train with the masks in the "vtrans" and "fast" variants and are frozen in "faster". The teacher
     of the distillation terms is ``teacher`` if given, else the model itself with masks switched off (faster)
     or a frozen copy taken before training (vtrans, fast).
+
+    With ``manage_weights=False`` the pruner's optimizer holds only the masks and lambdas and leaves the weights'
+    ``requires_grad`` alone: another trainer owns the weights (see :class:`VTransCallback`).
     """
 
-    def __init__(self, model: nn.Module, config: PruneConfig | None = None, *, teacher: nn.Module | None = None):
+    def __init__(self, model: nn.Module, config: PruneConfig | None = None, *, teacher: nn.Module | None = None,
+                 manage_weights: bool = True):
         self.config = config = config or PruneConfig()
         self.model = model
+        self.manage_weights = manage_weights
         device = next(model.parameters()).device
-        if teacher is None and config.distill_weight > 0 and config.trains_weights:
+        if teacher is None and config.distill_weight > 0 and config.trains_weights and manage_weights:
             teacher = copy.deepcopy(model)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         torch.manual_seed(config.seed)  # mask initialisation draws from the global generator
         self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed)
         self.measure = self.masks.measure(config.target, config.seq_len, config.count_embeddings)
-        for param in model.parameters():
-            param.requires_grad_(config.trains_weights)
+        if manage_weights:
+            for param in model.parameters():
+                param.requires_grad_(config.trains_weights)
         with torch.no_grad():
             initial = float(self.masks.expected_sparsity(self.measure))
         self.lagrangian = Lagrangian(config.target_sparsity, config.warmup_steps, initial=min(initial,
@@ -57,7 +63,7 @@ class Pruner:
         self.lagrangian.to(device)
         groups = [{"params": self.masks.mask_parameters(), "lr": config.mask_lr, "weight_decay": 0.0},
                   {"params": list(self.lagrangian.parameters()), "lr": config.lambda_lr, "weight_decay": 0.0}]
-        if config.trains_weights:
+        if config.trains_weights and manage_weights:
             groups.append({"params": list(model.parameters()), "lr": config.weight_lr, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups)
         self.step = 0
@@ -124,7 +130,7 @@ class Pruner:
     # ---- steps ------------------------------------------------------------------------------------------
     def optimizer_step(self) -> None:
         """Clip the weight gradients, step masks, lambdas (ascent) and weights, clear gradients, constrain."""
-        if self.config.trains_weights and self.config.max_grad_norm > 0:
+        if self.config.trains_weights and self.manage_weights and self.config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -138,12 +144,12 @@ class Pruner:
         totals: dict = {}
         for part in parts:
             loss, metrics = self.compute_loss(part)
-            self._check_finite(loss, "loss")
+            self.check_finite(loss, "loss")
             (loss / len(parts)).backward()
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value / len(parts)
         penalty, metrics = self.penalty()
-        self._check_finite(penalty, "mask penalty")
+        self.check_finite(penalty, "mask penalty")
         penalty.backward()
         totals.update(metrics)
         totals["loss"] = totals["data_loss"] + float(penalty.detach())
@@ -152,7 +158,7 @@ class Pruner:
         totals["sparsity"] = self.masks.sparsity(self.measure)
         return totals
 
-    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+    def check_finite(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value.detach()).all():
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(f"{what} became {float(value)} at step {self.step}; stopping (lower the learning "
@@ -178,7 +184,7 @@ class Pruner:
                          "numpy": np.random.get_state()}}
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        if self.config.trains_weights:
+        if self.config.trains_weights and self.manage_weights:
             state["model"] = self.model.state_dict()
         return state
 

@@ -1,0 +1,127 @@
+"""Mask modules, MaskSet decisions, the size measure and the Lagrangian."""
+import math
+
+import pytest
+import torch
+
+from vtrans_kernels.masks import (ArchitectureSpec, HardConcreteMask, Lagrangian, MaskSet, SizeMeasure, VIBMask,
+                                  make_mask)
+from vtrans_kernels.masks.gates import LOG_ALPHA_MAX, LOG_ALPHA_MIN
+
+SPEC = ArchitectureSpec(hidden_size=40, units_per_layer=(6, 6, 6), ffn_per_layer=(97, 97, 97), q_heads_per_unit=1,
+                        kv_heads_per_unit=1, head_dim=8, qkv_bias=True, o_bias=True, ffn_inputs=1, ffn_in_bias=True,
+                        ffn_out_bias=True, norm_params=2, pre_ln=False, embedding_rows=100, embedding_norm=True,
+                        final_norm=False)
+
+
+def test_vib_mask_decision_count_kl_and_gates():
+    torch.manual_seed(0)
+    mask = VIBMask(13)
+    with torch.no_grad():
+        mask.mu.uniform_(-1, 1)
+        mask.log_sigma2.uniform_(-3, 1)
+    sigma2 = mask.log_sigma2.exp()
+    assert torch.equal(mask.keep(), mask.mu.detach().square() > sigma2.detach())
+    torch.testing.assert_close(mask.kl(), 0.5 * torch.log1p(mask.mu.square() / sigma2).sum())
+    soft = torch.sigmoid(10 * (torch.log(mask.mu.square()) - mask.log_sigma2)).sum()
+    torch.testing.assert_close(mask.soft_count(), soft)
+    torch.testing.assert_close(mask.eval_gate(), mask.mu * mask.keep())
+    x = torch.randn(5, 13)
+    torch.testing.assert_close(mask.gate_last_dim(x, 0, training=False), x * mask.eval_gate())
+    # Training: per-row noise, deterministic per seed, the same seed gives the same gates in both forms.
+    a, b = mask.gate_last_dim(torch.ones(5, 13), 7, True), mask.gate_last_dim(torch.ones(5, 13), 7, True)
+    assert torch.equal(a, b) and not torch.equal(a[0], a[1])
+    torch.testing.assert_close(mask.unit_gates(5, 7, True), a)
+    assert not torch.equal(a, mask.gate_last_dim(torch.ones(5, 13), 8, True))
+
+
+def test_hard_concrete_mask_constrain_scale_and_keep():
+    torch.manual_seed(0)
+    mask = HardConcreteMask(11)
+    with torch.no_grad():
+        mask.log_alpha.uniform_(-9, 9)
+    mask.constrain()
+    assert mask.log_alpha.min() >= LOG_ALPHA_MIN and mask.log_alpha.max() <= LOG_ALPHA_MAX
+    torch.testing.assert_close(mask.scale(), torch.sigmoid(0.8 * mask.log_alpha.detach() / (2 / 3)))
+    expected = torch.sigmoid(mask.log_alpha - 2 / 3 * math.log(0.1 / 1.1)).sum()
+    torch.testing.assert_close(mask.soft_count(), expected)
+    assert mask.keep().sum() == int(torch.floor(expected + 0.5))
+    # One sample per step shared by all rows.
+    gates = mask.gate_last_dim(torch.ones(4, 11), 3, True)
+    assert torch.equal(gates[0], gates[3])
+    assert torch.equal(mask.training_keep(3), gates[0] != 0)
+
+
+def test_make_mask_errors():
+    with pytest.raises(ValueError, match="method"):
+        make_mask("l1", 3)
+    with pytest.raises(ValueError, match="units"):
+        VIBMask(0)
+    with pytest.raises(ValueError, match="drop_init"):
+        HardConcreteMask(3, drop_init=1.0)
+    with pytest.raises(ValueError, match="structures"):
+        MaskSet(SPEC, "vib", ("hidden", "layers"))
+    with pytest.raises(ValueError, match="target"):
+        SizeMeasure(SPEC, "latency")
+
+
+@pytest.mark.parametrize("method", ["vib", "hard_concrete"])
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.8])
+@pytest.mark.parametrize("kind", ["params", "flops"])
+def test_decide_hits_the_target(method, target, kind):
+    torch.manual_seed(1)
+    masks = MaskSet(SPEC, method)
+    for _, _, mask in masks.masks():
+        for p in mask.parameters():
+            with torch.no_grad():
+                p.normal_(0, 2)
+    measure = SizeMeasure(SPEC, kind, seq_len=16)
+    decision = masks.decide(measure, target)
+    assert abs(masks.sparsity(measure, decision) - target) < 0.01
+    assert decision.hidden.any()
+    # Kept units are the best scored: no pruned unit outscores a kept one within a mask.
+    for keep, (_, _, mask) in zip([decision.hidden, *decision.heads, *decision.ffn], masks.masks()):
+        if keep.any() and (~keep).any():
+            assert mask.score()[keep].min() >= mask.score()[~keep].max()
+
+
+def test_decide_keeps_the_decision_when_within_tolerance():
+    masks = MaskSet(SPEC, "vib")
+    measure = SizeMeasure(SPEC)
+    decision = masks.decision()
+    sparsity = masks.sparsity(measure)
+    again = masks.decide(measure, sparsity + 0.001)
+    assert all(torch.equal(a, b) for a, b in zip(decision.ffn, again.ffn))
+
+
+def test_expected_sparsity_is_differentiable_and_matches_counts():
+    masks = MaskSet(SPEC, "hard_concrete", ("heads", "ffn"))
+    measure = SizeMeasure(SPEC)
+    expected = masks.expected_sparsity(measure)
+    expected.backward()
+    assert all(m.log_alpha.grad is not None and m.log_alpha.grad.abs().sum() > 0 for _, _, m in masks.masks())
+    counts = masks.soft_counts()
+    assert counts[0] == SPEC.hidden_size
+    torch.testing.assert_close(expected, 1 - measure.size(*counts) / measure.size())
+
+
+def test_step_seeds_follow_the_counter_and_survive_state_dict():
+    masks = MaskSet(SPEC, "vib", seed=5)
+    masks.new_step()
+    masks.new_step()
+    seed = masks.site_seed(3)
+    other = MaskSet(SPEC, "vib", seed=5)
+    other.load_state_dict(masks.state_dict())
+    assert other.site_seed(3) == seed and other.site_seed(4) != seed
+
+
+def test_lagrangian_ascends_and_ramps():
+    lag = Lagrangian(0.6, warmup_steps=10, initial=0.1)
+    assert lag.target_at(0) == 0.1 and lag.target_at(5) == pytest.approx(0.35) and lag.target_at(99) == 0.6
+    opt = torch.optim.SGD(lag.parameters(), lr=1.0)
+    lag(torch.tensor(0.2), step=10).backward()   # gap = -0.4 (not sparse enough)
+    opt.step()
+    assert lag.lambda1.item() == pytest.approx(-0.4)   # ascent: lambda1 moves along the gap
+    assert lag.lambda2.item() == pytest.approx(0.16)
+    with pytest.raises(ValueError, match="target_sparsity"):
+        Lagrangian(1.0, 5)

@@ -1,0 +1,134 @@
+"""End to end: data -> teacher -> mask training -> plan -> compact -> fine-tune -> save, with a summary table.
+The `vtrans prune` command and the recipes in python/ are thin layers over :func:`prune_pipeline`."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..hf.compact import compact
+from ..hf.masked_eval import masked_by_plan
+from ..hf.serialization import save_compacted
+from .config import PruneConfig
+from .data import Batches, TextData, tokenize_classification, tokenize_lm
+from .evaluate import evaluate
+from .finetune import finetune
+from .run import run_pruning
+
+
+@dataclass
+class PipelineOptions:
+    """Settings around mask training: the task, the dev split, tokenization, a teacher fine-tune before
+    pruning and its learning rate, progress bars, and whether to resume."""
+
+    task: str = "classification"
+    dev_fraction: float = 0.1
+    max_length: int = 128
+    teacher_steps: int = 0
+    teacher_lr: float = 1e-4
+    finetune_lr: float = 5e-5
+    resume: bool = False
+    progress: bool = True
+
+
+def _features(data: TextData, tokenizer, task: str, length: int):
+    if task == "classification":
+        return tokenize_classification(data, tokenizer, length)
+    return tokenize_lm(data, tokenizer, length)
+
+
+def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneConfig, out_dir: str | Path,
+                   options: PipelineOptions | None = None) -> dict:
+    """Prune ``model`` on ``data`` and write everything to ``out_dir``: the mask-run files of
+    :func:`run_pruning`, ``compacted/`` (the compacted model and tokenizer, loadable with ``load_compacted``) and
+    ``summary.json`` (dev metrics of the teacher, the masked model and the compacted model, kept units, sparsity,
+    parameter counts, wall times). Returns the summary."""
+    options = options or PipelineOptions()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, dev = data.split(options.dev_fraction, config.seed)
+    train_features = _features(train, tokenizer, options.task, options.max_length)
+    dev_batches = Batches(_features(dev, tokenizer, options.task, options.max_length), config.batch_size)
+    times = {}
+
+    start = time.perf_counter()
+    if options.teacher_steps and not options.resume:
+        finetune(model, Batches(train_features, config.batch_size, seed=config.seed + 1), options.teacher_steps,
+                 lr=options.teacher_lr, progress=options.progress, desc="teacher")
+    elif options.teacher_steps:
+        model.load_state_dict(_load_teacher(out))
+    if options.teacher_steps:
+        _save_teacher(model, out)
+    times["teacher_s"] = time.perf_counter() - start
+    teacher_metrics = evaluate(model, dev_batches, options.task)
+
+    start = time.perf_counter()
+    batches = Batches(train_features, config.batch_size, seed=config.seed, fraction=config.data_fraction)
+    result = run_pruning(model, batches, config, out, resume=options.resume, progress=options.progress)
+    times["mask_training_s"] = time.perf_counter() - start
+    pruner = result.pruner
+    pruner.finish()
+    with masked_by_plan(model, result.plan):  # the masked model of the final plan (threshold-adjusted)
+        masked_metrics = evaluate(model, dev_batches, options.task)
+
+    start = time.perf_counter()
+    compacted = compact(model, result.plan, round_to=config.round_to)
+    teacher = pruner.teacher if pruner.teacher is not None else model
+    finetune(compacted, Batches(train_features, config.batch_size, seed=config.seed + 2), config.finetune,
+             lr=options.finetune_lr, teacher=teacher if config.distill_weight > 0 else None,
+             temperature=config.temperature, progress=options.progress, desc="fine-tune compacted")
+    times["compact_finetune_s"] = time.perf_counter() - start
+    compacted_metrics = evaluate(compacted, dev_batches, options.task)
+    saved = save_compacted(compacted, out / "compacted")
+    tokenizer.save_pretrained(saved)
+
+    summary = {
+        "task": options.task, "method": config.method, "variant": config.variant, "target": config.target,
+        "target_sparsity": config.target_sparsity, "achieved_sparsity": result.summary["sparsity"],
+        "teacher": teacher_metrics, "masked": masked_metrics, "compacted": compacted_metrics,
+        "parameters": {"original": _count(teacher), "compacted": _count(compacted)},
+        "kept": {k: v for k, v in result.summary.items() if k != "sparsity"},
+        "train_rows": len(batches), "dev_rows": len(dev_batches), "times": times, "compacted_path": str(saved),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _save_teacher(model: nn.Module, out: Path) -> None:
+    from .checkpoint import save_atomic
+    save_atomic(model.state_dict(), out / "teacher.pt")
+
+
+def _load_teacher(out: Path) -> dict:
+    from .checkpoint import load_checkpoint
+    return load_checkpoint(out / "teacher.pt")
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a small plain-text table."""
+    metric = "accuracy" if summary["task"] == "classification" else "perplexity"
+    kept = summary["kept"]
+    rows = [
+        ("method / variant", f"{summary['method']} / {summary['variant']}"),
+        (f"teacher {metric}", f"{summary['teacher'][metric]:.4f}"),
+        (f"masked model {metric}", f"{summary['masked'][metric]:.4f}"),
+        (f"compacted {metric}", f"{summary['compacted'][metric]:.4f}"),
+        (f"sparsity ({summary['target']}) target / achieved",
+         f"{summary['target_sparsity']:.3f} / {summary['achieved_sparsity']:.3f}"),
+        ("parameters original -> compacted",
+         f"{summary['parameters']['original']:,} -> {summary['parameters']['compacted']:,}"),
+        ("hidden dims kept", "{} / {}".format(*kept["hidden"])),
+        ("heads kept per layer", " ".join(f"{k}/{n}" for k, n in kept["heads"])),
+        ("FFN neurons kept per layer", " ".join(f"{k}/{n}" for k, n in kept["ffn"])),
+        ("time: teacher / masks / compact+fine-tune (s)",
+         " / ".join(f"{summary['times'][k]:.1f}" for k in ("teacher_s", "mask_training_s", "compact_finetune_s"))),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

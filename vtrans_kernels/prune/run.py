@@ -1,0 +1,88 @@
+"""A whole mask-training run: progress bar, JSON-lines log, atomic checkpoints, exact resume, final plan."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ..hf.plan import CompactionPlan
+from .checkpoint import JsonLog, load_checkpoint, save_atomic
+from .config import PruneConfig
+from .data import Batches
+from .pruner import Pruner
+
+CHECKPOINT, LOG, PLAN = "checkpoint.pt", "log.jsonl", "plan.json"
+
+
+@dataclass
+class PruneResult:
+    plan: CompactionPlan
+    pruner: Pruner
+    records: list[dict]
+    summary: dict
+
+
+def kept_summary(plan: CompactionPlan, pruner: Pruner) -> dict:
+    """Kept/total units per structure: ``{"hidden": (k, n), "heads": [(k, n) per layer], "ffn": [...]}``."""
+    spec = pruner.masks.spec
+    hidden = spec.hidden_size if plan.hidden is None else len(plan.hidden)
+    return {"hidden": (hidden, spec.hidden_size),
+            "heads": [(len(plan.heads.get(i, range(n))), n) for i, n in enumerate(spec.units_per_layer)],
+            "ffn": [(len(plan.ffn.get(i, range(n))), n) for i, n in enumerate(spec.ffn_per_layer)]}
+
+
+def run_pruning(model: nn.Module, batches: Batches, config: PruneConfig, out_dir: str | Path, *,
+                resume: bool = False, teacher: nn.Module | None = None, progress: bool = True,
+                plots: bool = True) -> PruneResult:
+    """Train masks on ``model`` for ``config.steps`` steps and write the results to ``out_dir``.
+
+    Writes ``log.jsonl`` (every ``log_every`` steps: losses, expected and actual sparsity, lambdas),
+    ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end, atomically), ``plan.json`` (the final
+    :class:`CompactionPlan`, hitting the target), ``masks.pt`` and the plots. With ``resume`` the run continues
+    from ``checkpoint.pt`` and ends with the same masks as an uninterrupted run. A NaN/Inf loss raises
+    :class:`NonFiniteLossError` and leaves the last good checkpoint in place. The masks stay attached (in eval
+    mode the model computes the pruned model); ``result.pruner.finish()`` detaches them.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pruner = Pruner(model, config, teacher=teacher)
+    if resume:
+        pruner.load_state_dict(load_checkpoint(out / CHECKPOINT))
+    log = JsonLog(out / LOG, resume_step=pruner.step if resume else None)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    bar = _progress(config.steps, pruner.step, progress)
+    try:
+        while pruner.step < config.steps:
+            metrics = pruner.train_step(batches.batch(pruner.step))
+            step = pruner.step
+            if step % config.log_every == 0 or step == config.steps:
+                log.write(metrics)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", expected=f"{metrics['expected_sparsity']:.3f}",
+                                actual=f"{metrics['sparsity']:.3f}", target=f"{metrics['target_now']:.3f}")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_atomic(pruner.state_dict(), out / CHECKPOINT)
+    finally:
+        if bar is not None:
+            bar.close()
+    plan = pruner.plan()
+    plan.save(out / PLAN)
+    save_atomic(pruner.masks.state_dict(), out / "masks.pt")
+    summary = kept_summary(plan, pruner)
+    summary["sparsity"] = float(pruner.measure.sparsity(summary["hidden"][0], [k for k, _ in summary["heads"]],
+                                                        [k for k, _ in summary["ffn"]]))
+    records = log.records()
+    if plots:
+        from .plots import plot_run
+        plot_run(records, summary, out)
+    return PruneResult(plan, pruner, records, summary)
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, desc="vtrans prune", dynamic_ncols=True)
