@@ -14,7 +14,7 @@ $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q "transformers>=5" datasets safetensors numpy tqdm matplotlib triton pytest
+	$(PIP) install -q "transformers>=5" datasets safetensors numpy tqdm matplotlib accelerate triton pytest
 	touch $@
 
 setup: $(VENV)/.deps build

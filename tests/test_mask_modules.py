@@ -57,8 +57,12 @@ def test_make_mask_errors():
         make_mask("l1", 3)
     with pytest.raises(ValueError, match="units"):
         VIBMask(0)
-    with pytest.raises(ValueError, match="drop_init"):
-        HardConcreteMask(3, drop_init=1.0)
+    with pytest.raises(ValueError, match="drop"):
+        HardConcreteMask(3, drop=1.0)
+    with pytest.raises(ValueError, match="mask_init"):
+        MaskSet(SPEC, "vib", mask_init={"drop": 0.3})
+    masks = MaskSet(SPEC, "vib", mask_init={"log_sigma2": -4.0})
+    assert abs(masks.ffn[0].log_sigma2.mean().item() + 4.0) < 0.01
     with pytest.raises(ValueError, match="structures"):
         MaskSet(SPEC, "vib", ("hidden", "layers"))
     with pytest.raises(ValueError, match="target"):

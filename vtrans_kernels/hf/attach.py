@@ -23,9 +23,10 @@ class ModelMasks(MaskSet):
     stays that of the unmasked model.
     """
 
-    def __init__(self, model: nn.Module, method: str, structures: Sequence[str], seed: int):
+    def __init__(self, model: nn.Module, method: str, structures: Sequence[str], seed: int,
+                 mask_init: dict | None = None):
         adapter = adapter_for(model)
-        super().__init__(adapter.spec(), method, structures, seed=seed)
+        super().__init__(adapter.spec(), method, structures, seed=seed, mask_init=mask_init)
         self.adapter = adapter
         self._handles = []
 
@@ -96,7 +97,7 @@ class _MaskGates(GateSource):
 
 
 def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = STRUCTURES, *,
-           seed: int = 0) -> ModelMasks:
+           seed: int = 0, mask_init: dict | None = None) -> ModelMasks:
     """Put masks on a transformers v5 model in place (DESIGN 2.3) and return them.
 
     Args:
@@ -104,6 +105,8 @@ def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = ST
         method: ``"vib"`` (VTrans, per-token Gaussian gates) or ``"hard_concrete"`` (CoFi-style L0 gates).
         structures: any of ``"hidden"``, ``"heads"``, ``"ffn"``. Heads are KV groups in GQA/MQA models.
         seed: base seed of the mask noise (training-mode forwards draw fresh noise from it, reproducibly).
+        mask_init: initial values, ``{"mu": 1.0, "log_sigma2": -9.0}`` (VIB) or ``{"drop": 0.5}``
+            (hard-concrete); parameters are drawn from torch's global generator.
     Returns:
         The :class:`ModelMasks` (an ``nn.Module``; on the model's device after ``masks.to(device)``). In
         ``model.train()`` the gates are sampled; in ``model.eval()`` they are the deterministic gates, and the
@@ -111,7 +114,7 @@ def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = ST
     """
     if getattr(model, _ATTR, None) is not None:
         raise ValueError("attach: this model already has masks; call vtrans_kernels.detach(model) first")
-    masks = ModelMasks(model, method, structures, seed)
+    masks = ModelMasks(model, method, structures, seed, mask_init)
     adapter = masks.adapter
     if getattr(model.config, RECORD_KEY, None):
         raise ValueError("attach: the model is already compacted; attach masks to the unpruned model")

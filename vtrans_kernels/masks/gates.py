@@ -75,15 +75,18 @@ class UnitMask(nn.Module):
 class VIBMask(UnitMask):
     """VIB gates ``z = mu + exp(log_sigma2 / 2) * eps`` with eps drawn per row (token); DESIGN 2.1.
 
-    Initialisation: mu ~ N(1, 0.01), log_sigma2 ~ N(-9, 0.01) (draws from torch's global generator).
+    Initialisation: mu ~ N(``mu``, 0.01), log_sigma2 ~ N(``log_sigma2``, 0.01) (draws from torch's global
+    generator); the defaults 1 and -9 are those of public VIB-pruning code. A unit's gate only starts to feel
+    the size target once its log SNR ``log(mu^2) - log_sigma2`` nears 0, which from -9 takes about
+    ``9 / mask_lr`` Adam steps; short runs start closer (e.g. ``log_sigma2=-4``).
     """
 
     method = "vib"
 
-    def __init__(self, units: int, *, temperature: float = 10.0):
+    def __init__(self, units: int, *, mu: float = 1.0, log_sigma2: float = -9.0, temperature: float = 10.0):
         super().__init__(units)
-        self.mu = nn.Parameter(1.0 + 0.01 * torch.randn(self.units))
-        self.log_sigma2 = nn.Parameter(-9.0 + 0.01 * torch.randn(self.units))
+        self.mu = nn.Parameter(float(mu) + 0.01 * torch.randn(self.units))
+        self.log_sigma2 = nn.Parameter(float(log_sigma2) + 0.01 * torch.randn(self.units))
         self.temperature = float(temperature)
 
     def gate_last_dim(self, x, seed, training):
@@ -121,16 +124,16 @@ class VIBMask(UnitMask):
 class HardConcreteMask(UnitMask):
     """Hard-concrete L0 gates (CoFi / LLM-Shearing baseline); one sample per step shared by all rows; DESIGN 2.2.
 
-    Initialisation: ``log_alpha = log(1 - p) - log(p) + N(0, 0.01)`` for the initial drop rate ``p``.
+    Initialisation: ``log_alpha = log(1 - p) - log(p) + N(0, 0.01)`` for the initial drop rate ``p = drop``.
     """
 
     method = "hard_concrete"
 
-    def __init__(self, units: int, *, drop_init: float = 0.5):
+    def __init__(self, units: int, *, drop: float = 0.5):
         super().__init__(units)
-        if not 0.0 < drop_init < 1.0:
-            raise ValueError(f"HardConcreteMask: drop_init must be in (0, 1), got {drop_init}")
-        base = math.log(1.0 - drop_init) - math.log(drop_init)
+        if not 0.0 < drop < 1.0:
+            raise ValueError(f"HardConcreteMask: drop must be in (0, 1), got {drop}")
+        base = math.log(1.0 - drop) - math.log(drop)
         self.log_alpha = nn.Parameter(base + 0.01 * torch.randn(self.units))
 
     def gate_last_dim(self, x, seed, training):
@@ -167,8 +170,15 @@ class HardConcreteMask(UnitMask):
 METHODS = {"vib": VIBMask, "hard_concrete": HardConcreteMask}
 
 
-def make_mask(method: str, units: int) -> UnitMask:
-    """A mask of ``method`` ("vib" or "hard_concrete") over ``units`` units."""
+INIT_KEYS = {"vib": ("mu", "log_sigma2"), "hard_concrete": ("drop",)}
+
+
+def make_mask(method: str, units: int, init: dict | None = None) -> UnitMask:
+    """A mask of ``method`` ("vib" or "hard_concrete") over ``units`` units; ``init`` overrides the initial
+    values (``{"mu", "log_sigma2"}`` for VIB, ``{"drop"}`` for hard-concrete)."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
-    return METHODS[method](units)
+    unknown = set(init or {}) - set(INIT_KEYS[method])
+    if unknown:
+        raise ValueError(f"mask_init: {method} masks take {INIT_KEYS[method]}, got {sorted(unknown)}")
+    return METHODS[method](units, **(init or {}))

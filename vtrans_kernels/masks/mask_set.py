@@ -50,18 +50,18 @@ class MaskSet(nn.Module):
     """
 
     def __init__(self, spec: ArchitectureSpec, method: str = "vib", structures: Sequence[str] = STRUCTURES,
-                 *, seed: int = 0):
+                 *, seed: int = 0, mask_init: dict | None = None):
         super().__init__()
         structures = tuple(structures)
         unknown = [s for s in structures if s not in STRUCTURES]
         if not structures or unknown:
             raise ValueError(f"structures: expected a non-empty subset of {STRUCTURES}, got {structures!r}")
-        make_mask(method, 1)  # validates the method name
+        make_mask(method, 1, mask_init)  # validates the method and the init
         self.spec, self.method, self.structures, self.seed = spec, method, structures, int(seed)
-        self.hidden = make_mask(method, spec.hidden_size) if "hidden" in structures else None
-        self.heads = (nn.ModuleList(make_mask(method, u) for u in spec.units_per_layer)
-                      if "heads" in structures else None)
-        self.ffn = nn.ModuleList(make_mask(method, f) for f in spec.ffn_per_layer) if "ffn" in structures else None
+        make = lambda units: make_mask(method, units, mask_init)  # noqa: E731
+        self.hidden = make(spec.hidden_size) if "hidden" in structures else None
+        self.heads = nn.ModuleList(make(u) for u in spec.units_per_layer) if "heads" in structures else None
+        self.ffn = nn.ModuleList(make(f) for f in spec.ffn_per_layer) if "ffn" in structures else None
         self.register_buffer("steps_drawn", torch.zeros((), dtype=torch.int64))
         self.enabled = True
         self.step_seed = mix_seed(self.seed, 0)

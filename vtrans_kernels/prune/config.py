@@ -20,6 +20,7 @@ class PruneConfig:
     ``count_embeddings``) or "flops" (per sequence of ``seq_len`` tokens).
     Schedule: ``steps`` mask-training steps, the target ramping over ``warmup_fraction`` of them;
     ``finetune_steps`` of the compacted model afterwards (default: 0 for faster, ``steps`` otherwise).
+    ``mask_init`` overrides the masks' initial values (see :func:`vtrans_kernels.attach`).
     Objective (DESIGN 2.4): ``task_weight`` x task loss + ``distill_weight`` x (logit KL at ``temperature`` +
     ``hidden_distill_weight`` x layer-wise hidden MSE over kept dims) + ``kl_weight`` x sum over structures of
     ``kl_multipliers[s]`` x KL_s + the Lagrangian.
@@ -38,6 +39,7 @@ class PruneConfig:
     subset_fraction: float | None = None
     batch_size: int = 16
     grad_accumulation: int = 1
+    mask_init: dict = field(default_factory=dict)
     mask_lr: float = 0.05
     lambda_lr: float = 0.1
     weight_lr: float = 3e-5

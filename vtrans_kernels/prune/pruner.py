@@ -51,7 +51,8 @@ class Pruner:
             teacher = copy.deepcopy(model)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         torch.manual_seed(config.seed)  # mask initialisation draws from the global generator
-        self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed)
+        self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed,
+                                          mask_init=config.mask_init)
         self.measure = self.masks.measure(config.target, config.seq_len, config.count_embeddings)
         if manage_weights:
             for param in model.parameters():
@@ -161,7 +162,7 @@ class Pruner:
     def check_finite(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value.detach()).all():
             self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"{what} became {float(value)} at step {self.step}; stopping (lower the learning "
+            raise NonFiniteLossError(f"{what} became {float(value.detach())} at step {self.step}; stopping (lower the learning "
                                      "rates or use fp32; the last good checkpoint is kept)")
 
     # ---- results ----------------------------------------------------------------------------------------
