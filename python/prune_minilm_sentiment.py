@@ -22,11 +22,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--target-sparsity", type=float, default=0.5)
     parser.add_argument("--method", default="vib", choices=("vib", "hard_concrete"))
     parser.add_argument("--variant", default="faster", choices=("vtrans", "fast", "faster"))
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--teacher-steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--teacher-steps", type=int, default=80)
+    parser.add_argument("--mask-lr", type=float, default=0.1)
+    parser.add_argument("--log-sigma2-init", type=float, default=-4.0,
+                        help="VIB initial log sigma^2: closer to 0 than the usual -9 so short runs converge")
     parser.add_argument("--finetune-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--max-length", type=int, default=40)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N sentences")
     parser.add_argument("--subset-fraction", type=float, default=None)
     parser.add_argument("--resume", action="store_true")
@@ -49,7 +52,8 @@ def main(argv=None) -> dict:
     config = PruneConfig(method=args.method, variant=args.variant, target_sparsity=args.target_sparsity,
                          steps=args.steps, batch_size=args.batch_size, finetune_steps=args.finetune_steps,
                          subset_fraction=args.subset_fraction, seq_len=args.max_length, log_every=5,
-                         checkpoint_every=25)
+                         checkpoint_every=25, mask_lr=args.mask_lr,
+                         mask_init={"log_sigma2": args.log_sigma2_init} if args.method == "vib" else {})
     options = PipelineOptions(task="classification", max_length=args.max_length, teacher_steps=args.teacher_steps,
                               resume=args.resume, progress=not args.no_progress)
     summary = prune_pipeline(model, tokenizer, data, config, out, options)

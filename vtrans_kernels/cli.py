@@ -68,7 +68,8 @@ def _prune(args) -> int:
         method=args.method, variant=args.variant, structures=tuple(args.structures.split(",")),
         target_sparsity=args.target_sparsity, target=args.target, seq_len=args.seq_len, steps=args.steps,
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
-        round_to=args.round_to, seed=args.seed, mask_lr=args.mask_lr)
+        round_to=args.round_to, seed=args.seed, mask_lr=args.mask_lr,
+        mask_init={"log_sigma2": args.log_sigma2_init} if args.log_sigma2_init is not None else {})
     data = load_text_data(args.data, args.task)
     model, tokenizer = _load_for_task(args.model, args.task,
                                       len(data.label_names) if data.label_names else None)
@@ -101,6 +102,8 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--finetune-steps", type=int, default=None, help="fine-tune steps of the compacted model")
     p.add_argument("--subset-fraction", type=float, default=None, help="data fraction (default by variant)")
     p.add_argument("--mask-lr", type=float, default=0.05)
+    p.add_argument("--log-sigma2-init", type=float, default=None,
+                   help="VIB initial log sigma^2 (default -9; about -4 lets short runs converge)")
     p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")

