@@ -50,9 +50,10 @@ class Pruner:
         if teacher is None and config.distill_weight > 0 and config.trains_weights and manage_weights:
             teacher = copy.deepcopy(model)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
-        torch.manual_seed(config.seed)  # mask initialisation draws from the global generator
-        self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed,
-                                          mask_init=config.mask_init)
+        with torch.random.fork_rng(devices=[]):  # mask init: repeatable per seed, the caller's RNG untouched
+            torch.manual_seed(config.seed)
+            self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed,
+                                              mask_init=config.mask_init)
         self.measure = self.masks.measure(config.target, config.seq_len, config.count_embeddings)
         if manage_weights:
             for param in model.parameters():
