@@ -72,6 +72,11 @@ class MaskSet(nn.Module):
         self.steps_drawn += 1
         self.step_seed = mix_seed(self.seed, int(self.steps_drawn))
 
+    def reseed(self, seed: int) -> None:
+        """Draw future noise from ``seed`` (e.g. offset by rank) at the same step counter."""
+        self.seed = int(seed)
+        self.step_seed = mix_seed(self.seed, int(self.steps_drawn))
+
     def site_seed(self, site: int) -> int:
         return mix_seed(self.step_seed, site)
 

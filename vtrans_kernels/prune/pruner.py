@@ -11,7 +11,9 @@ from torch import nn
 from ..hf.attach import ModelMasks, attach, detach
 from ..hf.plan import CompactionPlan
 from ..masks.lagrangian import Lagrangian
+from ..masks.mask_set import mix_seed
 from .config import PruneConfig
+from .distributed import DistContext, fully_shard_model, is_sharded
 from .objective import hidden_distillation, logit_distillation
 
 
@@ -39,13 +41,22 @@ class Pruner:
 
     With ``manage_weights=False`` the pruner's optimizer holds only the masks and lambdas and leaves the weights'
     ``requires_grad`` alone: another trainer owns the weights (see :class:`VTransCallback`).
+
+    Under ``torchrun`` (an initialised process group) every rank passes the same global batch; each takes its
+    share of the rows, gradients are averaged over ranks (DDP semantics) and the mask terms are computed once
+    per step on the replicated masks. VIB noise is drawn from a seed offset by rank; hard-concrete samples (one
+    per step for all rows) are the same on every rank. ``fsdp=True`` shards the model with FSDP2
+    ``fully_shard`` (per layer, then the root) after the masks are attached; FSDP then reduces the weight
+    gradients itself; it is supported for the "faster" variant (weights frozen), the one that 7B-class models
+    need, so checkpoints hold only the replicated masks and lambdas.
     """
 
     def __init__(self, model: nn.Module, config: PruneConfig | None = None, *, teacher: nn.Module | None = None,
-                 manage_weights: bool = True):
+                 manage_weights: bool = True, fsdp: bool = False):
         self.config = config = config or PruneConfig()
         self.model = model
         self.manage_weights = manage_weights
+        self.dist = DistContext.current()
         device = next(model.parameters()).device
         if teacher is None and config.distill_weight > 0 and config.trains_weights and manage_weights:
             teacher = copy.deepcopy(model)
@@ -55,9 +66,16 @@ class Pruner:
             self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed,
                                               mask_init=config.mask_init)
         self.measure = self.masks.measure(config.target, config.seq_len, config.count_embeddings)
+        if self.dist.active and config.method == "vib":
+            self.masks.reseed(mix_seed(config.seed, 1 + self.dist.rank))
         if manage_weights:
             for param in model.parameters():
                 param.requires_grad_(config.trains_weights)
+        if fsdp:
+            if config.trains_weights and manage_weights:
+                raise ValueError("fsdp: supported for the 'faster' variant (weights frozen, masks replicated); "
+                                 "train weights with masks under DDP-style averaging (fsdp=False)")
+            fully_shard_model(model, self.masks.adapter.layers())
         with torch.no_grad():
             initial = float(self.masks.expected_sparsity(self.measure))
         self.lagrangian = Lagrangian(config.target_sparsity, config.warmup_steps, initial=min(initial,
@@ -142,7 +160,7 @@ class Pruner:
     def train_step(self, batch: dict) -> dict:
         """One optimizer step on ``batch`` (split into ``grad_accumulation`` micro-batches). Returns metrics;
         raises :class:`NonFiniteLossError` before stepping if the loss is NaN or Inf."""
-        parts = _split(batch, self.config.grad_accumulation)
+        parts = _split(self.dist.shard(batch), self.config.grad_accumulation)
         totals: dict = {}
         for part in parts:
             loss, metrics = self.compute_loss(part)
@@ -150,6 +168,8 @@ class Pruner:
             (loss / len(parts)).backward()
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value / len(parts)
+        self.dist.average_gradients(self._replicated_parameters())
+        totals = self.dist.average_metrics(totals)
         penalty, metrics = self.penalty()
         self.check_finite(penalty, "mask penalty")
         penalty.backward()
@@ -159,6 +179,13 @@ class Pruner:
         totals["step"] = self.step
         totals["sparsity"] = self.masks.sparsity(self.measure)
         return totals
+
+    def _replicated_parameters(self) -> list:
+        """Parameters every rank holds whole: the masks, and the weights unless FSDP shards them."""
+        params = self.masks.mask_parameters()
+        if self.config.trains_weights and self.manage_weights and not is_sharded(self.model):
+            params += [p for p in self.model.parameters() if p.requires_grad]
+        return params
 
     def check_finite(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value.detach()).all():
@@ -179,13 +206,13 @@ class Pruner:
     # ---- checkpointing ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: step, masks, lambdas, optimizer, weights if trained, RNG."""
-        state = {"step": self.step, "masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
-                 "lagrangian_initial": self.lagrangian.initial, "optimizer": self.optimizer.state_dict(),
-                 "config": self.config.to_dict(),
-                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                         "numpy": np.random.get_state()}}
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
         if torch.cuda.is_available():
-            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        state = {"step": self.step, "masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
+                 "lagrangian_initial": self.lagrangian.initial, "config": self.config.to_dict(),
+                 "world_size": self.dist.world, "rng": self.dist.gather(rng)}
+        state["optimizer"] = self.optimizer.state_dict()
         if self.config.trains_weights and self.manage_weights:
             state["model"] = self.model.state_dict()
         return state
@@ -196,6 +223,9 @@ class Pruner:
             if getattr(saved, key) != getattr(self.config, key):
                 raise ValueError(f"resume: the checkpoint was written with {key}={getattr(saved, key)!r}, this run "
                                  f"has {key}={getattr(self.config, key)!r}")
+        if int(state.get("world_size", 1)) != self.dist.world:
+            raise ValueError(f"resume: the checkpoint was written by {state.get('world_size', 1)} processes, this run "
+                             f"has {self.dist.world}; resume with the same world size")
         self.step = int(state["step"])
         self.masks.load_state_dict(state["masks"])
         self.lagrangian.load_state_dict(state["lagrangian"])
@@ -203,11 +233,12 @@ class Pruner:
         self.optimizer.load_state_dict(state["optimizer"])
         if "model" in state:
             self.model.load_state_dict(state["model"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rng = state["rng"][self.dist.rank]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _split(batch: dict, parts: int) -> list[dict]:

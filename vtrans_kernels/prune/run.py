@@ -35,7 +35,7 @@ def kept_summary(plan: CompactionPlan, pruner: Pruner) -> dict:
 
 def run_pruning(model: nn.Module, batches: Batches, config: PruneConfig, out_dir: str | Path, *,
                 resume: bool = False, teacher: nn.Module | None = None, progress: bool = True,
-                plots: bool = True) -> PruneResult:
+                plots: bool = True, fsdp: bool = False) -> PruneResult:
     """Train masks on ``model`` for ``config.steps`` steps and write the results to ``out_dir``.
 
     Writes ``log.jsonl`` (every ``log_every`` steps: losses, expected and actual sparsity, lambdas),
@@ -44,40 +44,50 @@ def run_pruning(model: nn.Module, batches: Batches, config: PruneConfig, out_dir
     from ``checkpoint.pt`` and ends with the same masks as an uninterrupted run. A NaN/Inf loss raises
     :class:`NonFiniteLossError` and leaves the last good checkpoint in place. The masks stay attached (in eval
     mode the model computes the pruned model); ``result.pruner.finish()`` detaches them.
+
+    Under ``torchrun`` every rank calls this with the same arguments (``out_dir`` on a shared file system for
+    resume); rank 0 alone writes files and shows progress. ``fsdp`` shards the model (see :class:`Pruner`).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pruner = Pruner(model, config, teacher=teacher)
+    pruner = Pruner(model, config, teacher=teacher, fsdp=fsdp)
+    main = pruner.dist.is_main
     if resume:
         pruner.load_state_dict(load_checkpoint(out / CHECKPOINT))
-    log = JsonLog(out / LOG, resume_step=pruner.step if resume else None)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    bar = _progress(config.steps, pruner.step, progress)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        log = JsonLog(out / LOG, resume_step=pruner.step if resume else None)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    bar = _progress(config.steps, pruner.step, progress and main)
     try:
         while pruner.step < config.steps:
             metrics = pruner.train_step(batches.batch(pruner.step))
             step = pruner.step
-            if step % config.log_every == 0 or step == config.steps:
+            if main and (step % config.log_every == 0 or step == config.steps):
                 log.write(metrics)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", expected=f"{metrics['expected_sparsity']:.3f}",
                                 actual=f"{metrics['sparsity']:.3f}", target=f"{metrics['target_now']:.3f}")
             if step % config.checkpoint_every == 0 or step == config.steps:
-                save_atomic(pruner.state_dict(), out / CHECKPOINT)
+                state = pruner.state_dict()  # a collective under torchrun: every rank builds it
+                if main:
+                    save_atomic(state, out / CHECKPOINT)
     finally:
         if bar is not None:
             bar.close()
     plan = pruner.plan()
-    plan.save(out / PLAN)
-    save_atomic(pruner.masks.state_dict(), out / "masks.pt")
     summary = kept_summary(plan, pruner)
     summary["sparsity"] = float(pruner.measure.sparsity(summary["hidden"][0], [k for k, _ in summary["heads"]],
                                                         [k for k, _ in summary["ffn"]]))
-    records = log.records()
-    if plots:
-        from .plots import plot_run
-        plot_run(records, summary, out)
+    records = []
+    if main:
+        plan.save(out / PLAN)
+        save_atomic(pruner.masks.state_dict(), out / "masks.pt")
+        records = log.records()
+        if plots:
+            from .plots import plot_run
+            plot_run(records, summary, out)
+    pruner.dist.barrier()
     return PruneResult(plan, pruner, records, summary)
 
 
