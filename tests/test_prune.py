@@ -139,6 +139,19 @@ def test_faster_freezes_weights_and_vtrans_trains_them(features):
         assert changed == changes, variant
 
 
+@pytest.mark.parametrize("method", ["vib", "hard_concrete"])
+def test_bf16_autocast_and_gradient_accumulation(features, method):
+    model = _model()
+    pruner = Pruner(model, PruneConfig(method=method, steps=3, batch_size=8, autocast="bf16", grad_accumulation=2))
+    before = [p.detach().clone() for p in pruner.masks.mask_parameters()]
+    for step in range(3):
+        metrics = pruner.train_step(Batches(features, 8).batch(step))
+        assert all(v == v for v in metrics.values())  # no NaN
+    assert all(p.dtype == torch.float32 for p in pruner.masks.mask_parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, pruner.masks.mask_parameters()))
+    assert pruner.masks.steps_drawn.item() == 6  # one noise draw per micro-batch forward
+
+
 def test_pruner_without_a_loss_says_so(features):
     model = _model()
     pruner = Pruner(model, PruneConfig(distill_weight=0.0))
@@ -150,7 +163,7 @@ def test_pruner_without_a_loss_says_so(features):
 def test_config_errors():
     for bad, match in (({"target_sparsity": 1.0}, "target_sparsity"), ({"variant": "fastest"}, "variant"),
                        ({"method": "l1"}, "method"), ({"steps": 0}, "steps"), ({"target": "latency"}, "target"),
-                       ({"subset_fraction": 0.0}, "subset_fraction")):
+                       ({"subset_fraction": 0.0}, "subset_fraction"), ({"autocast": "fp8"}, "autocast")):
         with pytest.raises(ValueError, match=match):
             PruneConfig(**bad)
     assert PruneConfig(variant="fast").data_fraction == 0.03 and PruneConfig(variant="vtrans").finetune == 200

@@ -57,8 +57,23 @@ def _load_for_task(path: str, task: str, num_labels: int | None):
     return model, tokenizer
 
 
-def _prune(args) -> int:
+def _init_distributed(device: str | None) -> str:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); returns this process's device."""
+    import os
+
     import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available() and device is None:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _prune(args) -> int:
+    import torch.distributed as dist
 
     from .prune.config import PruneConfig
     from .prune.data import load_text_data
@@ -68,15 +83,27 @@ def _prune(args) -> int:
         method=args.method, variant=args.variant, structures=tuple(args.structures.split(",")),
         target_sparsity=args.target_sparsity, target=args.target, seq_len=args.seq_len, steps=args.steps,
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
-        round_to=args.round_to, seed=args.seed, mask_lr=args.mask_lr,
+        round_to=args.round_to, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
+        grad_accumulation=args.grad_accumulation,
         mask_init={"log_sigma2": args.log_sigma2_init} if args.log_sigma2_init is not None else {})
     data = load_text_data(args.data, args.task)
-    model, tokenizer = _load_for_task(args.model, args.task,
-                                      len(data.label_names) if data.label_names else None)
-    model.to(args.device if args.device else ("cuda" if torch.cuda.is_available() else "cpu"))
+    labels = len(data.label_names) if data.label_names else None
+    device = _init_distributed(args.device)
+
+    def load():
+        return _load_for_task(args.model, args.task, labels)[0].to(device)
+
+    model, tokenizer = _load_for_task(args.model, args.task, labels)
+    model.to(device)
     options = PipelineOptions(task=args.task, max_length=args.max_length, teacher_steps=args.teacher_steps,
-                              resume=args.resume, progress=not args.no_progress)
-    summary = prune_pipeline(model, tokenizer, data, config, args.out, options)
+                              resume=args.resume, progress=not args.no_progress, fsdp=args.fsdp)
+    try:
+        summary = prune_pipeline(model, tokenizer, data, config, args.out, options, reload=load)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if summary is None:  # not rank 0
+        return 0
     print(format_summary(summary))
     print(f"wrote {args.out}: plan.json, log.jsonl, checkpoint.pt, masks.pt, plots, compacted/ (load with "
           "vtrans_kernels.load_compacted)")
@@ -101,6 +128,8 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--teacher-steps", type=int, default=0, help="fine-tune the model on the task first")
     p.add_argument("--finetune-steps", type=int, default=None, help="fine-tune steps of the compacted model")
     p.add_argument("--subset-fraction", type=float, default=None, help="data fraction (default by variant)")
+    p.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="mixed-precision forward passes")
     p.add_argument("--mask-lr", type=float, default=0.05)
     p.add_argument("--log-sigma2-init", type=float, default=None,
                    help="VIB initial log sigma^2 (default -9; about -4 lets short runs converge)")
@@ -109,6 +138,8 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard the model with FSDP2 (Faster-VTrans); default: replicate (DDP-style)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

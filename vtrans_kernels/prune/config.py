@@ -20,6 +20,8 @@ class PruneConfig:
     ``count_embeddings``) or "flops" (per sequence of ``seq_len`` tokens).
     Schedule: ``steps`` mask-training steps, the target ramping over ``warmup_fraction`` of them;
     ``finetune_steps`` of the compacted model afterwards (default: 0 for faster, ``steps`` otherwise).
+    ``grad_accumulation`` splits each batch into micro-batches; ``autocast`` ("bf16"/"fp16") runs the forward
+    passes under ``torch.autocast`` (masks, lambdas and the mask terms stay in fp32).
     ``mask_init`` overrides the masks' initial values (see :func:`vtrans_kernels.attach`).
     Objective (DESIGN 2.4): ``task_weight`` x task loss + ``distill_weight`` x (logit KL at ``temperature`` +
     ``hidden_distill_weight`` x layer-wise hidden MSE over kept dims) + ``kl_weight`` x sum over structures of
@@ -39,6 +41,7 @@ class PruneConfig:
     subset_fraction: float | None = None
     batch_size: int = 16
     grad_accumulation: int = 1
+    autocast: str | None = None
     mask_init: dict = field(default_factory=dict)
     mask_lr: float = 0.05
     lambda_lr: float = 0.1
@@ -73,6 +76,8 @@ class PruneConfig:
             raise ValueError(f"warmup_fraction: expected a value in [0, 1], got {self.warmup_fraction}")
         if self.subset_fraction is not None and not 0.0 < self.subset_fraction <= 1.0:
             raise ValueError(f"subset_fraction: expected a value in (0, 1], got {self.subset_fraction}")
+        if self.autocast not in (None, "bf16", "fp16"):
+            raise ValueError(f"autocast: expected None, 'bf16' or 'fp16', got {self.autocast!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
 

@@ -14,6 +14,7 @@ from ..hf.masked_eval import masked_by_plan
 from ..hf.serialization import save_compacted
 from .config import PruneConfig
 from .data import Batches, TextData, tokenize_classification, tokenize_lm
+from .distributed import DistContext
 from .evaluate import evaluate
 from .finetune import finetune
 from .run import run_pruning
@@ -32,6 +33,7 @@ class PipelineOptions:
     finetune_lr: float = 5e-5
     resume: bool = False
     progress: bool = True
+    fsdp: bool = False
 
 
 def _features(data: TextData, tokenizer, task: str, length: int):
@@ -41,12 +43,22 @@ def _features(data: TextData, tokenizer, task: str, length: int):
 
 
 def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneConfig, out_dir: str | Path,
-                   options: PipelineOptions | None = None) -> dict:
+                   options: PipelineOptions | None = None, reload=None) -> dict | None:
     """Prune ``model`` on ``data`` and write everything to ``out_dir``: the mask-run files of
     :func:`run_pruning`, ``compacted/`` (the compacted model and tokenizer, loadable with ``load_compacted``) and
     ``summary.json`` (dev metrics of the teacher, the masked model and the compacted model, kept units, sparsity,
-    parameter counts, wall times). Returns the summary."""
+    parameter counts, wall times). Returns the summary.
+
+    Under ``torchrun`` every rank calls this; mask training runs on all ranks, and rank 0 alone fine-tunes the
+    teacher (the others load it), compacts, fine-tunes, evaluates and writes (other ranks return ``None``).
+    With ``options.fsdp`` the model is sharded during mask training, so rank 0 compacts a fresh copy from
+    ``reload()`` (the Faster variant leaves the weights unchanged, so the copy is the model that was masked).
+    """
     options = options or PipelineOptions()
+    if options.fsdp and reload is None:
+        raise ValueError("prune_pipeline: fsdp needs `reload`, a function returning the unsharded model")
+    dist_context = DistContext.current()
+    main = dist_context.is_main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train, dev = data.split(options.dev_fraction, config.seed)
@@ -55,22 +67,29 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
     times = {}
 
     start = time.perf_counter()
-    if options.teacher_steps and not options.resume:
+    if options.teacher_steps and main and not options.resume:
         finetune(model, Batches(train_features, config.batch_size, seed=config.seed + 1), options.teacher_steps,
                  lr=options.teacher_lr, progress=options.progress, desc="teacher")
-    elif options.teacher_steps:
-        model.load_state_dict(_load_teacher(out))
-    if options.teacher_steps:
         _save_teacher(model, out)
+    dist_context.barrier()
+    if options.teacher_steps and (options.resume or not main):
+        model.load_state_dict(_load_teacher(out))
     times["teacher_s"] = time.perf_counter() - start
     teacher_metrics = evaluate(model, dev_batches, options.task)
 
     start = time.perf_counter()
     batches = Batches(train_features, config.batch_size, seed=config.seed, fraction=config.data_fraction)
-    result = run_pruning(model, batches, config, out, resume=options.resume, progress=options.progress)
+    result = run_pruning(model, batches, config, out, resume=options.resume, progress=options.progress,
+                         fsdp=options.fsdp)
     times["mask_training_s"] = time.perf_counter() - start
     pruner = result.pruner
     pruner.finish()
+    if not main:
+        return None
+    if options.fsdp:
+        model = reload()
+        if options.teacher_steps:
+            model.load_state_dict(_load_teacher(out))
     with masked_by_plan(model, result.plan):  # the masked model of the final plan (threshold-adjusted)
         masked_metrics = evaluate(model, dev_batches, options.task)
 

@@ -109,7 +109,8 @@ class Pruner:
         distill = cfg.distill_weight > 0
         hidden = distill and cfg.hidden_distill_weight > 0
         self.model.train()
-        out = self.model(**batch, output_hidden_states=hidden)
+        with self._autocast():
+            out = self.model(**batch, output_hidden_states=hidden)
         logits = getattr(out, "logits", None)
         terms, metrics = [], {}
         task = getattr(out, "loss", None)
@@ -117,7 +118,8 @@ class Pruner:
             terms.append(cfg.task_weight * task)
             metrics["task_loss"] = float(task.detach())
         if distill:
-            teacher = self._teacher_outputs({k: v for k, v in batch.items() if k != "labels"}, hidden)
+            with self._autocast():
+                teacher = self._teacher_outputs({k: v for k, v in batch.items() if k != "labels"}, hidden)
             attention_mask = batch.get("attention_mask")
             if logits is not None:
                 kd = logit_distillation(logits, teacher.logits, cfg.temperature,
@@ -135,6 +137,11 @@ class Pruner:
         loss = sum(terms)
         metrics["data_loss"] = float(loss.detach())
         return loss, metrics
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.autocast)
+        device = self.masks.steps_drawn.device.type
+        return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
 
     def penalty(self) -> tuple[torch.Tensor, dict]:
         """The mask terms, computed once per optimizer step: weighted KL + Lagrangian on the expected sparsity."""
