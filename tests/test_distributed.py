@@ -41,7 +41,7 @@ def _masks(result):
     return {k: v.detach().clone() for k, v in result.pruner.masks.state_dict().items()}
 
 
-def _run(out, variant="faster", method="hard_concrete", fsdp=False, resume=False, stop_at=None):
+def _run(out, variant="faster", method="hard_concrete", fsdp=False, resume=False, stop_at=None, wrap=False):
     original = Pruner.train_step
     if stop_at is not None:
         def interrupted(self, batch):
@@ -50,7 +50,10 @@ def _run(out, variant="faster", method="hard_concrete", fsdp=False, resume=False
             return original(self, batch)
         Pruner.train_step = interrupted
     try:
-        return run_pruning(_model(), Batches(_features(), 8), _config(variant, method), out, progress=False,
+        model = _model()
+        if wrap:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        return run_pruning(model, Batches(_features(), 8), _config(variant, method), out, progress=False,
                            plots=False, fsdp=fsdp, resume=resume)
     finally:
         Pruner.train_step = original
@@ -73,8 +76,11 @@ def _worker(rank, world, port, out, task, result_file):
             dist.barrier()
             outcome = {"masks": _masks(_run(out, resume=True))}
         else:
-            variant, fsdp = task.split("-")
-            outcome = {"masks": _masks(_run(out, variant=variant, fsdp=fsdp == "fsdp"))}
+            variant, engine = task.split("-")
+            result = _run(out, variant=variant, fsdp=engine == "fsdp", wrap=engine == "torchddp")
+            outcome = {"masks": _masks(result)}
+            if variant == "vtrans":
+                outcome["weights"] = {k: v.detach().clone() for k, v in result.pruner.model.state_dict().items()}
         if rank == 0:
             torch.save(outcome, result_file)
         dist.barrier()  # no rank tears gloo down while another still talks to it
@@ -101,16 +107,22 @@ def _assert_same(a, b):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    return {variant: _masks(_run(out / variant, variant=variant)) for variant in ("faster", "vtrans")}
+    runs = {variant: _run(out / variant, variant=variant) for variant in ("faster", "vtrans")}
+    return {variant: {"masks": _masks(run), "weights": dict(run.pruner.model.state_dict())}
+            for variant, run in runs.items()}
 
 
-@pytest.mark.parametrize("task", ["faster-ddp", "faster-fsdp", "vtrans-ddp"])
+@pytest.mark.parametrize("task", ["faster-ddp", "faster-fsdp", "vtrans-ddp", "vtrans-torchddp"])
 def test_two_processes_match_one(tmp_path, single, task):
-    _assert_same(_spawn(tmp_path, task)["masks"], single[task.split("-")[0]])
+    variant = task.split("-")[0]
+    outcome = _spawn(tmp_path, task)
+    _assert_same(outcome["masks"], single[variant]["masks"])
+    if variant == "vtrans":  # weights trained with the masks also agree
+        _assert_same(outcome["weights"], single[variant]["weights"])
 
 
 def test_kill_and_resume_with_the_same_world_size(tmp_path, single):
-    _assert_same(_spawn(tmp_path, "interrupt-resume")["masks"], single["faster"])
+    _assert_same(_spawn(tmp_path, "interrupt-resume")["masks"], single["faster"]["masks"])
 
 
 def test_vib_noise_is_offset_by_rank(tmp_path):

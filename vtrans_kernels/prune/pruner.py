@@ -47,13 +47,19 @@ class Pruner:
     per step on the replicated masks. VIB noise is drawn from a seed offset by rank; hard-concrete samples (one
     per step for all rows) are the same on every rank. ``fsdp=True`` shards the model with FSDP2
     ``fully_shard`` (per layer, then the root) after the masks are attached; FSDP then reduces the weight
-    gradients itself; it is supported for the "faster" variant (weights frozen), the one that 7B-class models
+    gradients itself. A model already wrapped in ``DistributedDataParallel`` is accepted as well: DDP then
+    reduces the weight gradients and the pruner the mask gradients. FSDP is supported for the "faster" variant (weights frozen), the one that 7B-class models
     need, so checkpoints hold only the replicated masks and lambdas.
     """
 
     def __init__(self, model: nn.Module, config: PruneConfig | None = None, *, teacher: nn.Module | None = None,
                  manage_weights: bool = True, fsdp: bool = False):
         self.config = config = config or PruneConfig()
+        # A DistributedDataParallel model: masks go on the inner module, forwards go through DDP (it then
+        # reduces the weight gradients itself).
+        self.engine = model
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
         self.model = model
         self.manage_weights = manage_weights
         self.dist = DistContext.current()
@@ -110,7 +116,7 @@ class Pruner:
         hidden = distill and cfg.hidden_distill_weight > 0
         self.model.train()
         with self._autocast():
-            out = self.model(**batch, output_hidden_states=hidden)
+            out = self.engine(**batch, output_hidden_states=hidden)
         logits = getattr(out, "logits", None)
         terms, metrics = [], {}
         task = getattr(out, "loss", None)
@@ -190,7 +196,8 @@ class Pruner:
     def _replicated_parameters(self) -> list:
         """Parameters every rank holds whole: the masks, and the weights unless FSDP shards them."""
         params = self.masks.mask_parameters()
-        if self.config.trains_weights and self.manage_weights and not is_sharded(self.model):
+        if self.config.trains_weights and self.manage_weights and self.engine is self.model \
+                and not is_sharded(self.model):
             params += [p for p in self.model.parameters() if p.requires_grad]
         return params
 
