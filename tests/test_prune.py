@@ -134,7 +134,9 @@ def test_faster_freezes_weights_and_vtrans_trains_them(features):
         pruner = Pruner(model, PruneConfig(variant=variant, steps=3, batch_size=8))
         for step in range(3):
             pruner.train_step(Batches(features, 8).batch(step))
+        assert all(p.requires_grad == changes for p in model.parameters())
         pruner.finish()
+        assert all(p.requires_grad for p in model.parameters())  # flags given back
         changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
         assert changed == changes, variant
 

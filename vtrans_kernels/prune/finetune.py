@@ -17,7 +17,9 @@ def finetune(model: nn.Module, batches: Batches, steps: int, *, lr: float = 5e-5
     if steps <= 0:
         return []
     device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(model.parameters())
+    for param in params:
+        param.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0 - i / steps)
     bar = None

@@ -74,6 +74,7 @@ class Pruner:
         self.measure = self.masks.measure(config.target, config.seq_len, config.count_embeddings)
         if self.dist.active and config.method == "vib":
             self.masks.reseed(mix_seed(config.seed, 1 + self.dist.rank))
+        self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         if manage_weights:
             for param in model.parameters():
                 param.requires_grad_(config.trains_weights)
@@ -214,7 +215,10 @@ class Pruner:
         return self.masks.plan(target, self.measure)
 
     def finish(self) -> ModelMasks:
-        """Detach the masks from the model (it computes its unmasked function again) and return them."""
+        """Detach the masks from the model (it computes its unmasked function again), give the weights back
+        their ``requires_grad`` flags, and return the masks."""
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self._requires_grad.get(name, param.requires_grad))
         return detach(self.model)
 
     # ---- checkpointing ----------------------------------------------------------------------------------

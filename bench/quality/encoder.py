@@ -1,0 +1,186 @@
+"""Experiment 1 of the quality study: MiniLM-L6 on movie-review sentiment (and TREC questions), pruned to
+several parameter sparsities by VTrans, Fast-VTrans, Faster-VTrans, hard-concrete (CoFi-style, same
+objective) and the one-shot activation-norm baseline, all through the same code and budget.
+
+Every (task, seed, sparsity, method) is one cell. A finished cell is a row of
+bench/results/quality/encoder_<task>.csv and is skipped when the command runs again; a cell cut off midway
+resumes from its checkpoint under --work. So the study runs a piece at a time:
+
+    python bench/quality/encoder.py --task sentiment --sparsities 0.5 --methods faster oneshot --seeds 0
+
+Splits: the data is split once by --split-seed into train (72%), dev (8%) and test (20%). Teachers are
+fine-tuned on train (one per seed, cached); every method then gets --mask-steps of mask training on train
+(Fast/Faster on their 3% subset) and --finetune-steps of distilled fine-tuning of the compacted model; the
+table reports dev and test accuracy before and after that fine-tune. Test rows never feed a choice.
+"""
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
+from common import RESULTS_DIR, append_rows, environment, timed  # noqa: E402
+from minilm import model_path  # noqa: E402
+
+METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
+    "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
+    "hard_concrete": ("hard_concrete", "vtrans"), "oneshot": (None, None),
+}
+
+
+def task_data(task: str, work: Path):
+    import movie_reviews
+    import trec_questions
+
+    from vtrans_kernels.prune.data import load_text_data
+    writer = {"sentiment": movie_reviews.write_csv, "trec": trec_questions.write_csv}[task]
+    return load_text_data(str(writer(work / f"{task}.csv")), "classification")
+
+
+def splits(data, split_seed: int):
+    train_dev, test = data.split(0.2, split_seed)
+    train, dev = train_dev.split(0.1, split_seed)
+    return train, dev, test
+
+
+def fresh_model(num_labels: int, state: dict | None = None):
+    from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained(model_path(), num_labels=num_labels)
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+def teacher_state(args, task, seed, train_batches, labels, work: Path) -> dict:
+    from vtrans_kernels.prune.checkpoint import load_checkpoint, save_atomic
+    from vtrans_kernels.prune.finetune import finetune
+    path = work / f"teacher_s{seed}.pt"
+    if path.exists():
+        return load_checkpoint(path)
+    torch.manual_seed(seed)
+    model = fresh_model(labels)
+    finetune(model, train_batches, args.teacher_steps, lr=args.teacher_lr, progress=True, desc=f"teacher s{seed}")
+    save_atomic(model.state_dict(), path)
+    return model.state_dict()
+
+
+def latency_ms(model, batch: dict) -> float:
+    model.eval()
+    with torch.no_grad():
+        return timed(lambda: model(**batch), "cpu", repeats=5)[0]
+
+
+def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: Path) -> dict:
+    from vtrans_kernels.hf import compact, masked_by_plan
+    from vtrans_kernels.prune import PruneConfig, run_pruning
+    from vtrans_kernels.prune.data import Batches
+    from vtrans_kernels.prune.evaluate import evaluate
+    from vtrans_kernels.prune.finetune import finetune
+    from vtrans_kernels.prune.oneshot import oneshot_plan
+
+    torch.manual_seed(seed)
+    model = fresh_model(labels, teacher)
+    train = Batches(feats["train"], args.batch_size, seed=seed)
+    evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
+    mask_method, variant = METHODS[method]
+    start = time.perf_counter()
+    if mask_method is None:
+        plan = oneshot_plan(model, train, sparsity, seq_len=args.max_length)
+        kept_hidden = len(plan.hidden) if plan.hidden is not None else model.config.hidden_size
+    else:
+        config = PruneConfig(method=mask_method, variant=variant, target_sparsity=sparsity, steps=args.mask_steps,
+                             batch_size=args.batch_size, seq_len=args.max_length, seed=seed, mask_lr=args.mask_lr,
+                             mask_init={"log_sigma2": args.log_sigma2_init} if mask_method == "vib" else {},
+                             checkpoint_every=25, log_every=10)
+        out = work / f"{method}_{sparsity}_s{seed}"
+        result = run_pruning(model, Batches(feats["train"], args.batch_size, seed=seed,
+                                            fraction=config.data_fraction),
+                             config, out, resume=(out / "checkpoint.pt").exists(), plots=False)
+        result.pruner.finish()
+        plan = result.plan
+        kept_hidden = result.summary["hidden"][0]
+    mask_s = time.perf_counter() - start
+    with masked_by_plan(model, plan):
+        before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
+    small = compact(model, plan)
+    start = time.perf_counter()
+    finetune(small, train, args.finetune_steps, lr=args.finetune_lr, teacher=fresh_model(labels, teacher).eval(),
+             progress=True, desc=f"{method} {sparsity} fine-tune")
+    finetune_s = time.perf_counter() - start
+    after = {k: evaluate(small, b, "classification")["accuracy"] for k, b in evaluation.items()}
+    from vtrans_kernels.hf import adapter_for
+    from vtrans_kernels.masks import SizeMeasure
+    units = adapter_for(small).units()
+    spec = adapter_for(fresh_model(labels)).spec()
+    probe = {k: v[:32] for k, v in feats["test"].items() if k != "labels"}
+    return dict(
+        task=task, seed=seed, target_sparsity=sparsity, method=method,
+        achieved_sparsity=round(SizeMeasure(spec).sparsity(units.hidden, units.heads, units.ffn), 4),
+        dev_before=round(before["dev"], 4), test_before=round(before["test"], 4),
+        dev_after=round(after["dev"], 4), test_after=round(after["test"], 4),
+        hidden=kept_hidden, heads=sum(units.heads), ffn=sum(units.ffn),
+        mask_time_s=round(mask_s, 1), finetune_time_s=round(finetune_s, 1),
+        cpu_latency_ms=round(latency_ms(small, probe), 2),
+        mask_steps=args.mask_steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
+        machine=f"{platform.node()} {torch.get_num_threads()} threads",
+    )
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=("sentiment", "trec"), default="sentiment")
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--split-seed", type=int, default=1234)
+    p.add_argument("--teacher-steps", type=int, default=300)
+    p.add_argument("--teacher-lr", type=float, default=1e-4)
+    p.add_argument("--mask-steps", type=int, default=150)
+    p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--finetune-lr", type=float, default=5e-5)
+    p.add_argument("--mask-lr", type=float, default=0.1)
+    p.add_argument("--log-sigma2-init", type=float, default=-4.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=40)
+    p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
+    p.add_argument("--csv", default=None, help="default bench/results/quality/encoder_<task>.csv")
+    args = p.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    from vtrans_kernels.prune.data import Batches, tokenize_classification
+    work = Path(args.work) / args.task
+    csv_path = Path(args.csv) if args.csv else RESULTS_DIR / "quality" / f"encoder_{args.task}.csv"
+    done = set()
+    if csv_path.exists():
+        import csv
+        done = {(r["seed"], r["target_sparsity"], r["method"]) for r in csv.DictReader(csv_path.open())}
+    data = task_data(args.task, work)
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    parts = dict(zip(("train", "dev", "test"), splits(data, args.split_seed)))
+    feats = {k: tokenize_classification(v, tokenizer, args.max_length) for k, v in parts.items()}
+    labels = len(data.label_names)
+    for seed in args.seeds:
+        teacher = teacher_state(args, args.task, seed, Batches(feats["train"], args.batch_size, seed=seed + 100),
+                                labels, work)
+        teacher_model = fresh_model(labels, teacher)
+        from vtrans_kernels.prune.evaluate import evaluate
+        teacher_acc = {k: evaluate(teacher_model, Batches(feats[k], 64), "classification")["accuracy"]
+                       for k in ("dev", "test")}
+        print(f"teacher seed {seed}: dev {teacher_acc['dev']:.4f} test {teacher_acc['test']:.4f}")
+        for sparsity in args.sparsities:
+            for method in args.methods:
+                if (str(seed), str(sparsity), method) in done:
+                    continue
+                row = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
+                row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))
+                append_rows(csv_path, [{**environment("cpu"), **row}])
+                print({k: row[k] for k in ("method", "target_sparsity", "test_before", "test_after", "mask_time_s")})
+
+
+if __name__ == "__main__":
+    main()
