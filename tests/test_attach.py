@@ -106,6 +106,25 @@ def test_training_forward_is_seeded_and_reaches_every_mask(name, method):
         assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads), (structure, layer)
 
 
+@pytest.mark.parametrize("name", ["bert", "llama-gqa"])
+def test_compact_with_masks_attached_leaves_them_out_of_the_copy(name):
+    model = build(name)
+    x = inputs(model)
+    masks = vk.attach(model, "vib")
+    _randomize(masks)
+    plan = masks.plan()
+    masked = output(model, x)
+    small = compact(model, plan)
+    assert vk.masks_of(small) is None
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in small.modules()) == 0
+    got = output(small, x)
+    if got.shape != masked.shape:
+        masked = masked[..., plan.hidden]
+    torch.testing.assert_close(got, masked, atol=2e-5, rtol=1e-4)
+    assert torch.equal(output(model, x), output(model, x)) and vk.masks_of(model) is masks  # still masked
+    torch.testing.assert_close(output(model, x), output(model, x))
+
+
 def test_disabled_masks_and_structure_subsets():
     model = build("llama-gqa")
     x = inputs(model)

@@ -1,6 +1,7 @@
 """`attach(model)`: learnable VIB or hard-concrete masks on a transformers model, in place; `detach` undoes it."""
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 from torch import nn
@@ -55,10 +56,32 @@ class ModelMasks(MaskSet):
                     "ffn": per_layer(self.ffn, lambda m: m.score())},
         )
 
+    def wire(self) -> None:
+        """Register the hooks through which the masks act on the model (idempotent)."""
+        if self._handles:
+            return
+        model = self.adapter.model
+
+        def new_step(module, args, kwargs):
+            if module.training and self.enabled:
+                self.new_step()
+
+        self._handles = [model.register_forward_pre_hook(new_step, with_kwargs=True)]
+        self._handles += wire_gates(model, self.adapter, _MaskGates(self))
+
     def detach_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    @contextmanager
+    def unwired(self):
+        """Within the block the model has none of the mask hooks (e.g. while it is copied)."""
+        self.detach_hooks()
+        try:
+            yield
+        finally:
+            self.wire()
 
 
 class _MaskGates(GateSource):
@@ -115,18 +138,10 @@ def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = ST
     if getattr(model, _ATTR, None) is not None:
         raise ValueError("attach: this model already has masks; call vtrans_kernels.detach(model) first")
     masks = ModelMasks(model, method, structures, seed, mask_init)
-    adapter = masks.adapter
     if getattr(model.config, RECORD_KEY, None):
         raise ValueError("attach: the model is already compacted; attach masks to the unpruned model")
-    param = next(model.parameters())
-    masks.to(param.device)
-
-    def new_step(module, args, kwargs):
-        if module.training and masks.enabled:
-            masks.new_step()
-
-    masks._handles = [model.register_forward_pre_hook(new_step, with_kwargs=True)]
-    masks._handles += wire_gates(model, adapter, _MaskGates(masks))
+    masks.to(next(model.parameters()).device)
+    masks.wire()
     model.__dict__[_ATTR] = masks
     return masks
 
@@ -134,6 +149,15 @@ def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = ST
 def masks_of(model: nn.Module) -> ModelMasks | None:
     """The masks :func:`attach` put on ``model``, or ``None``."""
     return getattr(model, _ATTR, None)
+
+
+def copy_unmasked(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` without the masks :func:`attach` put on it (the original keeps them)."""
+    import copy
+
+    masks = masks_of(model)
+    with masks.unwired() if masks is not None else nullcontext():
+        return copy.deepcopy(model, memo={id(masks): None} if masks is not None else None)
 
 
 def detach(model: nn.Module) -> ModelMasks:

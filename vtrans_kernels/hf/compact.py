@@ -9,6 +9,7 @@ from torch import nn
 from . import slicing
 from .adapters import adapter_for
 from .adapters.base import RECORD_KEY, Adapter, get_module, set_module, unit_columns
+from .attach import copy_unmasked
 from .plan import CompactionPlan, Kept, ResolvedPlan, resolve_plan
 from .rounding import round_plan
 
@@ -36,7 +37,7 @@ def compact(model: nn.Module, plan: CompactionPlan, round_to: int = 1) -> nn.Mod
         resolved, changes = round_plan(adapter, resolved, round_to, plan.scores)
         for change in changes:
             log.info("round_to=%d: %s", round_to, change)
-    new_model = copy.deepcopy(model)
+    new_model = copy_unmasked(model)  # masks attached to the input stay there, not on the copy
     apply_plan(adapter_for(new_model), resolved, rounding=changes)
     return new_model
 
