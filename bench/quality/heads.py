@@ -7,6 +7,7 @@ averaged over real sentences, split by whether a plan kept or pruned the head.
 """
 import argparse
 import json
+import tempfile
 import sys
 from pathlib import Path
 
@@ -58,7 +59,10 @@ def main(argv=None) -> None:
                                                                attn_implementation="eager").eval()
     model.load_state_dict(state)
     out = Path(args.out)
-    data = load_text_data(str(movie_reviews.write_csv(out / "sentences.csv", args.sentences)), "classification")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:  # the sentences are data: never written into the results
+        data = load_text_data(str(movie_reviews.write_csv(Path(tmp) / "sentences.csv", args.sentences)),
+                              "classification")
     batch = dict(tokenizer(data.texts, padding=True, truncation=True, max_length=64, return_tensors="pt"))
     special, current = head_attention_mass(model, batch, [tokenizer.cls_token_id, tokenizer.sep_token_id])
     plan = CompactionPlan.load(args.plan)
