@@ -17,12 +17,14 @@ class RemovedAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
 
-    def forward(self, hidden_states: torch.Tensor, *args, past_key_values=None, **kwargs):
-        if past_key_values is not None:
+    def forward(self, hidden_states: torch.Tensor, *args, cache=None, past_key_values=None, **kwargs):
+        # transformers 5.24 renamed the attention's ``past_key_values`` argument to ``cache``; accept both.
+        cache = cache if cache is not None else past_key_values
+        if cache is not None:
             # transformers reads the cache length from layer 0 and counts an empty cache as length 0, so the
             # stand-in caches one position per token: a single key/value head of width 1 (negligible memory).
             phantom = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
-            past_key_values.update(phantom, phantom, self.layer_idx)
+            getattr(cache, "self_attention_cache", cache).update(phantom, phantom, self.layer_idx)
         return hidden_states.new_zeros(()), None
 
     def extra_repr(self) -> str:
