@@ -81,3 +81,33 @@ def vib_gate(x: torch.Tensor, mu: torch.Tensor, log_sigma2: torch.Tensor, eps: t
     if eps is not None:
         dtype_in(op, "eps", eps, ACTIVATION_DTYPES)
         same_shape(op, "eps", eps, x.shape, "one noise value per element of x")
+
+
+def output_gate(op: str, units: int, what: str, out_gate, mu, log_sigma2, noise_name: str, noise, seed,
+                training: bool, noise_shapes: tuple[torch.Size, ...]) -> None:
+    """An output gate over ``units`` columns, given as a plain vector ``out_gate`` [units] or as a VIB gate
+    (``mu`` and ``log_sigma2`` [units] with noise ``noise_name`` in one of ``noise_shapes``, or ``seed``), or
+    none; ``what`` says what one unit is."""
+    if out_gate is not None:
+        if mu is not None or log_sigma2 is not None:
+            raise ValueError(f"vtrans.{op}: give either out_gate (a plain gate vector) or mu and log_sigma2 "
+                             f"(a VIB gate), not both")
+        dtype_in(op, "out_gate", out_gate, PARAMETER_DTYPES)
+        same_shape(op, "out_gate", out_gate, torch.Size([units]), what)
+    if (mu is None) != (log_sigma2 is None):
+        raise ValueError(f"vtrans.{op}: a VIB gate needs both mu and log_sigma2")
+    if mu is None:
+        if noise is not None or seed is not None:
+            raise ValueError(f"vtrans.{op}: {noise_name} and seed are the VIB gate's noise: they need mu and "
+                             f"log_sigma2")
+        return
+    vib_params(op, mu, log_sigma2)
+    same_shape(op, "mu", mu, torch.Size([units]), what)
+    if training:
+        noise_source(op, noise_name, noise, seed)
+    if noise is not None:
+        dtype_in(op, noise_name, noise, ACTIVATION_DTYPES)
+        if noise.shape not in noise_shapes:
+            raise ValueError(f"vtrans.{op}: {noise_name} must have shape "
+                             f"{' or '.join(str(list(s)) for s in noise_shapes)} (one noise value per gated "
+                             f"element), got {tuple(noise.shape)}")

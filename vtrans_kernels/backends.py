@@ -6,7 +6,6 @@ extension, then the reference. fp64 inputs always go to the reference (the kerne
 backend that cannot serve a call raises instead of falling back.
 """
 import contextlib
-import contextvars
 import importlib
 import os
 import warnings
@@ -18,7 +17,9 @@ import torch
 from . import _ext
 
 NAMES = ("triton", "cuda", "cpu", "torch")
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("vtrans_backend", default=None)
+# Process-wide, not a ContextVar: autograd runs CUDA backward passes in its own worker threads, which must see
+# the backend the forward was forced onto.
+_forced: list[str] = []
 _warned_fallback = False
 
 
@@ -81,7 +82,7 @@ _DEFAULT_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 
 def forced_backend() -> str | None:
     """The backend forced by ``use_backend`` or ``VTRANS_BACKEND``, validated, or None."""
-    name = _forced.get() or os.environ.get("VTRANS_BACKEND") or None
+    name = (_forced[-1] if _forced else None) or os.environ.get("VTRANS_BACKEND") or None
     if name is not None and name not in BACKENDS:
         raise ValueError(f"VTRANS_BACKEND / use_backend: expected one of {NAMES}, got {name!r}")
     return name
@@ -89,44 +90,55 @@ def forced_backend() -> str | None:
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Force every vtrans op called inside the block onto backend ``name`` (one of ``NAMES``)."""
+    """Force every vtrans op called inside the block onto backend ``name`` (one of ``NAMES``), in every thread,
+    so that backward passes autograd runs in its worker threads use it too."""
     if name not in BACKENDS:
         raise ValueError(f"use_backend: name must be one of {NAMES}, got {name!r}")
-    token = _forced.set(name)
+    _forced.append(name)
     try:
         yield
     finally:
-        _forced.reset(token)
+        _forced.pop()
 
 
 def select(op: str, device: torch.device, dtype: torch.dtype):
     """The module whose function ``op`` serves a call on ``device`` with compute inputs of ``dtype``."""
     forced = forced_backend()
     if forced is not None:
-        reason = BACKENDS[forced].why_not(device.type, dtype)
+        reason = BACKENDS[forced].why_not(device.type, dtype) or _lacks(forced, op)
         if reason is not None:
             raise RuntimeError(f"vtrans.{op}: backend {forced!r} was forced but cannot serve {device.type} "
                                f"{dtype} tensors: {reason}")
         return BACKENDS[forced].load()
-    name = default_backend(device.type, dtype)
+    name = default_backend(device.type, dtype, op)
     if name == "torch" and dtype != torch.float64:
-        _warn_fallback_once(device.type)
+        _warn_fallback_once(device.type, op)
     return BACKENDS[name].load()
 
 
-def default_backend(device_type: str, dtype: torch.dtype = torch.float32) -> str:
-    """The first backend in the default order that can serve this device type and dtype (torch serves all)."""
+def _lacks(name: str, op: str | None) -> str | None:
+    """Why backend ``name`` (already known to be available) cannot run ``op``, or None."""
+    if op is None or hasattr(BACKENDS[name].load(), op):
+        return None
+    return f"it has no kernel for {op}"
+
+
+def default_backend(device_type: str, dtype: torch.dtype = torch.float32, op: str | None = None) -> str:
+    """The first backend in the default order that can serve this device type and dtype (torch serves all),
+    and, when ``op`` is given, that implements ``op`` (the extension has kernels for the mask ops only)."""
     for name in _DEFAULT_ORDER.get(device_type, ("torch",)):
-        if BACKENDS[name].why_not(device_type, dtype) is None:
+        if BACKENDS[name].why_not(device_type, dtype) is None and _lacks(name, op) is None:
             return name
     return "torch"
 
 
-def _warn_fallback_once(device_type: str) -> None:
+def _warn_fallback_once(device_type: str, op: str) -> None:
     global _warned_fallback
+    first = _DEFAULT_ORDER.get(device_type, ("torch",))[0]
+    reason = BACKENDS[first].why_not(device_type, torch.float32)
+    if reason is None:
+        return  # the preferred backend is there and simply has no kernel for this op: by design, no warning
     if not _warned_fallback:
         _warned_fallback = True
-        first = _DEFAULT_ORDER.get(device_type, ("torch",))[0]
         warnings.warn(f"vtrans_kernels: {device_type} ops run on the PyTorch reference because the {first!r} "
-                      f"backend is unavailable: {BACKENDS[first].why_not(device_type, torch.float32)}",
-                      RuntimeWarning, stacklevel=3)
+                      f"backend is unavailable: {reason}", RuntimeWarning, stacklevel=3)

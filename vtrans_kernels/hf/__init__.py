@@ -1,4 +1,5 @@
 """transformers integration: architecture adapters, compaction, the masked-model reference, save/load."""
+from . import attention  # noqa: F401  (registers the "vtrans" attention implementation with transformers)
 from .adapters import adapter_for, supported_classes
 from .attach import ModelMasks, attach, detach, masks_of
 from .compact import compact

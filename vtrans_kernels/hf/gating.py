@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..reference.masked_norm import masked_layer_norm, masked_rms_norm
+from ..reference.masked_norm import layer_norm_kept, rms_norm_kept
 from .adapters.base import Adapter, get_module
 
 
@@ -44,12 +44,26 @@ class GateSource:
         (the sublayer is removed)."""
         raise NotImplementedError
 
+    # What the fused wiring (hf/fused.py) asks in addition: gates as fused-op arguments.
+    def hidden_gate_kwargs(self, training: bool) -> dict:
+        """Fused-op keyword arguments applying the hidden gate to the op's output columns."""
+        raise NotImplementedError
+
+    def unit_gate(self, kind: str, layer: int, rows: int, training: bool) -> tuple[torch.Tensor, bool]:
+        """The unit gates as [units] or [rows, units] (an input gate of the consumer), and whether all are zero."""
+        raise NotImplementedError
+
+    def unit_gate_kwargs(self, kind: str, layer: int, training: bool) -> tuple[dict, bool]:
+        """Fused-op keyword arguments applying the unit gates to a producer's output columns (FFN neurons), and
+        whether all are zero."""
+        raise NotImplementedError
+
 
 def _norm(module: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.LayerNorm):
-        return masked_layer_norm(x, keep, module.weight, module.bias, module.eps)
+        return layer_norm_kept(x, keep, module.weight, module.bias, module.eps)
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-    return masked_rms_norm(x, keep, module.weight, eps)
+    return rms_norm_kept(x, keep, module.weight, eps)
 
 
 def gate_blocks(x: torch.Tensor, gate: torch.Tensor, width: int) -> torch.Tensor:
@@ -59,11 +73,14 @@ def gate_blocks(x: torch.Tensor, gate: torch.Tensor, width: int) -> torch.Tensor
     return blocks.reshape(x.shape)
 
 
-def wire_gates(model: nn.Module, adapter: Adapter, source: GateSource) -> list:
-    """Register the gating hooks of ``source`` on ``model``; returns the hook handles (remove them to undo)."""
+def wire_gates(model: nn.Module, adapter: Adapter, source: GateSource, skip: frozenset[str] = frozenset()) -> list:
+    """Register the gating hooks of ``source`` on ``model``; returns the hook handles (remove them to undo).
+    Modules whose path is in ``skip`` get no hooks (the fused wiring gates them inside their own forward)."""
     handles = []
 
     def on(path, kind, fn):
+        if path in skip:
+            return
         module = get_module(model, path)
         if kind == "pre":
             def hook(mod, args):

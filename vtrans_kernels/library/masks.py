@@ -1,4 +1,4 @@
-"""The op registry: every ``torch.ops.vtrans.*`` schema, fake kernel, autograd formula and implementation.
+"""Registry of the mask-sampling ops (hard-concrete and VIB gates).
 
 Each op is a ``torch.library.custom_op`` whose implementation asks ``backends.select`` for the backend
 serving the call's device and dtype, and calls that backend's function of the same name with contiguous
@@ -8,26 +8,10 @@ torch.compile can pass a new seed every step without recompiling.
 """
 import torch
 
-from . import _checks, backends
+from .. import _checks
+from .common import contiguous as _contiguous, define as _define, dispatch as _dispatch, empty as _empty
 
 _HC_ARGS = "float beta, float limit_l, float limit_r"
-
-
-def _define(name: str, schema: str, impl):
-    return torch.library.custom_op(f"vtrans::{name}", impl, mutates_args=(), schema=schema)
-
-
-def _contiguous(*tensors):
-    return tuple(None if t is None else t.contiguous() for t in tensors)
-
-
-def _dispatch(op: str, device: torch.device, *dtype_inputs: torch.Tensor | None):
-    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in dtype_inputs) else torch.float32
-    return getattr(backends.select(op, device, dtype), op)
-
-
-def _empty(t: torch.Tensor) -> bool:
-    return t.numel() == 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -270,7 +254,7 @@ def _vib_keep_prob_grad(ctx, grad):
 
 vib_keep_prob.register_autograd(_vib_keep_prob_grad, setup_context=_vib_keep_prob_setup)
 
-#: forward op name -> its backward op name, for tools (info, tests) that walk the registry
+#: forward op name -> its backward op name
 OPS = {name: f"{name}_backward" for name in (
     "hard_concrete_sample", "hard_concrete_expected_l0", "hard_concrete_deterministic",
     "vib_gate", "vib_kl", "vib_keep_prob")}

@@ -70,3 +70,9 @@ def vib_keep_prob(mu, log_sigma2, temperature):
 
 def vib_keep_prob_backward(grad, mu, log_sigma2, temperature):
     return _vjp(lambda m, s: vib.vib_keep_prob(m, s, temperature), (mu, log_sigma2), grad)
+
+
+# fused op families: each reference module's __all__ lists its backend functions (forward and *_backward)
+from .masked_attention import *  # noqa: E402,F401,F403
+from .masked_linear import *  # noqa: E402,F401,F403
+from .masked_norm import *  # noqa: E402,F401,F403

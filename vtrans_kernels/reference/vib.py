@@ -20,6 +20,25 @@ def vib_keep(mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
     return mu * mu > torch.exp(log_sigma2)
 
 
+def gate_value(rows: int, units: int, gate: torch.Tensor | None, mu: torch.Tensor | None,
+               log_sigma2: torch.Tensor | None, eps: torch.Tensor | None, seed: int | None, training: bool,
+               dtype: torch.dtype) -> torch.Tensor | None:
+    """The gate ``z`` a fused op applies over ``units`` columns of a [rows, units] view, in ``dtype``: a plain
+    ``gate`` ([units] or [rows, units]) as given; a VIB gate ``mu + sigma * eps`` ([rows, units]; eps explicit,
+    any shape with rows * units elements, or ``rng.normal(seed, rows, units)``: the noise ``vib_gate`` draws
+    on a [rows, units] tensor) in training, ``mu * keep`` ([units]) in evaluation; None without a gate."""
+    if gate is not None:
+        return gate.to(dtype)
+    if mu is None:
+        return None
+    mu_c, ls2_c = mu.to(dtype), log_sigma2.to(dtype)
+    if not training:
+        return mu_c * vib_keep(mu_c, ls2_c)
+    if eps is None:
+        eps = rng.normal(seed, rows, units, device=mu.device)
+    return mu_c + torch.exp(0.5 * ls2_c) * eps.reshape(rows, units).to(dtype)
+
+
 def vib_gate(x: torch.Tensor, mu: torch.Tensor, log_sigma2: torch.Tensor, eps: torch.Tensor | None = None,
              seed: int | None = None, training: bool = True) -> torch.Tensor:
     """``x * z`` over the last dim; training: ``z = mu + exp(log_sigma2 / 2) * eps`` per element, eps explicit

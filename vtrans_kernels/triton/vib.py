@@ -10,8 +10,9 @@ from .rounding import cast_out
 
 
 @triton.jit
-def _gate_columns(mu_ptr, log_sigma2_ptr, cols, col_mask, TRAINING: tl.constexpr):
-    # Per-column gate parameters: (mu, sigma) while training, (mu * keep, 0) in evaluation.
+def gate_columns(mu_ptr, log_sigma2_ptr, cols, col_mask, TRAINING: tl.constexpr):
+    """Per-column VIB gate parameters: (mu, sigma) while training, (mu * keep, 0) in evaluation (every fused
+    kernel with a VIB gate uses this, so all compute the gate of ``vib_gate``)."""
     mu = tl.load(mu_ptr + cols, mask=col_mask, other=0.0)
     log_sigma2 = tl.load(log_sigma2_ptr + cols, mask=col_mask, other=0.0)
     if TRAINING:
@@ -21,7 +22,8 @@ def _gate_columns(mu_ptr, log_sigma2_ptr, cols, col_mask, TRAINING: tl.constexpr
 
 
 @triton.jit
-def _noise(eps_ptr, offs, mask, seed_lo, seed_hi, rows, col0, HAS_EPS: tl.constexpr, BLOCK_C: tl.constexpr):
+def gate_noise(eps_ptr, offs, mask, seed_lo, seed_hi, rows, col0, HAS_EPS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The VIB noise of a [rows, col0:col0+BLOCK_C] tile: loaded from ``eps_ptr`` or drawn from the seed."""
     if HAS_EPS:
         return tl.load(eps_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     return rng.normal_tile(seed_lo, seed_hi, rows, col0, BLOCK_C)
@@ -37,11 +39,11 @@ def _gate_forward_kernel(x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, out_ptr, R, C, 
     col_mask = cols < C
     mask = (rows[:, None] < R) & col_mask[None, :]
     offs = rows[:, None] * C + cols[None, :]
-    mu, sigma = _gate_columns(mu_ptr, log_sigma2_ptr, cols, col_mask, TRAINING)
+    mu, sigma = gate_columns(mu_ptr, log_sigma2_ptr, cols, col_mask, TRAINING)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     z = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32) + mu[None, :]
     if TRAINING:
-        z += sigma[None, :] * _noise(eps_ptr, offs, mask, seed_lo, seed_hi, rows, col0, HAS_EPS, BLOCK_C)
+        z += sigma[None, :] * gate_noise(eps_ptr, offs, mask, seed_lo, seed_hi, rows, col0, HAS_EPS, BLOCK_C)
     tl.store(out_ptr + offs, cast_out(x.to(tl.float32) * z, x.dtype, ROUND_BF16), mask=mask)
 
 
@@ -54,7 +56,7 @@ def _gate_backward_kernel(grad_ptr, x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, dx_p
     col0 = tl.program_id(1) * BLOCK_C
     cols = col0 + tl.arange(0, BLOCK_C)
     col_mask = cols < C
-    mu, sigma = _gate_columns(mu_ptr, log_sigma2_ptr, cols, col_mask, TRAINING)
+    mu, sigma = gate_columns(mu_ptr, log_sigma2_ptr, cols, col_mask, TRAINING)
     dmu = tl.zeros([BLOCK_C], dtype=tl.float32)
     dls2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     row_start = tl.program_id(0).to(tl.int64) * rows_per_prog
@@ -67,7 +69,7 @@ def _gate_backward_kernel(grad_ptr, x_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, dx_p
         gx = g * x.to(tl.float32)
         z = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32) + mu[None, :]
         if TRAINING:
-            eps = _noise(eps_ptr, offs, mask, seed_lo, seed_hi, rows, col0, HAS_EPS, BLOCK_C)
+            eps = gate_noise(eps_ptr, offs, mask, seed_lo, seed_hi, rows, col0, HAS_EPS, BLOCK_C)
             z += sigma[None, :] * eps
             dls2 += tl.sum(gx * eps, axis=0)
         dmu += tl.sum(gx, axis=0)
