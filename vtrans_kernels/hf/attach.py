@@ -10,6 +10,7 @@ from ..masks.mask_set import STRUCTURES, MaskSet
 from ..masks.size_model import SizeMeasure
 from .adapters import adapter_for
 from .adapters.base import RECORD_KEY
+from .fused import wire_fused
 from .gating import GateSource, gate_blocks, wire_gates
 from .plan import CompactionPlan
 
@@ -25,10 +26,11 @@ class ModelMasks(MaskSet):
     """
 
     def __init__(self, model: nn.Module, method: str, structures: Sequence[str], seed: int,
-                 mask_init: dict | None = None):
+                 mask_init: dict | None = None, fused: bool = True):
         adapter = adapter_for(model)
         super().__init__(adapter.spec(), method, structures, seed=seed, mask_init=mask_init)
         self.adapter = adapter
+        self.fused = bool(fused)
         self._handles = []
 
     def measure(self, target: str = "params", seq_len: int = 128, embeddings: bool = False) -> SizeMeasure:
@@ -67,7 +69,8 @@ class ModelMasks(MaskSet):
                 self.new_step()
 
         self._handles = [model.register_forward_pre_hook(new_step, with_kwargs=True)]
-        self._handles += wire_gates(model, self.adapter, _MaskGates(self))
+        wire = wire_fused if self.fused else wire_gates
+        self._handles += wire(model, self.adapter, _MaskGates(self))
 
     def detach_hooks(self) -> None:
         for handle in self._handles:
@@ -106,7 +109,8 @@ class _MaskGates(GateSource):
     def has_units(self, kind, layer):
         return self.masks.layer_mask(kind, layer) is not None
 
-    def gate_units(self, kind, layer, x, width, training):
+    def _unit_mask(self, kind, layer, training):
+        # (mask, its site seed, whether every gate is zero this step)
         mask = self.masks.layer_mask(kind, layer)
         seed = self.masks.site_seed(1 + 2 * layer + (kind == "ffn"))
         if training:
@@ -114,13 +118,28 @@ class _MaskGates(GateSource):
             removed = keep is not None and not bool(keep.any())
         else:
             removed = not bool(mask.keep().any())
+        return mask, seed, removed
+
+    def gate_units(self, kind, layer, x, width, training):
+        mask, seed, removed = self._unit_mask(kind, layer, training)
         if width == 1:
             return mask.gate_last_dim(x, seed, training), removed
         return gate_blocks(x, mask.unit_gates(x.numel() // x.shape[-1], seed, training), width), removed
 
+    def hidden_gate_kwargs(self, training):
+        return self.masks.hidden.fused_gate(self.masks.site_seed(0), training)
+
+    def unit_gate(self, kind, layer, rows, training):
+        mask, seed, removed = self._unit_mask(kind, layer, training)
+        return mask.unit_gates(rows, seed, training), removed
+
+    def unit_gate_kwargs(self, kind, layer, training):
+        mask, seed, removed = self._unit_mask(kind, layer, training)
+        return mask.fused_gate(seed, training), removed
+
 
 def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = STRUCTURES, *,
-           seed: int = 0, mask_init: dict | None = None) -> ModelMasks:
+           seed: int = 0, mask_init: dict | None = None, fused: bool = True) -> ModelMasks:
     """Put masks on a transformers v5 model in place (DESIGN 2.3) and return them.
 
     Args:
@@ -130,6 +149,9 @@ def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = ST
         seed: base seed of the mask noise (training-mode forwards draw fresh noise from it, reproducibly).
         mask_init: initial values, ``{"mu": 1.0, "log_sigma2": -9.0}`` (VIB) or ``{"drop": 0.5}``
             (hard-concrete); parameters are drawn from torch's global generator.
+        fused: route the masks through the fused ops (``vtrans_kernels.hf.fused``: gated GEMMs, SwiGLU and
+            masked norms, noise drawn inside the kernels); ``False`` applies them with forward hooks that
+            multiply activations (the same function, slower, kept as the readable reference).
     Returns:
         The :class:`ModelMasks` (an ``nn.Module``; on the model's device after ``masks.to(device)``). In
         ``model.train()`` the gates are sampled; in ``model.eval()`` they are the deterministic gates, and the
@@ -137,7 +159,7 @@ def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = ST
     """
     if getattr(model, _ATTR, None) is not None:
         raise ValueError("attach: this model already has masks; call vtrans_kernels.detach(model) first")
-    masks = ModelMasks(model, method, structures, seed, mask_init)
+    masks = ModelMasks(model, method, structures, seed, mask_init, fused)
     if getattr(model.config, RECORD_KEY, None):
         raise ValueError("attach: the model is already compacted; attach masks to the unpruned model")
     masks.to(next(model.parameters()).device)

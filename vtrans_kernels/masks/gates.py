@@ -37,6 +37,11 @@ class UnitMask(nn.Module):
         """Gate values as [rows, units] (per-row methods) or [units] (one sample shared by all rows)."""
         raise NotImplementedError
 
+    def fused_gate(self, seed: int, training: bool) -> dict:
+        """Keyword arguments of a fused op (``ops.masked_linear``, ``masked_swiglu``, the masked norms) that
+        make it apply these gates to its output columns, drawing any noise inside the kernel."""
+        raise NotImplementedError
+
     def keep(self) -> torch.Tensor:
         """Bool [units]: the deterministic decision."""
         raise NotImplementedError
@@ -98,6 +103,9 @@ class VIBMask(UnitMask):
         ones = self.mu.new_ones(rows, self.units)
         return mask_ops.vib_gate(ones, self.mu, self.log_sigma2, seed=seed, training=True)
 
+    def fused_gate(self, seed, training):
+        return dict(mu=self.mu, log_sigma2=self.log_sigma2, seed=seed if training else None, training=training)
+
     def log_snr(self) -> torch.Tensor:
         """``log(mu^2 / sigma2)``, the score; the unit is kept when it is positive."""
         return torch.log(self.mu.square().clamp_min(1e-30)) - self.log_sigma2
@@ -143,6 +151,9 @@ class HardConcreteMask(UnitMask):
         if not training:
             return self.eval_gate()
         return mask_ops.hard_concrete_sample(self.log_alpha, seed=seed)
+
+    def fused_gate(self, seed, training):
+        return dict(out_gate=self.unit_gates(0, seed, training))
 
     def training_keep(self, seed):
         return self.unit_gates(0, seed, True).detach() != 0

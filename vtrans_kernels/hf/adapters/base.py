@@ -79,6 +79,11 @@ class Adapter:
         """Embedding tables summed into the residual stream (word, position, token type)."""
         raise NotImplementedError
 
+    def ffn_block(self, index: int) -> tuple[str, str] | None:
+        """The module computing a layer's FFN neurons and its form, for the fused wiring: ``"swiglu"`` (an MLP
+        act(gate) * up -> down) or ``"act"`` (act(dense), the down projection elsewhere); None: no fused form."""
+        return None
+
     def embedding_norm(self) -> str | None:
         """Norm applied to the summed embeddings (BERT), or ``None``."""
         return None

@@ -42,6 +42,9 @@ class BertAdapter(Adapter):
         names = ("word_embeddings", "position_embeddings", "token_type_embeddings")
         return tuple(p for p in (self.prefix(f"embeddings.{n}") for n in names) if self.has(p))
 
+    def ffn_block(self, index: int) -> tuple[str, str] | None:
+        return f"{self.layer_path(index)}.intermediate", "act"
+
     def embedding_norm(self) -> str | None:
         return self.prefix("embeddings.LayerNorm")
 

@@ -26,6 +26,9 @@ class LlamaAdapter(PreLNDecoderAdapter):
             attn_norm=f"{layer}.{self.attention_norm_name}", ffn_norm=f"{layer}.{self.mlp_norm_name}",
         )
 
+    def ffn_block(self, index: int) -> tuple[str, str] | None:
+        return f"{self.layer_path(index)}.{self.mlp_name}", "swiglu"
+
     def q_heads_per_unit(self) -> int:
         original = self.original_config()
         kv_heads = original.get("num_key_value_heads") or original["num_attention_heads"]
