@@ -10,12 +10,14 @@ reduction from the size model, and their ratio. Goal on a GPU: speedup >= 0.8x t
 CPU numbers only. Rows go to bench/results/bench_compacted.csv.
 
 Usage: python bench/bench_compacted.py [--sparsities 0.5 0.75 0.9] [--batch 32 --seq 128] [--dtype bfloat16]
+       [--smoke]; the suite (python -m bench) calls ``run(device, smoke)``.
 """
 import argparse
+import inspect
 
 import torch
 import transformers as tf
-from common import RESULTS_DIR, append_rows, environment, timed
+from common import RESULTS_DIR, append_rows, environment, timed, timing
 
 from vtrans_kernels import CompactionPlan, compact
 from vtrans_kernels.hf import adapter_for
@@ -81,41 +83,38 @@ def measurements(arch: str, model, batch: int, seq: int, device: str):
 
     prefill()
     next_ids = ids[:, -1:]
+    # transformers 5.24 renamed the forward's ``past_key_values`` argument to ``cache``
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def decode():
         cache = cache_holder["out"].past_key_values
-        out = model(input_ids=next_ids, past_key_values=cache, use_cache=True)
+        out = model(input_ids=next_ids, use_cache=True, **{cache_arg: cache})
         cache.crop(-1)  # drop the new position again so every timed step sees the same cache length
         return out
 
     return {"prefill": (prefill, batch * seq), "decode": (decode, batch)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", nargs="+", default=["bert", "llama"], choices=sorted(SHAPES))
-    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
-    parser.add_argument("--batch", nargs="+", type=int, default=None)
-    parser.add_argument("--seq", nargs="+", type=int, default=None)
-    parser.add_argument("--round-to", type=int, default=None)
-    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def run(device: str, smoke: bool, archs=tuple(SHAPES), sparsities=(0.5, 0.75, 0.9), batches=None, seqs=None,
+        round_to: int | None = None, dtype: str | None = None) -> list[dict]:
+    """Time dense against compacted models on ``device``; one row per (arch, variant, mode, batch, seq).
+    Defaults: real shapes, batch 1/8/32 x seq 128/512, round_to 64, bf16 on a GPU; the small CPU shapes at
+    batch 4 x seq 64 (batch 2 x seq 16 and 3 timed runs with ``smoke``), round_to 8, fp32 on CPU."""
     gpu = device == "cuda"
     if not gpu:
         print("no GPU: CPU run at small shapes; the GPU goal (>= 0.8x the FLOPs reduction) needs a GPU")
-    batches = args.batch or ([1, 8, 32] if gpu else [4])
-    seqs = args.seq or ([128, 512] if gpu else [64])
-    round_to = args.round_to or (64 if gpu else 8)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if gpu else "float32"))
+    batches = batches or ([1, 8, 32] if gpu else [2 if smoke else 4])
+    seqs = seqs or ([128, 512] if gpu else [16 if smoke else 64])
+    round_to = round_to or (64 if gpu else 8)
+    dtype = getattr(torch, dtype or ("bfloat16" if gpu else "float32"))
     env = environment(device)
     rows = []
     with torch.inference_mode():
-        for arch in args.arch:
+        for arch in archs:
             dense = build(arch, gpu).to(device=device, dtype=dtype).eval()
             spec = adapter_for(dense).spec()
             variants = [("dense", 0.0, 1, dense)]
-            for sparsity in args.sparsities:
+            for sparsity in sparsities:
                 plan = uniform_plan(dense, sparsity, seed=0)
                 for rnd in (1, round_to):
                     variants.append((f"compact{'' if rnd == 1 else f'-round{rnd}'}", sparsity, rnd,
@@ -127,21 +126,36 @@ def main() -> None:
                         units = adapter_for(model).units()
                         flops = count_flops(spec, seq, units.hidden, units.heads, units.ffn)
                         for mode, (fn, tokens) in measurements(arch, model, batch, seq, device).items():
-                            median, p20, p80 = timed(fn, device)
+                            median, p20, p80 = timed(fn, device, repeats=3 if smoke else 7)
                             if label == "dense":
                                 baseline[mode] = (median, flops)
                             speedup = baseline[mode][0] / median
                             flops_reduction = baseline[mode][1] / flops
-                            rows.append(dict(**env, arch=arch, variant=label, sparsity=sparsity, round_to=rnd,
-                                             mode=mode, batch=batch, seq=seq, dtype=str(dtype).split(".")[-1],
-                                             median_ms=f"{median:.4f}", p20_ms=f"{p20:.4f}", p80_ms=f"{p80:.4f}",
+                            rows.append(dict(**env, op=arch, shape=f"{batch}x{seq}", dtype=str(dtype).split(".")[-1],
+                                             mode=mode, impl=label, **timing(median, p20, p80), sparsity=sparsity,
+                                             round_to=rnd, batch=batch, seq=seq,
                                              tokens_per_s=f"{tokens / median * 1e3:.0f}", speedup=f"{speedup:.2f}",
                                              flops_reduction=f"{flops_reduction:.2f}",
                                              speedup_over_flops=f"{speedup / flops_reduction:.2f}"))
                             print(f"{arch:<6} {label:<15} s={sparsity:<4} {mode:<8} b={batch:<3} s={seq:<4} "
                                   f"{median:9.3f} ms  {speedup:5.2f}x dense  (FLOPs {flops_reduction:5.2f}x, "
                                   f"ratio {speedup / flops_reduction:4.2f})")
-    append_rows(RESULTS, rows)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", nargs="+", default=list(SHAPES), choices=sorted(SHAPES))
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9])
+    parser.add_argument("--batch", nargs="+", type=int, default=None)
+    parser.add_argument("--seq", nargs="+", type=int, default=None)
+    parser.add_argument("--round-to", type=int, default=None)
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--smoke", action="store_true", help="tiniest CPU batch and sequence")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    append_rows(RESULTS, run(device, args.smoke, args.arch, args.sparsities, args.batch, args.seq, args.round_to,
+                             args.dtype))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The ``vtrans`` command.
 
 Subcommands: ``info`` (versions, devices, backends), ``prune`` (train masks under a size target, write the
-plan, logs, plots and the compacted model) and ``compact`` (apply a saved CompactionPlan to a model folder).
+plan, logs, plots and the compacted model), ``compact`` (apply a saved CompactionPlan to a model folder) and
+``bench`` (the benchmark suite of the repository's bench/ folder, the same as ``python -m bench``).
 """
 import argparse
 import sys
@@ -36,6 +37,24 @@ def _compact(args) -> int:
         print(f"rounded (round_to={args.round_to}): {change}")
     print(f"wrote {out} ({'loads with from_pretrained' if record['plain_loadable'] else 'load with vtrans_kernels.load_compacted'})")
     return 0
+
+
+def _bench(argv: list[str]) -> int:
+    """Run ``python -m bench`` with ``argv``: bench/ is not installed with the package, so it is looked up in
+    the current directory, then beside the package (an editable install of the repository)."""
+    from pathlib import Path
+
+    roots = [Path.cwd(), Path(__file__).resolve().parents[1]]
+    root = next((r for r in roots if (r / "bench" / "__main__.py").is_file()), None)
+    if root is None:
+        print("vtrans bench: error: the benchmark suite lives in the repository's bench/ folder, which is not part "
+              f"of the installed package; run this in the vtrans-kernels repository root (looked in {roots[0]} "
+              f"and {roots[1]})", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    from bench.__main__ import main as bench_main
+
+    return bench_main(argv, prog="vtrans bench")
 
 
 def _load_for_task(path: str, task: str, num_labels: int | None):
@@ -155,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--masks", required=True, help="CompactionPlan JSON (written by vtrans prune or plan.save)")
     comp.add_argument("--out", required=True, help="output folder (safetensors + config.json)")
     comp.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
+    sub.add_parser("bench", add_help=False, help="the benchmark suite (python -m bench; see vtrans bench --help)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the suite parses its own options
+        return _bench(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         from . import info
