@@ -18,7 +18,7 @@ $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q "transformers>=5" datasets safetensors numpy tqdm matplotlib accelerate triton pytest
+	$(PIP) install -q "transformers>=5.17,<5.25" datasets safetensors numpy tqdm matplotlib accelerate triton pytest
 	touch $@
 
 setup: $(VENV)/.deps build
@@ -42,8 +42,7 @@ test: setup
 	$(CPU_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: setup
-	$(CPU_ENV) $(PY) bench/bench_masks.py
-	$(CPU_ENV) $(PY) bench/bench_compacted.py
+	$(CPU_ENV) $(PY) -m bench $(if $(CPU_ENV),--smoke,)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info vtrans_kernels/_C*.so vtrans_kernels/_build_info.json
