@@ -161,6 +161,16 @@ def _fused_modules(model):
     return sum("forward" in module.__dict__ for module in model.modules())
 
 
+def test_default_wiring_is_fused_on_cuda_only():
+    model = build("llama-gqa")
+    masks = vk.attach(model)
+    assert masks.fused is False and _fused_modules(model) == 0  # CPU: hooks (the C++ gate op is faster there)
+    vk.detach(model)
+    if torch.cuda.is_available():
+        masks = vk.attach(model.cuda())
+        assert masks.fused is True and _fused_modules(model) > 0
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_fused_wiring_equals_the_hooks(name, method):

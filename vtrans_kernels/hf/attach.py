@@ -26,11 +26,13 @@ class ModelMasks(MaskSet):
     """
 
     def __init__(self, model: nn.Module, method: str, structures: Sequence[str], seed: int,
-                 mask_init: dict | None = None, fused: bool = True):
+                 mask_init: dict | None = None, fused: bool | None = None):
         adapter = adapter_for(model)
         super().__init__(adapter.spec(), method, structures, seed=seed, mask_init=mask_init)
         self.adapter = adapter
-        self.fused = bool(fused)
+        # the fused ops pay off where their Triton kernels run; on CPU the hooks' C++ gate op is faster than
+        # the reference versions of the fused ops (which draw their noise with the PyTorch Philox)
+        self.fused = next(model.parameters()).is_cuda if fused is None else bool(fused)
         self._handles = []
 
     def measure(self, target: str = "params", seq_len: int = 128, embeddings: bool = False) -> SizeMeasure:
@@ -139,7 +141,7 @@ class _MaskGates(GateSource):
 
 
 def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = STRUCTURES, *,
-           seed: int = 0, mask_init: dict | None = None, fused: bool = True) -> ModelMasks:
+           seed: int = 0, mask_init: dict | None = None, fused: bool | None = None) -> ModelMasks:
     """Put masks on a transformers v5 model in place (DESIGN 2.3) and return them.
 
     Args:
@@ -151,7 +153,8 @@ def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = ST
             (hard-concrete); parameters are drawn from torch's global generator.
         fused: route the masks through the fused ops (``vtrans_kernels.hf.fused``: gated GEMMs, SwiGLU and
             masked norms, noise drawn inside the kernels); ``False`` applies them with forward hooks that
-            multiply activations (the same function, slower, kept as the readable reference).
+            multiply activations (the same function; the readable reference). Default: fused for a model on
+            CUDA, hooks on CPU (where the C++ gate op beats the reference fused ops).
     Returns:
         The :class:`ModelMasks` (an ``nn.Module``; on the model's device after ``masks.to(device)``). In
         ``model.train()`` the gates are sampled; in ``model.eval()`` they are the deterministic gates, and the
