@@ -20,7 +20,8 @@ def parser(description: str, out: str, steps: int, target: float) -> argparse.Ar
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=2000, help="sentences of text to use")
     p.add_argument("--mask-lr", type=float, default=0.1)
-    p.add_argument("--log-sigma2-init", type=float, default=-4.0, help="VIB initial log sigma^2 (short runs)")
+    p.add_argument("--log-sigma2-init", type=float, default=None,
+                   help="VIB initial log sigma^2 (default: PruneConfig's -1)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -29,6 +30,7 @@ def parser(description: str, out: str, steps: int, target: float) -> argparse.Ar
 def run(model, tokenizer, args) -> dict:
     """Prune ``model`` with the settings in ``args`` and print the summary table."""
     from vtrans_kernels.prune import PruneConfig
+    from vtrans_kernels.prune.config import vib_mask_init
     from vtrans_kernels.prune.data import load_text_data
     from vtrans_kernels.prune.pipeline import PipelineOptions, format_summary, prune_pipeline
 
@@ -39,7 +41,7 @@ def run(model, tokenizer, args) -> dict:
                          steps=args.steps, batch_size=args.batch_size, finetune_steps=args.finetune_steps,
                          seq_len=args.block_size, subset_fraction=1.0, log_every=5, checkpoint_every=25,
                          mask_lr=args.mask_lr,
-                         mask_init={"log_sigma2": args.log_sigma2_init} if args.method == "vib" else {})
+                         mask_init=vib_mask_init(args.method, args.log_sigma2_init))
     options = PipelineOptions(task="lm", max_length=args.block_size, resume=args.resume,
                               progress=not args.no_progress)
     summary = prune_pipeline(model, tokenizer, data, config, out, options)

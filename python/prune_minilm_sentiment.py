@@ -25,8 +25,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--teacher-steps", type=int, default=80)
     parser.add_argument("--mask-lr", type=float, default=0.1)
-    parser.add_argument("--log-sigma2-init", type=float, default=-4.0,
-                        help="VIB initial log sigma^2: closer to 0 than the usual -9 so short runs converge")
+    parser.add_argument("--log-sigma2-init", type=float, default=None,
+                        help="VIB initial log sigma^2 (default: PruneConfig's -1)")
     parser.add_argument("--finetune-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=40)
@@ -39,6 +39,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from vtrans_kernels.prune import PruneConfig
+    from vtrans_kernels.prune.config import vib_mask_init
     from vtrans_kernels.prune.data import load_text_data
     from vtrans_kernels.prune.pipeline import PipelineOptions, format_summary, prune_pipeline
 
@@ -53,7 +54,7 @@ def main(argv=None) -> dict:
                          steps=args.steps, batch_size=args.batch_size, finetune_steps=args.finetune_steps,
                          subset_fraction=args.subset_fraction, seq_len=args.max_length, log_every=5,
                          checkpoint_every=25, mask_lr=args.mask_lr,
-                         mask_init={"log_sigma2": args.log_sigma2_init} if args.method == "vib" else {})
+                         mask_init=vib_mask_init(args.method, args.log_sigma2_init))
     options = PipelineOptions(task="classification", max_length=args.max_length, teacher_steps=args.teacher_steps,
                               resume=args.resume, progress=not args.no_progress)
     summary = prune_pipeline(model, tokenizer, data, config, out, options)

@@ -87,6 +87,7 @@ def pruned_plan(args, seed, sparsity, method, teacher, features, out: Path):
     out.mkdir(parents=True, exist_ok=True)
     masks.plan.save(out / "plan.json")
     record = dict(mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed,
+                  mask_decision_sparsity="" if masks.decision_sparsity is None else masks.decision_sparsity,
                   ppl_before=round(perplexity(compact(model, masks.plan), features["test"]), 3))
     record_path.write_text(json.dumps(record))
     return masks.plan, record
@@ -110,6 +111,8 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
         layers=len(teacher.model.layers), seed=seed, target_sparsity=sparsity, method=method,
         **kept_units(small, teacher),
         ppl_before=record["ppl_before"], ppl_after=round(perplexity(small, features["test"]), 3),
+        mask_decision_sparsity=record.get("mask_decision_sparsity", ""),
+        log_sigma2_init=args.log_sigma2_init if METHODS[method][0] == "vib" else "",
         mask_time_s=record["mask_time_s"], mask_resumed=record["mask_resumed"], finetune_time_s=round(finetune_s, 1),
         cpu_latency_ms=round(latency_ms(small, probe), 2),
         mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
@@ -128,7 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--finetune-lr", type=float, default=5e-5)
     p.add_argument("--mask-lr", type=float, default=0.1)
-    p.add_argument("--log-sigma2-init", type=float, default=-4.0)
+    p.add_argument("--log-sigma2-init", type=float, default=-1.0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=128, help="held-out blocks the perplexity is measured on")

@@ -97,6 +97,8 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
         dev_before=round(before["dev"], 4), test_before=round(before["test"], 4),
         dev_after=round(after["dev"], 4), test_after=round(after["test"], 4),
         hidden=kept["hidden"], heads=kept["heads"], ffn=kept["ffn"],
+        mask_decision_sparsity="" if masks.decision_sparsity is None else masks.decision_sparsity,
+        log_sigma2_init=args.log_sigma2_init if METHODS[method][0] == "vib" else "",
         mask_time_s=round(masks.seconds, 1), finetune_time_s=round(finetune_s, 1),
         cpu_latency_ms=round(latency_ms(small, probe), 2),
         mask_steps=args.mask_steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
@@ -117,7 +119,7 @@ def main(argv=None) -> None:
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--finetune-lr", type=float, default=5e-5)
     p.add_argument("--mask-lr", type=float, default=0.1)
-    p.add_argument("--log-sigma2-init", type=float, default=-4.0)
+    p.add_argument("--log-sigma2-init", type=float, default=-1.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=40)
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))

@@ -38,11 +38,14 @@ def latency_ms(model, batch: dict) -> float:
 
 @dataclass
 class MaskPlan:
-    """The plan of one method, the wall time it took in this process and whether it resumed a checkpoint."""
+    """The plan of one method, the wall time it took in this process, whether it resumed a checkpoint, and the
+    sparsity of the trained masks' own decision (``None`` for the one-shot baseline): when it is far from the
+    target, the plan ranked units by score to reach it."""
 
     plan: object
     seconds: float
     resumed: bool = False
+    decision_sparsity: float | None = None
 
 
 def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, *, batch_size: int, seq_len: int,
@@ -54,6 +57,7 @@ def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, 
     resuming from ``out/checkpoint.pt`` when it exists; ``config`` adds further ``PruneConfig`` settings. The
     masks are detached from ``model`` before returning."""
     from vtrans_kernels.prune import PruneConfig, run_pruning
+    from vtrans_kernels.prune.config import vib_mask_init
     from vtrans_kernels.prune.data import Batches
     from vtrans_kernels.prune.oneshot import oneshot_plan
 
@@ -66,12 +70,13 @@ def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, 
     settings.update(config)
     cfg = PruneConfig(method=mask_method, variant=variant, target_sparsity=sparsity, steps=steps,
                       batch_size=batch_size, seq_len=seq_len, seed=seed, mask_lr=mask_lr,
-                      mask_init={"log_sigma2": log_sigma2_init} if mask_method == "vib" else {}, **settings)
+                      mask_init=vib_mask_init(mask_method, log_sigma2_init), **settings)
     resumed = (out / "checkpoint.pt").exists()
     result = run_pruning(model, Batches(features, batch_size, seed=seed, fraction=cfg.data_fraction), cfg, out,
                          resume=resumed, plots=False)
     result.pruner.finish()
-    return MaskPlan(result.plan, time.perf_counter() - start, resumed)
+    return MaskPlan(result.plan, time.perf_counter() - start, resumed,
+                    round(result.summary["mask_decision_sparsity"], 4))
 
 
 def kept_units(small, dense) -> dict:

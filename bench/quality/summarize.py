@@ -52,6 +52,13 @@ def _table(header: list[str], lines: list[str]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines
 
 
+def _own_decision(group: list[dict]) -> str:
+    """Mean sparsity of the trained masks' own decision ("-" for the one-shot baseline): how far mask training
+    got towards the target before the plan ranked units by score."""
+    values = [float(r["mask_decision_sparsity"]) for r in group if r.get("mask_decision_sparsity")]
+    return f"{statistics.mean(values):.3f}" if values else "-"
+
+
 def summarize(paths: list[Path]) -> str:
     """The encoder table (one line per task, target and method) and the teachers' test accuracies."""
     rows = _rows(paths)
@@ -60,12 +67,13 @@ def summarize(paths: list[Path]) -> str:
     for (task, target, method), group in _groups(rows, ("task", "target_sparsity", "method")).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {task} | {target} | {method} | {len(group)} "
-                     f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
+                     f"| {statistics.mean(pick('achieved_sparsity')):.3f} | {_own_decision(group)} "
                      f"| {_mean_spread(pick('test_before'))} | {_mean_spread(pick('test_after'))} "
                      f"| {statistics.mean(pick('mask_time_s')):.0f} | {statistics.mean(pick('cpu_latency_ms')):.1f} "
+                     f"| {group[0]['mask_steps']} / {group[0]['finetune_steps']} "
                      f"| {group[0]['device']}, {group[0]['machine']} |")
-    header = ["task", "target", "method", "seeds", "achieved", "test acc. before FT", "test acc. after FT",
-              "mask time (s)", "CPU latency (ms)", "machine"]
+    header = ["task", "target", "method", "seeds", "achieved", "masks' own", "test acc. before FT",
+              "test acc. after FT", "mask time (s)", "CPU latency (ms)", "mask / FT steps", "machine"]
     teacher_lines = [f"- teacher test accuracy, {task} seed {seed}: {acc:.4f}" for (task, seed), acc in
                      sorted(teachers.items())]
     return "\n".join(_table(header, lines) + [""] + teacher_lines) + "\n"

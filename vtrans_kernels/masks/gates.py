@@ -83,7 +83,8 @@ class VIBMask(UnitMask):
     Initialisation: mu ~ N(``mu``, 0.01), log_sigma2 ~ N(``log_sigma2``, 0.01) (draws from torch's global
     generator); the defaults 1 and -9 are those of public VIB-pruning code. A unit's gate only starts to feel
     the size target once its log SNR ``log(mu^2) - log_sigma2`` nears 0, which from -9 takes about
-    ``9 / mask_lr`` Adam steps; short runs start closer (e.g. ``log_sigma2=-4``).
+    ``9 / mask_lr`` Adam steps, and the size target has no gradient on the way (the soft count is flat there), so
+    pruning runs start near the boundary (``PruneConfig`` uses ``log_sigma2=-1``).
     """
 
     method = "vib"

@@ -107,9 +107,10 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
     summary = {
         "task": options.task, "method": config.method, "variant": config.variant, "target": config.target,
         "target_sparsity": config.target_sparsity, "achieved_sparsity": result.summary["sparsity"],
+        "mask_decision_sparsity": result.summary["mask_decision_sparsity"],
         "teacher": teacher_metrics, "masked": masked_metrics, "compacted": compacted_metrics,
         "parameters": {"original": _count(teacher), "compacted": _count(compacted)},
-        "kept": {k: v for k, v in result.summary.items() if k != "sparsity"},
+        "kept": {k: result.summary[k] for k in ("hidden", "heads", "ffn")},
         "train_rows": len(batches), "dev_rows": len(dev_batches), "times": times, "compacted_path": str(saved),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -139,8 +140,9 @@ def format_summary(summary: dict) -> str:
         (f"teacher {metric}", f"{summary['teacher'][metric]:.4f}"),
         (f"masked model {metric}", f"{summary['masked'][metric]:.4f}"),
         (f"compacted {metric}", f"{summary['compacted'][metric]:.4f}"),
-        (f"sparsity ({summary['target']}) target / achieved",
-         f"{summary['target_sparsity']:.3f} / {summary['achieved_sparsity']:.3f}"),
+        (f"sparsity ({summary['target']}) target / achieved / masks' own decision",
+         f"{summary['target_sparsity']:.3f} / {summary['achieved_sparsity']:.3f} / "
+         f"{summary['mask_decision_sparsity']:.3f}"),
         ("parameters original -> compacted",
          f"{summary['parameters']['original']:,} -> {summary['parameters']['compacted']:,}"),
         ("hidden dims kept", "{} / {}".format(*kept["hidden"])),

@@ -70,7 +70,7 @@ class Pruner:
         with torch.random.fork_rng(devices=[]):  # mask init: repeatable per seed, the caller's RNG untouched
             torch.manual_seed(config.seed)
             self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed,
-                                              mask_init=config.mask_init)
+                                              mask_init=config.initial_mask_values)
         self.measure = self.masks.measure(config.target, config.seq_len, config.count_embeddings)
         if self.dist.active and config.method == "vib":
             self.masks.reseed(mix_seed(config.seed, 1 + self.dist.rank))

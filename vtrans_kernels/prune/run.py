@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from .data import Batches
 from .pruner import Pruner
 
 CHECKPOINT, LOG, PLAN = "checkpoint.pt", "log.jsonl", "plan.json"
+# How far the masks' own decision may end from the target before the run warns that the plan had to rank units
+# by score instead (MaskSet.decide).
+CONVERGENCE_TOLERANCE = 0.02
 
 
 @dataclass
@@ -79,6 +83,12 @@ def run_pruning(model: nn.Module, batches: Batches, config: PruneConfig, out_dir
     summary = kept_summary(plan, pruner)
     summary["sparsity"] = float(pruner.measure.sparsity(summary["hidden"][0], [k for k, _ in summary["heads"]],
                                                         [k for k, _ in summary["ffn"]]))
+    summary["mask_decision_sparsity"] = pruner.masks.sparsity(pruner.measure)
+    if main and abs(summary["mask_decision_sparsity"] - config.target_sparsity) > CONVERGENCE_TOLERANCE:
+        warnings.warn(f"the masks ended at sparsity {summary['mask_decision_sparsity']:.3f} against the target "
+                      f"{config.target_sparsity}; the plan reaches the target by ranking units by their scores "
+                      "instead. Train longer, raise mask_lr, or start VIB masks nearer their decision boundary "
+                      "(mask_init log_sigma2 closer to 0)", RuntimeWarning, stacklevel=2)
     records = []
     if main:
         plan.save(out / PLAN)
