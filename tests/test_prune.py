@@ -171,6 +171,32 @@ def test_config_errors():
     assert PruneConfig(variant="fast").data_fraction == 0.03 and PruneConfig(variant="vtrans").finetune == 200
 
 
+def test_vib_runs_start_near_the_decision_boundary(features):
+    assert PruneConfig().initial_mask_values == {"log_sigma2": -1.0}
+    assert PruneConfig(mask_init={"mu": 0.5}).initial_mask_values == {"log_sigma2": -1.0, "mu": 0.5}
+    assert PruneConfig(mask_init={"log_sigma2": -9.0}).initial_mask_values == {"log_sigma2": -9.0}
+    assert PruneConfig(method="hard_concrete").initial_mask_values == {}
+    pruner = Pruner(_model(), PruneConfig(batch_size=8, mask_init={"mu": 0.5}))
+    assert abs(pruner.masks.ffn[0].log_sigma2.mean().item() + 1.0) < 0.01
+    assert abs(pruner.masks.ffn[0].mu.mean().item() - 0.5) < 0.01
+    # from the boundary the expected sparsity (what the Lagrangian pulls on) has a gradient; from -9 it has none
+    grads = {}
+    for init in ({}, {"log_sigma2": -9.0}):
+        pruner = Pruner(_model(), PruneConfig(batch_size=8, mask_init=init))
+        pruner.masks.expected_sparsity(pruner.measure).backward()
+        grads[str(init)] = pruner.masks.ffn[0].log_sigma2.grad.abs().min().item()
+    assert grads["{}"] > 1e-7 and grads[str({"log_sigma2": -9.0})] < 1e-30, grads
+
+
+def test_masks_that_miss_the_target_are_reported(tmp_path, features):
+    config = PruneConfig(steps=2, batch_size=8, target_sparsity=0.6, subset_fraction=1.0,
+                         mask_init={"log_sigma2": -9.0})
+    with pytest.warns(RuntimeWarning, match=r"masks ended at sparsity 0\.0\d\d against the target 0\.6"):
+        result = run_pruning(_model(), Batches(features, 8), config, tmp_path, progress=False, plots=False)
+    assert result.summary["mask_decision_sparsity"] == result.pruner.masks.sparsity(result.pruner.measure)
+    assert abs(result.summary["sparsity"] - 0.6) <= 0.02  # the plan still hits the target, by score
+
+
 def test_trainer_callback(tmp_path, features):
     from transformers import Trainer, TrainingArguments
 
