@@ -25,15 +25,18 @@ def test_encoder_study_heads_and_summary(tmp_path):
     import summarize
 
     results = tmp_path / "results"
-    args = ["--task", "trec", "--sparsities", "0.5", "--methods", "faster", "oneshot", "--teacher-steps", "2",
+    args = ["--task", "trec", "--sparsities", "0.5", "--methods", "faster", "faster_short", "oneshot",
+            "--teacher-steps", "2",
             "--mask-steps", "2", "--finetune-steps", "1", "--batch-size", "8", "--work", str(tmp_path / "work"),
             "--csv", str(results / "encoder_trec.csv")]
     encoder.main(args)
     rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
-    assert [r["method"] for r in rows] == ["faster", "oneshot"]
+    assert [r["method"] for r in rows] == ["faster", "faster_short", "oneshot"]
+    assert [r["mask_steps"] for r in rows] == ["2", "1", "2"]  # faster_short: a tenth of the steps, at least one
     assert all(abs(float(r["achieved_sparsity"]) - 0.5) < 0.02 for r in rows)
+    assert "| trec | 0.5 | faster_short | 1 |" in (results / "summary.md").read_text()  # written by the driver
     encoder.main(args)  # finished cells are skipped
-    assert len(list(csv.DictReader((results / "encoder_trec.csv").open()))) == 2
+    assert len(list(csv.DictReader((results / "encoder_trec.csv").open()))) == 3
 
     heads.main(["--teacher", str(tmp_path / "work" / "trec" / "teacher_s0.pt"), "--sentences", "16",
                 "--plan", str(tmp_path / "work" / "trec" / "faster_0.5_s0" / "plan.json"), "--out", str(tmp_path)])

@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
+import summarize  # noqa: E402
 from study import done_cells, kept_units, latency_ms, machine, mask_plan  # noqa: E402
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
@@ -173,6 +174,7 @@ def main(argv=None) -> None:
         append_rows(csv_path, [{**environment("cpu"), **row}])
         print({k: row[k] for k in ("method", "target_sparsity", "achieved_sparsity", "ppl_before", "ppl_after",
                                    "mask_time_s")})
+    summarize.main(["--results", str(csv_path.parent)])  # the table and plots of everything finished so far
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
+import summarize  # noqa: E402
 from study import done_cells, kept_units, latency_ms, machine, mask_plan  # noqa: E402
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
@@ -158,6 +159,7 @@ def main(argv=None) -> None:
                 row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))
                 append_rows(csv_path, [{**environment("cpu"), **row}])
                 print({k: row[k] for k in ("method", "target_sparsity", "test_before", "test_after", "mask_time_s")})
+    summarize.main(["--results", str(csv_path.parent)])  # the table and plots of everything finished so far
 
 
 if __name__ == "__main__":
