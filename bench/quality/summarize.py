@@ -60,11 +60,12 @@ def _own_decision(group: list[dict]) -> str:
 
 
 def summarize(paths: list[Path]) -> str:
-    """The encoder table (one line per task, target and method) and the teachers' test accuracies."""
+    """The encoder table (one line per task, target, method and step budget) and the teachers' test accuracies."""
     rows = _rows(paths)
     teachers = {(r["task"], r["seed"]): float(r["teacher_test"]) for r in rows}
     lines = []
-    for (task, target, method), group in _groups(rows, ("task", "target_sparsity", "method")).items():
+    keys = ("task", "target_sparsity", "method", "mask_steps", "finetune_steps")  # budgets never mix in a line
+    for (task, target, method, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {task} | {target} | {method} | {len(group)} "
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} | {_own_decision(group)} "
@@ -118,7 +119,7 @@ def _plot(series: dict, path: Path, xlabel: str, ylabel: str, title: str, *, sty
                     yerr=[statistics.stdev(points[x]) if len(points[x]) > 1 else 0 for x in xs],
                     marker="o", capsize=3, label=label, **(styles or {}).get(label, {}))
     if reference is not None:
-        ax.axhline(reference, color="gray", linestyle="--", label="unpruned")
+        ax.axhline(reference, color="gray", linestyle="--", label="unpruned (teacher)")
     if log_y:
         ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -133,11 +134,18 @@ def plot(paths: list[Path]) -> list[Path]:
     """Test accuracy after the fine-tune against the target sparsity, one PNG per encoder CSV."""
     written = []
     for path in paths:
+        rows = _rows([path])
+        budgets = {(r["mask_steps"], r["finetune_steps"]) for r in rows}
         series = defaultdict(lambda: defaultdict(list))
-        for row in csv.DictReader(path.open()):
-            series[row["method"]][float(row["target_sparsity"])].append(float(row["test_after"]))
+        for row in rows:
+            label = row["method"]
+            if len(budgets) > 1:
+                label += f" ({row['mask_steps']}/{row['finetune_steps']} steps)"
+            series[label][float(row["target_sparsity"])].append(float(row["test_after"]))
+        teachers = {row["seed"]: float(row["teacher_test"]) for row in rows}
         written.append(_plot(series, path.with_suffix(".png"), "parameter sparsity (encoder layers)",
-                             "test accuracy after fine-tune", path.stem))
+                             "test accuracy after fine-tune", path.stem,
+                             reference=statistics.mean(teachers.values())))
     return written
 
 
