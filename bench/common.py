@@ -78,16 +78,27 @@ def environment(device: str) -> dict:
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to the CSV at ``path`` (header written when the file is new)."""
+    """Append ``rows`` to the CSV at ``path`` (header written when the file is new). Rows with columns the file
+    lacks rewrite it with the union of the columns (older rows leave the new ones empty), so a column added
+    between runs never shifts values under the wrong header."""
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
+    header = []
+    if path.exists():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    if header and not set(columns) <= set(header):
+        with path.open(newline="") as f:
+            old = list(csv.DictReader(f))
+        write_rows(path, old + rows)
+    else:
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header or columns, restval="")
+            if not header:
+                writer.writeheader()
+            writer.writerows(rows)
     print(f"rows appended to {path}")
 
 

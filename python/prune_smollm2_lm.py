@@ -22,8 +22,10 @@ def load_smollm2(layers: int | None = None):
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF)
-    # The GGUF weights are dequantised to fp32 on load; drop the quantizer record so the model saves normally.
+    # The GGUF weights are dequantised to fp32 on load; drop the quantizer record so the model saves normally and
+    # casts (``.float()``, ``.to(dtype)``) like any other model.
     model.hf_quantizer = None
+    model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     if layers:

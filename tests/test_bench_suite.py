@@ -130,3 +130,15 @@ def test_eager_baseline_masks_the_units_attach_masks(arch):
         masks.ffn[1].mu[:10] = 0.0
     assert torch.allclose(output(model, batch), expected, atol=1e-5)
     assert float(masks.kl().detach()) > 0
+
+
+def test_append_rows_keeps_columns_aligned_when_a_column_is_added(tmp_path):
+    from bench.common import append_rows
+    path = tmp_path / "rows.csv"
+    append_rows(path, [{"a": 1, "b": 2}])
+    append_rows(path, [{"b": 4, "a": 3}])                # same columns, other order: plain append
+    append_rows(path, [{"a": 5, "b": 6, "c": 7}])        # a new column: the file is rewritten with it
+    append_rows(path, [{"a": 8}])                        # a missing column stays empty
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [tuple(r.values()) for r in rows] == [("1", "2", ""), ("3", "4", ""), ("5", "6", "7"), ("8", "", "")]

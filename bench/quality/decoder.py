@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import summarize  # noqa: E402
-from study import done_cells, kept_units, latency_ms, machine, mask_plan  # noqa: E402
+from study import default_device, done_cells, kept_units, latencies, machine, mask_plan  # noqa: E402
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
@@ -115,7 +115,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
         mask_decision_sparsity=record.get("mask_decision_sparsity", ""),
         log_sigma2_init=args.log_sigma2_init if METHODS[method][0] == "vib" else "",
         mask_time_s=record["mask_time_s"], mask_resumed=record["mask_resumed"], finetune_time_s=round(finetune_s, 1),
-        cpu_latency_ms=round(latency_ms(small, probe), 2),
+        **latencies(small, probe),
         mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
         block_size=args.block_size, train_blocks=features["train"]["input_ids"].shape[0],
         eval_tokens=features["test"]["input_ids"].numel(), corpus=CORPUS, machine=machine(),
@@ -142,6 +142,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; keep it at most the idle cores: on 2 cores shared with another job, 2 "
                         "threads made a step 20x slower than 1")
+    p.add_argument("--device", default=default_device(), help="where models train (default: the GPU if any)")
     p.add_argument("--work", default=str(ROOT / "runs" / "quality" / "decoder"))
     p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_lm.csv"))
     return p.parse_args(argv)
@@ -161,7 +162,7 @@ def main(argv=None) -> None:
         print(f"every requested cell is already in {csv_path}")
         return
     teacher, tokenizer = load_smollm2(layers)
-    teacher.eval().requires_grad_(False)
+    teacher.to(args.device).eval().requires_grad_(False)
     features = corpus_features(args, tokenizer)
     work = Path(args.work) / (f"L{layers}_b{args.block_size}_d{args.docs or 'all'}_t{args.test_fraction}"
                               f"_s{args.split_seed}")
@@ -171,7 +172,7 @@ def main(argv=None) -> None:
     for seed, sparsity, method in cells:
         row = run_cell(args, seed, sparsity, method, teacher, features, work)
         row["teacher_ppl"] = round(teacher_ppl, 3)
-        append_rows(csv_path, [{**environment("cpu"), **row}])
+        append_rows(csv_path, [{**environment(args.device), **row}])
         print({k: row[k] for k in ("method", "target_sparsity", "achieved_sparsity", "ppl_before", "ppl_after",
                                    "mask_time_s")})
     summarize.main(["--results", str(csv_path.parent)])  # the table and plots of everything finished so far

@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
-from study import done_cells, kept_units, latency_ms, machine, mask_plan  # noqa: E402
+from study import default_device, done_cells, kept_units, latencies, machine, mask_plan  # noqa: E402
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -52,12 +52,12 @@ def splits(data, split_seed: int):
     return train, dev, test
 
 
-def fresh_model(num_labels: int, state: dict | None = None):
+def fresh_model(num_labels: int, state: dict | None = None, device: str = "cpu"):
     from transformers import AutoModelForSequenceClassification
     model = AutoModelForSequenceClassification.from_pretrained(model_path(), num_labels=num_labels)
     if state is not None:
         model.load_state_dict(state)
-    return model
+    return model.to(device)
 
 
 def teacher_state(args, task, seed, train_batches, labels, work: Path) -> dict:
@@ -67,7 +67,7 @@ def teacher_state(args, task, seed, train_batches, labels, work: Path) -> dict:
     if path.exists():
         return load_checkpoint(path)
     torch.manual_seed(seed)
-    model = fresh_model(labels)
+    model = fresh_model(labels, device=args.device)
     finetune(model, train_batches, args.teacher_steps, lr=args.teacher_lr, progress=True, desc=f"teacher s{seed}")
     save_atomic(model.state_dict(), path)
     return model.state_dict()
@@ -80,7 +80,7 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     from vtrans_kernels.prune.finetune import finetune
 
     torch.manual_seed(seed)
-    model = fresh_model(labels, teacher)
+    model = fresh_model(labels, teacher, args.device)
     train = Batches(feats["train"], args.batch_size, seed=seed)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
     mask_steps = max(1, round(args.mask_steps * STEP_FRACTION.get(method, 1.0)))
@@ -91,7 +91,7 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
         before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
     small = compact(model, masks.plan)
     start = time.perf_counter()
-    finetune(small, train, args.finetune_steps, lr=args.finetune_lr, teacher=fresh_model(labels, teacher).eval(),
+    finetune(small, train, args.finetune_steps, lr=args.finetune_lr, teacher=fresh_model(labels, teacher, args.device).eval(),
              progress=True, desc=f"{method} {sparsity} fine-tune")
     finetune_s = time.perf_counter() - start
     after = {k: evaluate(small, b, "classification")["accuracy"] for k, b in evaluation.items()}
@@ -106,7 +106,7 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
         mask_decision_sparsity="" if masks.decision_sparsity is None else masks.decision_sparsity,
         log_sigma2_init=args.log_sigma2_init if METHODS[method][0] == "vib" else "",
         mask_time_s=round(masks.seconds, 1), finetune_time_s=round(finetune_s, 1),
-        cpu_latency_ms=round(latency_ms(small, probe), 2),
+        **latencies(small, probe),
         mask_steps=mask_steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
         machine=machine(),
     )
@@ -128,6 +128,7 @@ def main(argv=None) -> None:
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=40)
+    p.add_argument("--device", default=default_device(), help="where models train (default: the GPU if any)")
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
     p.add_argument("--csv", default=None, help="default bench/results/quality/encoder_<task>.csv")
     args = p.parse_args(argv)
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
     for seed in args.seeds:
         teacher = teacher_state(args, args.task, seed, Batches(feats["train"], args.batch_size, seed=seed + 100),
                                 labels, work)
-        teacher_model = fresh_model(labels, teacher)
+        teacher_model = fresh_model(labels, teacher, args.device)
         from vtrans_kernels.prune.evaluate import evaluate
         teacher_acc = {k: evaluate(teacher_model, Batches(feats[k], 64), "classification")["accuracy"]
                        for k in ("dev", "test")}
@@ -157,7 +158,7 @@ def main(argv=None) -> None:
                     continue
                 row = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
                 row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))
-                append_rows(csv_path, [{**environment("cpu"), **row}])
+                append_rows(csv_path, [{**environment(args.device), **row}])
                 print({k: row[k] for k in ("method", "target_sparsity", "test_before", "test_after", "mask_time_s")})
     summarize.main(["--results", str(csv_path.parent)])  # the table and plots of everything finished so far
 

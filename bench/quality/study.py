@@ -1,6 +1,7 @@
 """What the quality-study drivers (encoder.py, decoder.py) share: the finished cells of a results CSV, the plan of
 one pruning method (mask training through ``run_pruning``, resumable, or the one-shot baseline), the kept units
-and achieved sparsity of a compacted model, CPU latency and the machine column."""
+and achieved sparsity of a compacted model, CPU and GPU latency, the default device and the machine column."""
+import copy
 import csv
 import platform
 import sys
@@ -29,11 +30,23 @@ def machine() -> str:
     return f"{platform.node()} {torch.get_num_threads()} threads"
 
 
-def latency_ms(model, batch: dict) -> float:
-    """Median CPU wall time (ms) of one no-grad forward pass on ``batch``."""
-    model.eval()
+def default_device() -> str:
+    """Where the drivers train by default: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def latencies(model, batch: dict) -> dict:
+    """Median wall time (ms) of one no-grad forward pass of ``model`` on the CPU ``batch``: ``cpu_latency_ms``
+    in fp32 on the CPU and, when a GPU is present, ``gpu_latency_ms`` in bf16 on it (empty otherwise). The
+    timing runs on a copy; ``model`` stays where it is."""
     with torch.no_grad():
-        return timed(lambda: model(**batch), "cpu", repeats=5)[0]
+        on_cpu = copy.deepcopy(model).eval().float().cpu()
+        out = {"cpu_latency_ms": round(timed(lambda: on_cpu(**batch), "cpu", repeats=5)[0], 2), "gpu_latency_ms": ""}
+        if torch.cuda.is_available():
+            on_gpu = on_cpu.to("cuda", torch.bfloat16)
+            gpu_batch = {k: v.cuda() for k, v in batch.items()}
+            out["gpu_latency_ms"] = round(timed(lambda: on_gpu(**gpu_batch), "cuda")[0], 3)
+    return out
 
 
 @dataclass

@@ -52,11 +52,11 @@ def _table(header: list[str], lines: list[str]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines
 
 
-def _own_decision(group: list[dict]) -> str:
-    """Mean sparsity of the trained masks' own decision ("-" for the one-shot baseline): how far mask training
-    got towards the target before the plan ranked units by score."""
-    values = [float(r["mask_decision_sparsity"]) for r in group if r.get("mask_decision_sparsity")]
-    return f"{statistics.mean(values):.3f}" if values else "-"
+def _optional_mean(group: list[dict], key: str, digits: int) -> str:
+    """Mean of a column some rows leave empty or lack ("-" when none has it): the masks' own decision sparsity
+    (none for the one-shot baseline), GPU latency (none without a GPU)."""
+    values = [float(r[key]) for r in group if r.get(key)]
+    return f"{statistics.mean(values):.{digits}f}" if values else "-"
 
 
 def summarize(paths: list[Path]) -> str:
@@ -68,13 +68,15 @@ def summarize(paths: list[Path]) -> str:
     for (task, target, method, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {task} | {target} | {method} | {len(group)} "
-                     f"| {statistics.mean(pick('achieved_sparsity')):.3f} | {_own_decision(group)} "
+                     f"| {statistics.mean(pick('achieved_sparsity')):.3f} | {_optional_mean(group, 'mask_decision_sparsity', 3)} "
                      f"| {_mean_spread(pick('test_before'))} | {_mean_spread(pick('test_after'))} "
                      f"| {statistics.mean(pick('mask_time_s')):.0f} | {statistics.mean(pick('cpu_latency_ms')):.1f} "
-                     f"| {group[0]['mask_steps']} / {group[0]['finetune_steps']} "
+                     f"| {_optional_mean(group, 'gpu_latency_ms', 2)} | {group[0]['mask_steps']} / "
+                     f"{group[0]['finetune_steps']} "
                      f"| {group[0]['device']}, {group[0]['machine']} |")
     header = ["task", "target", "method", "seeds", "achieved", "masks' own", "test acc. before FT",
-              "test acc. after FT", "mask time (s)", "CPU latency (ms)", "mask / FT steps", "machine"]
+              "test acc. after FT", "mask time (s)", "CPU latency (ms)", "GPU bf16 latency (ms)", "mask / FT steps",
+              "machine"]
     teacher_lines = [f"- teacher test accuracy, {task} seed {seed}: {acc:.4f}" for (task, seed), acc in
                      sorted(teachers.items())]
     return "\n".join(_table(header, lines) + [""] + teacher_lines) + "\n"
@@ -92,10 +94,11 @@ def summarize_decoder(path: Path) -> str:
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
                      f"| {_mean_spread(pick('ppl_before'), 2)} | {_mean_spread(pick('ppl_after'), 2)} "
                      f"| {statistics.mean(pick('mask_time_s')):.0f} | {statistics.mean(pick('finetune_time_s')):.0f} "
-                     f"| {statistics.mean(pick('cpu_latency_ms')):.1f} | {group[0]['mask_steps']} / "
+                     f"| {statistics.mean(pick('cpu_latency_ms')):.1f} | {_optional_mean(group, 'gpu_latency_ms', 2)} "
+                     f"| {group[0]['mask_steps']} / "
                      f"{group[0]['finetune_steps']} | {group[0]['device']}, {group[0]['machine']} |")
     header = ["layers", "target", "method", "seeds", "achieved", "held-out ppl before FT", "held-out ppl after FT",
-              "mask time (s)", "FT time (s)", "CPU latency (ms)", "mask / FT steps", "machine"]
+              "mask time (s)", "FT time (s)", "CPU latency (ms)", "GPU bf16 latency (ms)", "mask / FT steps", "machine"]
     first = rows[0]
     notes = [f"- unpruned SmolLM2-135M ({layers} layers) held-out perplexity: {ppl:.2f}"
              for layers, ppl in sorted(teachers.items(), key=lambda item: int(item[0]))]
