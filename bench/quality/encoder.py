@@ -42,8 +42,10 @@ def task_data(task: str, work: Path):
     import trec_questions
 
     from vtrans_kernels.prune.data import load_text_data
-    writer = {"sentiment": movie_reviews.write_csv, "trec": trec_questions.write_csv}[task]
-    return load_text_data(str(writer(work / f"{task}.csv")), "classification")
+    path = work / f"{task}.csv"
+    if not path.exists():  # written once from the installed package; a copy carried to another machine is reused
+        {"sentiment": movie_reviews.write_csv, "trec": trec_questions.write_csv}[task](path)
+    return load_text_data(str(path), "classification")
 
 
 def splits(data, split_seed: int):
