@@ -40,7 +40,7 @@ def _groups(rows: list[dict], keys: tuple[str, ...]) -> dict:
     """Rows grouped by their ``keys`` values, in sorted order."""
     groups = defaultdict(list)
     for row in rows:
-        groups[tuple(_value(row[k]) for k in keys)].append(row)
+        groups[tuple(_value(row.get(k, "")) for k in keys)].append(row)
     return dict(sorted(groups.items()))
 
 
@@ -64,17 +64,18 @@ def summarize(paths: list[Path]) -> str:
     rows = _rows(paths)
     teachers = {(r["task"], r["seed"]): float(r["teacher_test"]) for r in rows}
     lines = []
-    keys = ("task", "target_sparsity", "method", "mask_steps", "finetune_steps")  # budgets never mix in a line
-    for (task, target, method, *_), group in _groups(rows, keys).items():
+    # budgets and VIB initialisations never mix in a line
+    keys = ("task", "target_sparsity", "method", "log_sigma2_init", "mask_steps", "finetune_steps")
+    for (task, target, method, init, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
-        lines.append(f"| {task} | {target} | {method} | {len(group)} "
+        lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {len(group)} "
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} | {_optional_mean(group, 'mask_decision_sparsity', 3)} "
                      f"| {_mean_spread(pick('test_before'))} | {_mean_spread(pick('test_after'))} "
                      f"| {statistics.mean(pick('mask_time_s')):.0f} | {statistics.mean(pick('cpu_latency_ms')):.1f} "
                      f"| {_optional_mean(group, 'gpu_latency_ms', 2)} | {group[0]['mask_steps']} / "
                      f"{group[0]['finetune_steps']} "
                      f"| {group[0]['device']}, {group[0]['machine']} |")
-    header = ["task", "target", "method", "seeds", "achieved", "masks' own", "test acc. before FT",
+    header = ["task", "target", "method", "VIB log σ² init", "seeds", "achieved", "masks' own", "test acc. before FT",
               "test acc. after FT", "mask time (s)", "CPU latency (ms)", "GPU bf16 latency (ms)", "mask / FT steps",
               "machine"]
     teacher_lines = [f"- teacher test accuracy, {task} seed {seed}: {acc:.4f}" for (task, seed), acc in
@@ -139,11 +140,14 @@ def plot(paths: list[Path]) -> list[Path]:
     for path in paths:
         rows = _rows([path])
         budgets = {(r["mask_steps"], r["finetune_steps"]) for r in rows}
+        inits = {r.get("log_sigma2_init", "") for r in rows} - {""}
         series = defaultdict(lambda: defaultdict(list))
-        for row in rows:
+        for row in rows:  # a series per method, split further by budget or VIB init where the CSV varies them
             label = row["method"]
             if len(budgets) > 1:
                 label += f" ({row['mask_steps']}/{row['finetune_steps']} steps)"
+            if len(inits) > 1 and row.get("log_sigma2_init"):
+                label += f" (init {row['log_sigma2_init']})"
             series[label][float(row["target_sparsity"])].append(float(row["test_after"]))
         teachers = {row["seed"]: float(row["teacher_test"]) for row in rows}
         written.append(_plot(series, path.with_suffix(".png"), "parameter sparsity (encoder layers)",
