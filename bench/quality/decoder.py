@@ -31,12 +31,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import summarize  # noqa: E402
-from study import default_device, done_cells, kept_units, latencies, machine, mask_plan  # noqa: E402
+from study import (cell_folder, default_device, done_cells, init_label, kept_units, latencies,  # noqa: E402
+                   machine, mask_plan)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
-CELL_KEY = ("layers", "seed", "target_sparsity", "method")
+CELL_KEY = ("layers", "seed", "target_sparsity", "method", "log_sigma2_init")
 FULL_LAYERS = 30  # SmolLM2-135M
 CORPUS = "python3.11-doc reST"
 
@@ -100,7 +101,9 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     from vtrans_kernels.prune.data import Batches
     from vtrans_kernels.prune.finetune import finetune
 
-    plan, record = pruned_plan(args, seed, sparsity, method, teacher, features, work / f"{method}_{sparsity}_s{seed}")
+    init = init_label(METHODS[method][0], args.log_sigma2_init)
+    plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
+                               work / cell_folder(method, init, sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -113,7 +116,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
         **kept_units(small, teacher),
         ppl_before=record["ppl_before"], ppl_after=round(perplexity(small, features["test"]), 3),
         mask_decision_sparsity=record.get("mask_decision_sparsity", ""),
-        log_sigma2_init=args.log_sigma2_init if METHODS[method][0] == "vib" else "",
+        log_sigma2_init=init,
         mask_time_s=record["mask_time_s"], mask_resumed=record["mask_resumed"], finetune_time_s=round(finetune_s, 1),
         **latencies(small, probe),
         mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
@@ -157,7 +160,9 @@ def main(argv=None) -> None:
     done = done_cells(csv_path, CELL_KEY)
     layers = min(args.layers or FULL_LAYERS, FULL_LAYERS)
     cells = [(seed, sparsity, method) for seed in args.seeds for sparsity in args.sparsities
-             for method in args.methods if (str(layers), str(seed), str(sparsity), method) not in done]
+             for method in args.methods
+             if (str(layers), str(seed), str(sparsity), method,
+                 init_label(METHODS[method][0], args.log_sigma2_init)) not in done]
     if not cells:
         print(f"every requested cell is already in {csv_path}")
         return

@@ -26,7 +26,8 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
-from study import default_device, done_cells, kept_units, latencies, machine, mask_plan  # noqa: E402
+from study import (cell_folder, default_device, done_cells, init_label, kept_units, latencies,  # noqa: E402
+                   machine, mask_plan)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -86,14 +87,17 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     train = Batches(feats["train"], args.batch_size, seed=seed)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
     mask_steps = max(1, round(args.mask_steps * STEP_FRACTION.get(method, 1.0)))
-    masks = mask_plan(model, feats["train"], METHODS[method], sparsity, work / f"{method}_{sparsity}_s{seed}",
+    init = init_label(METHODS[method][0], args.log_sigma2_init)
+    folder = work / cell_folder(method, init, sparsity, seed)
+    masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=mask_steps,
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init)
     with masked_by_plan(model, masks.plan):
         before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
     small = compact(model, masks.plan)
     start = time.perf_counter()
-    finetune(small, train, args.finetune_steps, lr=args.finetune_lr, teacher=fresh_model(labels, teacher, args.device).eval(),
+    finetune(small, train, args.finetune_steps, lr=args.finetune_lr,
+             teacher=fresh_model(labels, teacher, args.device).eval(),
              progress=True, desc=f"{method} {sparsity} fine-tune")
     finetune_s = time.perf_counter() - start
     after = {k: evaluate(small, b, "classification")["accuracy"] for k, b in evaluation.items()}
@@ -106,7 +110,7 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
         dev_after=round(after["dev"], 4), test_after=round(after["test"], 4),
         hidden=kept["hidden"], heads=kept["heads"], ffn=kept["ffn"],
         mask_decision_sparsity="" if masks.decision_sparsity is None else masks.decision_sparsity,
-        log_sigma2_init=args.log_sigma2_init if METHODS[method][0] == "vib" else "",
+        log_sigma2_init=init,
         mask_time_s=round(masks.seconds, 1), finetune_time_s=round(finetune_s, 1),
         **latencies(small, probe),
         mask_steps=mask_steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
@@ -140,7 +144,7 @@ def main(argv=None) -> None:
     from vtrans_kernels.prune.data import Batches, tokenize_classification
     work = Path(args.work) / args.task
     csv_path = Path(args.csv) if args.csv else RESULTS_DIR / "quality" / f"encoder_{args.task}.csv"
-    done = done_cells(csv_path, ("seed", "target_sparsity", "method"))
+    done = done_cells(csv_path, ("seed", "target_sparsity", "method", "log_sigma2_init"))
     data = task_data(args.task, work)
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     parts = dict(zip(("train", "dev", "test"), splits(data, args.split_seed)))
@@ -156,7 +160,8 @@ def main(argv=None) -> None:
         print(f"teacher seed {seed}: dev {teacher_acc['dev']:.4f} test {teacher_acc['test']:.4f}")
         for sparsity in args.sparsities:
             for method in args.methods:
-                if (str(seed), str(sparsity), method) in done:
+                init = init_label(METHODS[method][0], args.log_sigma2_init)
+                if (str(seed), str(sparsity), method, init) in done:
                     continue
                 row = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
                 row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))

@@ -18,11 +18,23 @@ from common import timed  # noqa: E402
 
 
 def done_cells(csv_path: Path, keys: tuple[str, ...]) -> set[tuple[str, ...]]:
-    """The ``keys`` columns of every row already in ``csv_path`` (as strings): the cells to skip."""
+    """The ``keys`` columns of every row already in ``csv_path`` (as strings, "" where a row lacks one): the cells
+    to skip."""
     if not csv_path.exists():
         return set()
     with csv_path.open() as f:
-        return {tuple(row[k] for k in keys) for row in csv.DictReader(f)}
+        return {tuple(row.get(k, "") for k in keys) for row in csv.DictReader(f)}
+
+
+def init_label(mask_method: str | None, log_sigma2_init: float) -> str:
+    """The VIB initialisation a cell is keyed and labelled by: ``str(float)`` for VIB masks, "" otherwise (it
+    changes nothing for hard-concrete masks or the one-shot baseline)."""
+    return str(float(log_sigma2_init)) if mask_method == "vib" else ""
+
+
+def cell_folder(method: str, init: str, sparsity: float, seed: int) -> str:
+    """A cell's checkpoint folder name: cells of other VIB inits never resume each other's checkpoints."""
+    return f"{method}{'_ls' + init if init else ''}_{sparsity}_s{seed}"
 
 
 def machine() -> str:

@@ -69,7 +69,8 @@ def summarize(paths: list[Path]) -> str:
     for (task, target, method, init, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {len(group)} "
-                     f"| {statistics.mean(pick('achieved_sparsity')):.3f} | {_optional_mean(group, 'mask_decision_sparsity', 3)} "
+                     f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
+                     f"| {_optional_mean(group, 'mask_decision_sparsity', 3)} "
                      f"| {_mean_spread(pick('test_before'))} | {_mean_spread(pick('test_after'))} "
                      f"| {statistics.mean(pick('mask_time_s')):.0f} | {statistics.mean(pick('cpu_latency_ms')):.1f} "
                      f"| {_optional_mean(group, 'gpu_latency_ms', 2)} | {group[0]['mask_steps']} / "
