@@ -73,6 +73,7 @@ def main(argv=None) -> None:
                       "mass_on_special": float(special[mask].mean()) if mask.any() else None,
                       "mass_on_current": float(current[mask].mean()) if mask.any() else None}
               for group, mask in (("kept", kept), ("pruned", ~kept))}
+    report["source"] = {"teacher": args.teacher, "plan": args.plan, "sentences": len(data.texts)}
     report["per_head"] = {"mass_on_special": special.tolist(), "mass_on_current": current.tolist(),
                           "kept": kept.tolist()}
     (out / "heads.json").write_text(json.dumps(report, indent=1))
