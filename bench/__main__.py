@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import bench_compacted, ceilings, kernel_suite, summary, train_step
-from .common import RESULTS_DIR, write_rows
+from .common import RESULTS_DIR, default_device, write_rows
 
 SECTIONS = ("ceilings", "kernels", "train", "compaction")
 FIRST_COLUMNS = ("device", "torch", "triton", "cuda", "sha", "section", "op", "shape", "dtype", "mode", "impl",
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown or not only:
         parser.error(f"--only: expected a comma-separated subset of {','.join(SECTIONS)}, got {args.only!r}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     if device != "cuda":
         print(f"*** {summary.CPU_NOTE} ***")
     csv_path = args.out / "suite.csv"

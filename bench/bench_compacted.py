@@ -17,7 +17,7 @@ import inspect
 
 import torch
 import transformers as tf
-from common import RESULTS_DIR, append_rows, environment, timed, timing
+from common import RESULTS_DIR, append_rows, default_device, environment, timed, timing
 
 from vtrans_kernels import CompactionPlan, compact
 from vtrans_kernels.hf import adapter_for
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--smoke", action="store_true", help="tiniest CPU batch and sequence")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     append_rows(RESULTS, run(device, args.smoke, args.arch, args.sparsities, args.batch, args.seq, args.round_to,
                              args.dtype))
 

@@ -14,7 +14,7 @@ The suite (python -m bench) calls ``run(device, smoke)``.
 import argparse
 
 import torch
-from common import RESULTS_DIR, append_rows, copy_bandwidth, environment, peak_mib, timed, timing
+from common import RESULTS_DIR, append_rows, copy_bandwidth, default_device, environment, peak_mib, timed, timing
 
 import vtrans_kernels
 from vtrans_kernels import backends, ops
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--smoke", action="store_true", help="tiny shape (CPU smoke test)")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     append_rows(RESULTS, run(device, args.smoke, args.rows, args.cols, args.dtype))
 
 

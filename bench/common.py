@@ -10,6 +10,11 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def default_device() -> str:
+    """Where benchmarks and studies run by default: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else "cpu"
 
@@ -120,7 +125,7 @@ def op_bench_main(doc: str, run, default_csv: Path) -> list[dict]:
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny shape only (seconds; what CPU runs do)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--csv", type=Path, default=default_csv)
     args = parser.parse_args()
     if args.device != "cuda":

@@ -29,10 +29,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
-from common import RESULTS_DIR, append_rows, environment  # noqa: E402
+from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 import summarize  # noqa: E402
-from study import (cell_folder, default_device, done_cells, init_label, kept_units, latencies,  # noqa: E402
-                   machine, mask_plan)
+from study import cell_folder, done_cells, init_label, kept_units, latencies, machine, mask_plan  # noqa: E402
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),

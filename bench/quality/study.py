@@ -1,6 +1,6 @@
 """What the quality-study drivers (encoder.py, decoder.py) share: the finished cells of a results CSV, the plan of
 one pruning method (mask training through ``run_pruning``, resumable, or the one-shot baseline), the kept units
-and achieved sparsity of a compacted model, CPU and GPU latency, the default device and the machine column."""
+and achieved sparsity of a compacted model, CPU and GPU latency and the machine column."""
 import copy
 import csv
 import platform
@@ -40,11 +40,6 @@ def cell_folder(method: str, init: str, sparsity: float, seed: int) -> str:
 def machine() -> str:
     """The machine column: host name and torch's thread count."""
     return f"{platform.node()} {torch.get_num_threads()} threads"
-
-
-def default_device() -> str:
-    """Where the drivers train by default: the GPU when there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def latencies(model, batch: dict) -> dict:
