@@ -31,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 import summarize  # noqa: E402
-from study import cell_folder, done_cells, init_label, kept_units, latencies, machine, mask_plan  # noqa: E402
+from study import BUDGET_COLUMNS, cell_folder, done_cells, init_label, kept_units, latencies, machine, mask_plan  # noqa: E402
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
-CELL_KEY = ("layers", "seed", "target_sparsity", "method", "log_sigma2_init")
+CELL_KEY = ("layers", "seed", "target_sparsity", "method", "log_sigma2_init") + BUDGET_COLUMNS
 FULL_LAYERS = 30  # SmolLM2-135M
 CORPUS = "python3.11-doc reST"
 
@@ -101,8 +101,9 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     from vtrans_kernels.prune.finetune import finetune
 
     init = init_label(METHODS[method][0], args.log_sigma2_init)
+    budget = work / f"m{args.steps}_bs{args.batch_size}"  # what a cell's masks (and pruned.json) depend on
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
-                               work / cell_folder(method, init, sparsity, seed))
+                               budget / cell_folder(method, init, sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -161,7 +162,8 @@ def main(argv=None) -> None:
     cells = [(seed, sparsity, method) for seed in args.seeds for sparsity in args.sparsities
              for method in args.methods
              if (str(layers), str(seed), str(sparsity), method,
-                 init_label(METHODS[method][0], args.log_sigma2_init)) not in done]
+                 init_label(METHODS[method][0], args.log_sigma2_init),
+                 str(args.steps), str(args.finetune_steps), str(args.batch_size)) not in done]
     if not cells:
         print(f"every requested cell is already in {csv_path}")
         return

@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
-from study import cell_folder, done_cells, init_label, kept_units, latencies, machine, mask_plan  # noqa: E402
+from study import BUDGET_COLUMNS, cell_folder, done_cells, init_label, kept_units, latencies, machine, mask_plan  # noqa: E402
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -35,6 +35,11 @@ METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
 # Methods that train their masks for a fraction of --mask-steps: "faster_short" asks whether Faster-VTrans keeps
 # its accuracy when it compresses 10x faster than VTrans (same fine-tune budget).
 STEP_FRACTION = {"faster_short": 0.1}
+
+
+def method_steps(args, method: str) -> int:
+    """The mask-training steps ``method`` gets out of --mask-steps."""
+    return max(1, round(args.mask_steps * STEP_FRACTION.get(method, 1.0)))
 
 
 def task_data(task: str, work: Path):
@@ -85,7 +90,7 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     model = fresh_model(labels, teacher, args.device)
     train = Batches(feats["train"], args.batch_size, seed=seed)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
-    mask_steps = max(1, round(args.mask_steps * STEP_FRACTION.get(method, 1.0)))
+    mask_steps = method_steps(args, method)
     init = init_label(METHODS[method][0], args.log_sigma2_init)
     folder = work / cell_folder(method, init, sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
@@ -143,7 +148,7 @@ def main(argv=None) -> None:
     from vtrans_kernels.prune.data import Batches, tokenize_classification
     work = Path(args.work) / args.task
     csv_path = Path(args.csv) if args.csv else RESULTS_DIR / "quality" / f"encoder_{args.task}.csv"
-    done = done_cells(csv_path, ("seed", "target_sparsity", "method", "log_sigma2_init"))
+    done = done_cells(csv_path, ("seed", "target_sparsity", "method", "log_sigma2_init") + BUDGET_COLUMNS)
     data = task_data(args.task, work)
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     parts = dict(zip(("train", "dev", "test"), splits(data, args.split_seed)))
@@ -160,7 +165,8 @@ def main(argv=None) -> None:
         for sparsity in args.sparsities:
             for method in args.methods:
                 init = init_label(METHODS[method][0], args.log_sigma2_init)
-                if (str(seed), str(sparsity), method, init) in done:
+                budget = (str(method_steps(args, method)), str(args.finetune_steps), str(args.batch_size))
+                if (str(seed), str(sparsity), method, init) + budget in done:
                     continue
                 row = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
                 row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))

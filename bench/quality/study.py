@@ -17,6 +17,11 @@ if str(ROOT / "bench") not in sys.path:
 from common import timed  # noqa: E402
 
 
+# The step budget a cell ran under: part of every cell's key, so a run at another budget (a short CPU run, then a
+# full one on a GPU) trains its own cells instead of skipping them as done.
+BUDGET_COLUMNS = ("mask_steps", "finetune_steps", "batch_size")
+
+
 def done_cells(csv_path: Path, keys: tuple[str, ...]) -> set[tuple[str, ...]]:
     """The ``keys`` columns of every row already in ``csv_path`` (as strings, "" where a row lacks one): the cells
     to skip."""
