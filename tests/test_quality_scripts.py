@@ -43,7 +43,7 @@ def test_encoder_study_heads_and_summary(tmp_path):
         ("faster", "-1.0"), ("faster_short", "-1.0"), ("oneshot", ""), ("faster", "-2.0")]
 
     heads.main(["--teacher", str(tmp_path / "work" / "trec" / "teacher_s0.pt"), "--sentences", "16",
-                "--plan", str(tmp_path / "work" / "trec" / "faster_ls-1.0_0.5_s0" / "plan.json"), "--out", str(tmp_path)])
+                "--plan", str(tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_0.5_s0" / "plan.json"), "--out", str(tmp_path)])
     assert (tmp_path / "heads.json").is_file() and (tmp_path / "heads.png").is_file()
 
     summarize.main(["--results", str(results)])
@@ -69,6 +69,11 @@ def test_decoder_study_and_summary(tmp_path):
     assert all(float(r["ppl_after"]) > 1 and float(r["teacher_ppl"]) > 1 for r in rows)
     decoder.main(args)  # finished cells are skipped (without loading the model)
     assert len(list(csv.DictReader((results / "decoder_lm.csv").open()))) == 2
+    longer = args[:args.index("--finetune-steps") + 1] + ["2"] + args[args.index("--finetune-steps") + 2:]
+    decoder.main(longer)  # another budget is another cell: it runs and keeps the shorter run's rows
+    rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
+    assert [(r["method"], r["finetune_steps"]) for r in rows] == [
+        ("faster", "1"), ("oneshot", "1"), ("faster", "2"), ("oneshot", "2")]
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()

@@ -101,9 +101,8 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     from vtrans_kernels.prune.finetune import finetune
 
     init = init_label(METHODS[method][0], args.log_sigma2_init)
-    budget = work / f"m{args.steps}_bs{args.batch_size}"  # what a cell's masks (and pruned.json) depend on
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
-                               budget / cell_folder(method, init, sparsity, seed))
+                               cell_folder(work, args.steps, args.batch_size, method, init, sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)
     start = time.perf_counter()

@@ -92,7 +92,7 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
     mask_steps = method_steps(args, method)
     init = init_label(METHODS[method][0], args.log_sigma2_init)
-    folder = work / cell_folder(method, init, sparsity, seed)
+    folder = cell_folder(work, mask_steps, args.batch_size, method, init, sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=mask_steps,
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init)

@@ -37,9 +37,11 @@ def init_label(mask_method: str | None, log_sigma2_init: float) -> str:
     return str(float(log_sigma2_init)) if mask_method == "vib" else ""
 
 
-def cell_folder(method: str, init: str, sparsity: float, seed: int) -> str:
-    """A cell's checkpoint folder name: cells of other VIB inits never resume each other's checkpoints."""
-    return f"{method}{'_ls' + init if init else ''}_{sparsity}_s{seed}"
+def cell_folder(work: Path, mask_steps: int, batch_size: int, method: str, init: str, sparsity: float,
+                seed: int) -> Path:
+    """A cell's checkpoint folder under ``work``, named by what its masks depend on: cells of another mask budget
+    or VIB init never resume each other's checkpoints."""
+    return work / f"m{mask_steps}_bs{batch_size}" / f"{method}{'_ls' + init if init else ''}_{sparsity}_s{seed}"
 
 
 def machine() -> str:
