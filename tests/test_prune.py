@@ -197,6 +197,15 @@ def test_masks_that_miss_the_target_are_reported(tmp_path, features):
     assert abs(result.summary["sparsity"] - 0.6) <= 0.02  # the plan still hits the target, by score
 
 
+def test_masks_that_overshoot_the_target_are_told_to_slow_down(tmp_path, features):
+    config = PruneConfig(steps=2, batch_size=8, target_sparsity=0.3, subset_fraction=1.0,
+                         mask_init={"log_sigma2": 1.0})  # every unit starts on the prune side of its boundary
+    with pytest.warns(RuntimeWarning, match=r"against the target 0\.3.*overshot.*lower mask_lr"):
+        result = run_pruning(_model(), Batches(features, 8), config, tmp_path, progress=False, plots=False)
+    assert result.summary["mask_decision_sparsity"] > 0.3 + 0.02
+    assert abs(result.summary["sparsity"] - 0.3) <= 0.02
+
+
 def test_trainer_callback(tmp_path, features):
     from transformers import Trainer, TrainingArguments
 

@@ -77,4 +77,5 @@ def test_decoder_study_and_summary(tmp_path):
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert "| 1 | 0.3 | faster | 1 |" in table and (results / "decoder_lm_L1.png").is_file()
+    assert "| 1 | 0.3 | faster | -1.0 | 1 |" in table and (results / "decoder_lm_L1.png").is_file()
+    assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together

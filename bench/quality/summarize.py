@@ -85,27 +85,30 @@ def summarize(paths: list[Path]) -> str:
 
 
 def summarize_decoder(path: Path) -> str:
-    """The decoder table (one line per depth, target and method: held-out perplexity before and after the
-    distilled fine-tune) and the unpruned model's perplexity per depth."""
+    """The decoder table (one line per depth, target, method, VIB init and step budget: held-out perplexity before
+    and after the distilled fine-tune) and the unpruned model's perplexity per depth."""
     rows = _rows([path])
     teachers = {r["layers"]: float(r["teacher_ppl"]) for r in rows}
     lines = []
-    for (layers, target, method), group in _groups(rows, ("layers", "target_sparsity", "method")).items():
+    keys = ("layers", "target_sparsity", "method", "log_sigma2_init", "mask_steps", "finetune_steps", "batch_size")
+    for (layers, target, method, init, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
-        lines.append(f"| {layers} | {target} | {method} | {len(group)} "
+        lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {len(group)} "
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
+                     f"| {_optional_mean(group, 'mask_decision_sparsity', 3)} "
                      f"| {_mean_spread(pick('ppl_before'), 2)} | {_mean_spread(pick('ppl_after'), 2)} "
                      f"| {statistics.mean(pick('mask_time_s')):.0f} | {statistics.mean(pick('finetune_time_s')):.0f} "
                      f"| {statistics.mean(pick('cpu_latency_ms')):.1f} | {_optional_mean(group, 'gpu_latency_ms', 2)} "
-                     f"| {group[0]['mask_steps']} / "
-                     f"{group[0]['finetune_steps']} | {group[0]['device']}, {group[0]['machine']} |")
-    header = ["layers", "target", "method", "seeds", "achieved", "held-out ppl before FT", "held-out ppl after FT",
-              "mask time (s)", "FT time (s)", "CPU latency (ms)", "GPU bf16 latency (ms)", "mask / FT steps", "machine"]
+                     f"| {group[0]['mask_steps']} / {group[0]['finetune_steps']}, {group[0]['batch_size']} "
+                     f"| {group[0]['device']}, {group[0]['machine']} |")
+    header = ["layers", "target", "method", "VIB log σ² init", "seeds", "achieved", "masks' own",
+              "held-out ppl before FT", "held-out ppl after FT", "mask time (s)", "FT time (s)", "CPU latency (ms)",
+              "GPU bf16 latency (ms)", "mask / FT steps, batch", "machine"]
     first = rows[0]
     notes = [f"- unpruned SmolLM2-135M ({layers} layers) held-out perplexity: {ppl:.2f}"
              for layers, ppl in sorted(teachers.items(), key=lambda item: int(item[0]))]
     notes.append(f"- corpus: {first['corpus']}; blocks of {first['block_size']} tokens, {first['train_blocks']} train "
-                 f"blocks, perplexity over {first['eval_tokens']} held-out tokens; batch size {first['batch_size']}")
+                 f"blocks, perplexity over {first['eval_tokens']} held-out tokens")
     return "\n".join(_table(header, lines) + [""] + notes) + "\n"
 
 
@@ -135,21 +138,31 @@ def _plot(series: dict, path: Path, xlabel: str, ylabel: str, title: str, *, sty
     return path
 
 
+def _series_labeller(rows: list[dict]):
+    """``label(row)``: the row's method, plus its step budget or VIB init where ``rows`` vary them, so a plot line
+    never mixes budgets or inits."""
+    budgets = {(r["mask_steps"], r["finetune_steps"], r.get("batch_size")) for r in rows}
+    inits = {r.get("log_sigma2_init", "") for r in rows} - {""}
+
+    def label(row: dict) -> str:
+        text = row["method"]
+        if len(budgets) > 1:
+            text += f" ({row['mask_steps']}/{row['finetune_steps']} steps, batch {row.get('batch_size')})"
+        if len(inits) > 1 and row.get("log_sigma2_init"):
+            text += f" (init {row['log_sigma2_init']})"
+        return text
+    return label
+
+
 def plot(paths: list[Path]) -> list[Path]:
     """Test accuracy after the fine-tune against the target sparsity, one PNG per encoder CSV."""
     written = []
     for path in paths:
         rows = _rows([path])
-        budgets = {(r["mask_steps"], r["finetune_steps"]) for r in rows}
-        inits = {r.get("log_sigma2_init", "") for r in rows} - {""}
+        label = _series_labeller(rows)
         series = defaultdict(lambda: defaultdict(list))
-        for row in rows:  # a series per method, split further by budget or VIB init where the CSV varies them
-            label = row["method"]
-            if len(budgets) > 1:
-                label += f" ({row['mask_steps']}/{row['finetune_steps']} steps)"
-            if len(inits) > 1 and row.get("log_sigma2_init"):
-                label += f" (init {row['log_sigma2_init']})"
-            series[label][float(row["target_sparsity"])].append(float(row["test_after"]))
+        for row in rows:
+            series[label(row)][float(row["target_sparsity"])].append(float(row["test_after"]))
         teachers = {row["seed"]: float(row["teacher_test"]) for row in rows}
         written.append(_plot(series, path.with_suffix(".png"), "parameter sparsity (encoder layers)",
                              "test accuracy after fine-tune", path.stem,
@@ -166,13 +179,14 @@ def plot_decoder(path: Path) -> list[Path]:
     written = []
     for layers, rows in sorted(by_layers.items()):
         series, styles = defaultdict(lambda: defaultdict(list)), {}
-        colors = {method: f"C{i}" for i, method in enumerate(sorted({row["method"] for row in rows}))}
+        label = _series_labeller(rows)
+        colors = {name: f"C{i % 10}" for i, name in enumerate(sorted({label(row) for row in rows}))}
         for row in rows:
             for stage, line in (("before", ":"), ("after", "-")):
-                label = f"{row['method']} ({stage} FT)"
-                series[label][float(row["target_sparsity"])].append(float(row[f"ppl_{stage}"]))
-                styles[label] = dict(color=colors[row["method"]], linestyle=line,
-                                     markerfacecolor="none" if stage == "before" else None)
+                name = f"{label(row)} ({stage} FT)"
+                series[name][float(row["target_sparsity"])].append(float(row[f"ppl_{stage}"]))
+                styles[name] = dict(color=colors[label(row)], linestyle=line,
+                                    markerfacecolor="none" if stage == "before" else None)
         written.append(_plot(series, path.with_name(f"{path.stem}_L{layers}.png"),
                              "parameter sparsity (decoder layers)", "held-out perplexity",
                              f"SmolLM2-135M, {layers} layers", styles=styles, log_y=True,

@@ -35,7 +35,7 @@ def hidden_distillation(student: tuple[torch.Tensor, ...], teacher: tuple[torch.
         diff = (s.float() - t.float()).square()
         if keep is not None:
             diff = diff[..., keep.to(diff.device)]
-        per_token = diff.mean(-1)
+        per_token = diff.sum(-1) / max(diff.shape[-1], 1)  # 0, not nan, once every hidden dim is pruned
         if attention_mask is not None:
             mask = attention_mask.to(per_token.dtype)
             total = total + (per_token * mask).sum() / mask.sum().clamp_min(1)

@@ -28,6 +28,18 @@ class PruneResult:
     summary: dict
 
 
+def _missed_target_message(decision: float, config: PruneConfig) -> str:
+    """What to try when the masks' own decision ends at ``decision`` instead of the target: short of it, the masks
+    moved too slowly; past it, they overshot (pruned faster than the target ramp) and had no time to recover."""
+    head = (f"the masks ended at sparsity {decision:.3f} against the target {config.target_sparsity}; the plan "
+            "reaches the target by ranking units by their scores instead. ")
+    if decision < config.target_sparsity:
+        return head + ("Train longer, raise mask_lr, or start VIB masks nearer their decision boundary (mask_init "
+                       "log_sigma2 closer to 0)")
+    return head + ("The masks overshot: train longer, lower mask_lr, lengthen warmup_fraction, or start VIB masks "
+                   "further from their decision boundary (mask_init log_sigma2 further below 0)")
+
+
 def kept_summary(plan: CompactionPlan, pruner: Pruner) -> dict:
     """Kept/total units per structure: ``{"hidden": (k, n), "heads": [(k, n) per layer], "ffn": [...]}``."""
     spec = pruner.masks.spec
@@ -85,10 +97,8 @@ def run_pruning(model: nn.Module, batches: Batches, config: PruneConfig, out_dir
                                                         [k for k, _ in summary["ffn"]]))
     summary["mask_decision_sparsity"] = pruner.masks.sparsity(pruner.measure)
     if main and abs(summary["mask_decision_sparsity"] - config.target_sparsity) > CONVERGENCE_TOLERANCE:
-        warnings.warn(f"the masks ended at sparsity {summary['mask_decision_sparsity']:.3f} against the target "
-                      f"{config.target_sparsity}; the plan reaches the target by ranking units by their scores "
-                      "instead. Train longer, raise mask_lr, or start VIB masks nearer their decision boundary "
-                      "(mask_init log_sigma2 closer to 0)", RuntimeWarning, stacklevel=2)
+        warnings.warn(_missed_target_message(summary["mask_decision_sparsity"], config), RuntimeWarning,
+                      stacklevel=2)
     records = []
     if main:
         plan.save(out / PLAN)
