@@ -47,9 +47,10 @@ def test_prune_lm_on_a_decoder(tmp_path):
     data = write_data(tmp_path / "text.jsonl", fmt="jsonl", columns=("text",))
     assert main(_args(folder, data, tmp_path / "out", "--task", "lm", "--method", "hard_concrete",
                       "--variant", "fast", "--finetune-steps", "2", "--subset-fraction", "1.0",
-                      "--target", "flops")) == 0
+                      "--target", "flops", "--hidden-distill", "relative")) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["compacted"]["perplexity"] > 1 and summary["target"] == "flops"
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["hidden_distill"] == "relative"
 
 
 @pytest.mark.parametrize("change,message", [

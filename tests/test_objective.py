@@ -35,6 +35,21 @@ def test_hidden_distillation_averages_kept_dims_real_tokens_and_layers():
     torch.testing.assert_close(hidden_distillation(student, teacher), everything)
 
 
+def test_relative_hidden_distillation_divides_each_layer_by_the_teacher_power():
+    torch.manual_seed(0)
+    student = (torch.randn(2, 4, 6), 100 * torch.randn(2, 4, 6))  # the second layer on a 100x larger scale
+    teacher = (torch.randn(2, 4, 6), 100 * torch.randn(2, 4, 6))
+    keep = torch.tensor([True, True, False, True, True, True])
+    attention_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    real = attention_mask.bool()
+    expected = torch.stack([(s - t)[real][:, keep].square().mean() / t[real][:, keep].square().mean()
+                            for s, t in zip(student, teacher)]).mean()
+    got = hidden_distillation(student, teacher, keep, attention_mask, relative=True)
+    torch.testing.assert_close(got, expected)
+    assert got.item() < 10  # the plain MSE is dominated by the large layer: about 1e4
+    assert hidden_distillation(student, teacher, keep, attention_mask).item() > 1e3
+
+
 def test_hidden_distillation_is_zero_once_every_hidden_dim_is_pruned():
     student, teacher = (torch.randn(1, 3, 4),), (torch.randn(1, 3, 4),)
     value = hidden_distillation(student, teacher, torch.zeros(4, dtype=torch.bool))

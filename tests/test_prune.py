@@ -162,10 +162,22 @@ def test_pruner_without_a_loss_says_so(features):
         pruner.compute_loss(batch)
 
 
+def test_relative_hidden_distillation_reaches_the_loss(features):
+    batch = Batches(features, 8).batch(0)
+    terms = {}
+    for kind in ("mse", "relative"):
+        torch.manual_seed(0)
+        # a pre-norm residual stream (LLaMA): no unit mean square per token, unlike BERT's post-LayerNorm states
+        pruner = Pruner(_model("llama-cls"), PruneConfig(batch_size=8, hidden_distill=kind, task_weight=0.0))
+        terms[kind] = pruner.compute_loss(batch)[1]["distill_hidden"]
+    assert terms["mse"] > 0 and terms["relative"] > 0 and terms["relative"] != pytest.approx(terms["mse"], rel=0.05)
+
+
 def test_config_errors():
     for bad, match in (({"target_sparsity": 1.0}, "target_sparsity"), ({"variant": "fastest"}, "variant"),
                        ({"method": "l1"}, "method"), ({"steps": 0}, "steps"), ({"target": "latency"}, "target"),
-                       ({"subset_fraction": 0.0}, "subset_fraction"), ({"autocast": "fp8"}, "autocast")):
+                       ({"subset_fraction": 0.0}, "subset_fraction"), ({"autocast": "fp8"}, "autocast"),
+                       ({"hidden_distill": "cosine"}, "hidden_distill")):
         with pytest.raises(ValueError, match=match):
             PruneConfig(**bad)
     assert PruneConfig(variant="fast").data_fraction == 0.03 and PruneConfig(variant="vtrans").finetune == 200

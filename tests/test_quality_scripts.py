@@ -74,8 +74,12 @@ def test_decoder_study_and_summary(tmp_path):
     rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
     assert [(r["method"], r["finetune_steps"]) for r in rows] == [
         ("faster", "1"), ("oneshot", "1"), ("faster", "2"), ("oneshot", "2")]
+    decoder.main(args + ["--hidden-distill", "relative"])  # masks of another objective: one-shot stays done
+    rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
+    assert [(r["method"], r["hidden_distill"]) for r in rows][-1:] == [("faster", "relative")] and len(rows) == 5
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert "| 1 | 0.3 | faster | -1.0 | 1 |" in table and (results / "decoder_lm_L1.png").is_file()
+    assert "| 1 | 0.3 | faster | -1.0 | relative | 1 |" in table
+    assert "| 1 | 0.3 | faster | -1.0 | mse | 1 |" in table and (results / "decoder_lm_L1.png").is_file()
     assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together

@@ -103,7 +103,7 @@ def _prune(args) -> int:
         target_sparsity=args.target_sparsity, target=args.target, seq_len=args.seq_len, steps=args.steps,
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
         round_to=args.round_to, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
-        grad_accumulation=args.grad_accumulation,
+        grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
         mask_init=vib_mask_init(args.method, args.log_sigma2_init))
     data = load_text_data(args.data, args.task)
     labels = len(data.label_names) if data.label_names else None
@@ -153,6 +153,9 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--log-sigma2-init", type=float, default=None,
                    help="VIB initial log sigma^2 (default -1: near the decision boundary, so a few "
                         "hundred steps reach the target)")
+    p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
+                   help="hidden-state distillation: plain MSE, or MSE relative to the teacher's power per layer "
+                        "(for LLaMA-style residual streams, whose plain MSE drowns the size target)")
     p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")

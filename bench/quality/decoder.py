@@ -36,9 +36,15 @@ from study import BUDGET_COLUMNS, cell_folder, done_cells, init_label, kept_unit
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
-CELL_KEY = ("layers", "seed", "target_sparsity", "method", "log_sigma2_init") + BUDGET_COLUMNS
+CELL_KEY = ("layers", "seed", "target_sparsity", "method", "log_sigma2_init", "hidden_distill") + BUDGET_COLUMNS
 FULL_LAYERS = 30  # SmolLM2-135M
 CORPUS = "python3.11-doc reST"
+
+
+def hidden_distill_label(method: str, args) -> str:
+    """The hidden-state distillation a cell's masks trained with ("mse" or "relative"); "" for the one-shot
+    baseline, which trains no masks."""
+    return "" if METHODS[method][0] is None else args.hidden_distill
 
 
 def corpus_features(args, tokenizer) -> dict:
@@ -84,7 +90,8 @@ def pruned_plan(args, seed, sparsity, method, teacher, features, out: Path):
     model = copy.deepcopy(teacher)
     masks = mask_plan(model, features["train"], METHODS[method], sparsity, out, batch_size=args.batch_size,
                       seq_len=args.block_size, seed=seed, steps=args.steps, mask_lr=args.mask_lr,
-                      log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)))
+                      log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)),
+                      hidden_distill=args.hidden_distill)
     out.mkdir(parents=True, exist_ok=True)
     masks.plan.save(out / "plan.json")
     record = dict(mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed,
@@ -101,8 +108,10 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     from vtrans_kernels.prune.finetune import finetune
 
     init = init_label(METHODS[method][0], args.log_sigma2_init)
+    objective = hidden_distill_label(method, args)
+    masks_work = work / f"hidden_{objective}" if objective == "relative" else work  # "mse" cells predate the option
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
-                               cell_folder(work, args.steps, args.batch_size, method, init, sparsity, seed))
+                               cell_folder(masks_work, args.steps, args.batch_size, method, init, sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -115,7 +124,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
         **kept_units(small, teacher),
         ppl_before=record["ppl_before"], ppl_after=round(perplexity(small, features["test"]), 3),
         mask_decision_sparsity=record.get("mask_decision_sparsity", ""),
-        log_sigma2_init=init,
+        log_sigma2_init=init, hidden_distill=objective,
         mask_time_s=record["mask_time_s"], mask_resumed=record["mask_resumed"], finetune_time_s=round(finetune_s, 1),
         **latencies(small, probe),
         mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
@@ -135,6 +144,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune-lr", type=float, default=5e-5)
     p.add_argument("--mask-lr", type=float, default=0.1)
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
+    p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
+                   help="hidden-state distillation of the mask training (PruneConfig.hidden_distill): SmolLM2's "
+                        "plain MSE is ~5000 and drowns the size target; 'relative' divides it by the teacher's power")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=128, help="held-out blocks the perplexity is measured on")
@@ -161,7 +173,7 @@ def main(argv=None) -> None:
     cells = [(seed, sparsity, method) for seed in args.seeds for sparsity in args.sparsities
              for method in args.methods
              if (str(layers), str(seed), str(sparsity), method,
-                 init_label(METHODS[method][0], args.log_sigma2_init),
+                 init_label(METHODS[method][0], args.log_sigma2_init), hidden_distill_label(method, args),
                  str(args.steps), str(args.finetune_steps), str(args.batch_size)) not in done]
     if not cells:
         print(f"every requested cell is already in {csv_path}")

@@ -90,10 +90,12 @@ def summarize_decoder(path: Path) -> str:
     rows = _rows([path])
     teachers = {r["layers"]: float(r["teacher_ppl"]) for r in rows}
     lines = []
-    keys = ("layers", "target_sparsity", "method", "log_sigma2_init", "mask_steps", "finetune_steps", "batch_size")
-    for (layers, target, method, init, *_), group in _groups(rows, keys).items():
+    keys = ("layers", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_steps",
+            "finetune_steps", "batch_size")
+    for (layers, target, method, init, hidden, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
-        lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {len(group)} "
+        lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
+                     f"| {len(group)} "
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
                      f"| {_optional_mean(group, 'mask_decision_sparsity', 3)} "
                      f"| {_mean_spread(pick('ppl_before'), 2)} | {_mean_spread(pick('ppl_after'), 2)} "
@@ -101,7 +103,7 @@ def summarize_decoder(path: Path) -> str:
                      f"| {statistics.mean(pick('cpu_latency_ms')):.1f} | {_optional_mean(group, 'gpu_latency_ms', 2)} "
                      f"| {group[0]['mask_steps']} / {group[0]['finetune_steps']}, {group[0]['batch_size']} "
                      f"| {group[0]['device']}, {group[0]['machine']} |")
-    header = ["layers", "target", "method", "VIB log σ² init", "seeds", "achieved", "masks' own",
+    header = ["layers", "target", "method", "VIB log σ² init", "hidden distill", "seeds", "achieved", "masks' own",
               "held-out ppl before FT", "held-out ppl after FT", "mask time (s)", "FT time (s)", "CPU latency (ms)",
               "GPU bf16 latency (ms)", "mask / FT steps, batch", "machine"]
     first = rows[0]
@@ -139,10 +141,11 @@ def _plot(series: dict, path: Path, xlabel: str, ylabel: str, title: str, *, sty
 
 
 def _series_labeller(rows: list[dict]):
-    """``label(row)``: the row's method, plus its step budget or VIB init where ``rows`` vary them, so a plot line
-    never mixes budgets or inits."""
+    """``label(row)``: the row's method, plus its step budget, VIB init or hidden distillation where ``rows`` vary
+    them, so a plot line never mixes them."""
     budgets = {(r["mask_steps"], r["finetune_steps"], r.get("batch_size")) for r in rows}
     inits = {r.get("log_sigma2_init", "") for r in rows} - {""}
+    objectives = {r.get("hidden_distill", "") for r in rows} - {""}
 
     def label(row: dict) -> str:
         text = row["method"]
@@ -150,6 +153,8 @@ def _series_labeller(rows: list[dict]):
             text += f" ({row['mask_steps']}/{row['finetune_steps']} steps, batch {row.get('batch_size')})"
         if len(inits) > 1 and row.get("log_sigma2_init"):
             text += f" (init {row['log_sigma2_init']})"
+        if len(objectives) > 1 and row.get("hidden_distill"):
+            text += f" ({row['hidden_distill']} hidden)"
         return text
     return label
 

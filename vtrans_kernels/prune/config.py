@@ -43,7 +43,9 @@ class PruneConfig:
     a few hundred steps).
     Objective (DESIGN 2.4): ``task_weight`` x task loss + ``distill_weight`` x (logit KL at ``temperature`` +
     ``hidden_distill_weight`` x layer-wise hidden MSE over kept dims) + ``kl_weight`` x sum over structures of
-    ``kl_multipliers[s]`` x KL_s + the Lagrangian.
+    ``kl_multipliers[s]`` x KL_s + the Lagrangian. ``hidden_distill`` "mse" is DESIGN's plain MSE; "relative"
+    divides each layer's MSE by the teacher's mean square there, for models whose residual stream is large
+    (SmolLM2's plain MSE is ~5000 against a logit KL of ~10, and drowns the size target).
     """
 
     method: str = "vib"
@@ -71,6 +73,7 @@ class PruneConfig:
     distill_weight: float = 1.0
     temperature: float = 2.0
     hidden_distill_weight: float = 1.0
+    hidden_distill: str = "mse"
     round_to: int = 1
     seed: int = 0
     log_every: int = 10
@@ -96,6 +99,8 @@ class PruneConfig:
             raise ValueError(f"subset_fraction: expected a value in (0, 1], got {self.subset_fraction}")
         if self.autocast not in (None, "bf16", "fp16"):
             raise ValueError(f"autocast: expected None, 'bf16' or 'fp16', got {self.autocast!r}")
+        if self.hidden_distill not in ("mse", "relative"):
+            raise ValueError(f"hidden_distill: expected 'mse' or 'relative', got {self.hidden_distill!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
 

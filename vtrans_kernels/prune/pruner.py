@@ -135,7 +135,8 @@ class Pruner:
                 metrics["distill_logits"] = float(kd.detach())
             if hidden:
                 keep = None if self.masks.hidden is None else self.masks.hidden.keep()
-                hd = hidden_distillation(out.hidden_states[1:], teacher.hidden_states[1:], keep, attention_mask)
+                hd = hidden_distillation(out.hidden_states[1:], teacher.hidden_states[1:], keep, attention_mask,
+                                         relative=cfg.hidden_distill == "relative")
                 terms.append(cfg.distill_weight * cfg.hidden_distill_weight * hd)
                 metrics["distill_hidden"] = float(hd.detach())
         if not terms:
