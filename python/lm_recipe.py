@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from movie_reviews import write_csv  # noqa: E402
 
 
-def parser(description: str, out: str, steps: int, target: float) -> argparse.ArgumentParser:
+def parser(description: str, out: str, steps: int, target: float,
+           hidden_distill: str = "mse") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", default=out)
     p.add_argument("--target-sparsity", type=float, default=target)
@@ -22,6 +23,8 @@ def parser(description: str, out: str, steps: int, target: float) -> argparse.Ar
     p.add_argument("--mask-lr", type=float, default=0.1)
     p.add_argument("--log-sigma2-init", type=float, default=None,
                    help="VIB initial log sigma^2 (default: PruneConfig's -1)")
+    p.add_argument("--hidden-distill", default=hidden_distill, choices=("mse", "relative"),
+                   help="hidden-state distillation of the mask training (PruneConfig.hidden_distill)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -40,7 +43,7 @@ def run(model, tokenizer, args) -> dict:
     config = PruneConfig(method=args.method, variant=args.variant, target_sparsity=args.target_sparsity,
                          steps=args.steps, batch_size=args.batch_size, finetune_steps=args.finetune_steps,
                          seq_len=args.block_size, subset_fraction=1.0, log_every=5, checkpoint_every=25,
-                         mask_lr=args.mask_lr,
+                         mask_lr=args.mask_lr, hidden_distill=args.hidden_distill,
                          mask_init=vib_mask_init(args.method, args.log_sigma2_init))
     options = PipelineOptions(task="lm", max_length=args.block_size, resume=args.resume,
                               progress=not args.no_progress)

@@ -37,7 +37,8 @@ def load_smollm2(layers: int | None = None):
 
 
 def main(argv=None) -> dict:
-    p = lm_recipe.parser(__doc__, "runs/smollm2-lm", steps=60, target=0.3)
+    # relative hidden distillation: SmolLM2's plain hidden MSE (~5000) drives the masks past the target
+    p = lm_recipe.parser(__doc__, "runs/smollm2-lm", steps=60, target=0.3, hidden_distill="relative")
     p.add_argument("--layers", type=int, default=None, help="keep only the first N layers")
     args = p.parse_args(argv)
     model, tokenizer = load_smollm2(args.layers)

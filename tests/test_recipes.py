@@ -1,5 +1,6 @@
 """Smoke runs of the recipes in python/ on tiny settings (the real assets install with `make test`)."""
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -48,4 +49,5 @@ def test_smollm2_recipe(tmp_path):
                                      "--batch-size", "2", "--method", "hard_concrete", "--out", str(tmp_path),
                                      "--no-progress"])
     assert summary["kept"]["heads"][0][1] == 3  # SmolLM2: 3 KV groups of 3 query heads
+    assert json.loads((tmp_path / "config.json").read_text())["hidden_distill"] == "relative"
     _check(summary, tmp_path)

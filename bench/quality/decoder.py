@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 import summarize  # noqa: E402
-from study import BUDGET_COLUMNS, cell_folder, done_cells, init_label, kept_units, latencies, machine, mask_plan  # noqa: E402
+from study import (BUDGET_COLUMNS, cell_folder, done_cells, init_label, kept_units, latencies, machine,  # noqa: E402
+                   mask_plan)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
