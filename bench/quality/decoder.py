@@ -171,11 +171,15 @@ def main(argv=None) -> None:
     csv_path = Path(args.csv)
     done = done_cells(csv_path, CELL_KEY)
     layers = min(args.layers or FULL_LAYERS, FULL_LAYERS)
+    def key(seed, sparsity, method) -> tuple[str, ...]:  # a cell's CELL_KEY values, as the CSV holds them
+        values = dict(layers=layers, seed=seed, target_sparsity=sparsity, method=method,
+                      log_sigma2_init=init_label(METHODS[method][0], args.log_sigma2_init),
+                      hidden_distill=hidden_distill_label(method, args), mask_steps=args.steps,
+                      finetune_steps=args.finetune_steps, batch_size=args.batch_size)
+        return tuple(str(values[column]) for column in CELL_KEY)
+
     cells = [(seed, sparsity, method) for seed in args.seeds for sparsity in args.sparsities
-             for method in args.methods
-             if (str(layers), str(seed), str(sparsity), method,
-                 init_label(METHODS[method][0], args.log_sigma2_init), hidden_distill_label(method, args),
-                 str(args.steps), str(args.finetune_steps), str(args.batch_size)) not in done]
+             for method in args.methods if key(seed, sparsity, method) not in done]
     if not cells:
         print(f"every requested cell is already in {csv_path}")
         return
