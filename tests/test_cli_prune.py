@@ -6,7 +6,7 @@ import torch
 
 from tiny_text import model_folder, write_data
 from vtrans_kernels.cli import main
-from vtrans_kernels.hf import load_compacted
+from vtrans_kernels.hf import CompactionPlan, load_compacted
 from vtrans_kernels.prune.data import Batches, load_text_data
 
 
@@ -47,10 +47,12 @@ def test_prune_lm_on_a_decoder(tmp_path):
     data = write_data(tmp_path / "text.jsonl", fmt="jsonl", columns=("text",))
     assert main(_args(folder, data, tmp_path / "out", "--task", "lm", "--method", "hard_concrete",
                       "--variant", "fast", "--finetune-steps", "2", "--subset-fraction", "1.0",
-                      "--target", "flops", "--hidden-distill", "relative")) == 0
+                      "--target", "flops", "--hidden-distill", "relative", "--no-fold-scales")) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["compacted"]["perplexity"] > 1 and summary["target"] == "flops"
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["hidden_distill"] == "relative"
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["hidden_distill"] == "relative" and config["fold_scales"] is False
+    assert CompactionPlan.load(tmp_path / "out" / "plan.json").ffn_scale == {}
 
 
 @pytest.mark.parametrize("change,message", [

@@ -36,6 +36,21 @@ def test_compacted_equals_masked_model(name, seed, scales):
     assert_same(output(compacted, batch), expected)
 
 
+@pytest.mark.parametrize("name", ["bert", "llama-gqa"])
+def test_plan_without_scales_compacts_the_kept_units_unscaled(name):
+    model = build(name, 0)
+    plan = random_plan(model, 0, scales=True)
+    unscaled = plan.without_scales()
+    units_only = CompactionPlan(hidden=plan.hidden, heads=plan.heads, ffn=plan.ffn)
+    assert (unscaled.hidden, unscaled.heads, unscaled.ffn) == (plan.hidden, plan.heads, plan.ffn)
+    assert unscaled.hidden_scale is None and not unscaled.head_scale and not unscaled.ffn_scale
+    assert plan.hidden_scale is not None and plan.ffn_scale  # the original keeps its scales
+    batch = inputs(model, 0)
+    expected = output(compact(model, units_only), batch)
+    assert torch.equal(output(compact(model, unscaled), batch), expected)
+    assert not torch.allclose(output(compact(model, plan), batch), expected)
+
+
 @pytest.mark.parametrize("name", ["bert", "gpt2", "llama-gqa"])
 def test_input_model_untouched(name):
     model = build(name)

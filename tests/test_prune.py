@@ -173,11 +173,25 @@ def test_relative_hidden_distillation_reaches_the_loss(features):
     assert terms["mse"] > 0 and terms["relative"] > 0 and terms["relative"] != pytest.approx(terms["mse"], rel=0.05)
 
 
+def test_plan_without_folded_scales_keeps_the_same_units(tmp_path, features):
+    model = _model()
+    config = PruneConfig(target_sparsity=0.4, steps=10, batch_size=8, subset_fraction=1.0, seq_len=16,
+                         fold_scales=False)
+    result = run_pruning(model, Batches(features, 8), config, tmp_path, progress=False, plots=False)
+    folded = result.pruner.masks.plan(0.4, result.pruner.measure)
+    assert folded.hidden_scale is not None and folded.ffn_scale  # what the masks would fold in
+    saved = vk.CompactionPlan.load(tmp_path / "plan.json")
+    for plan in (result.plan, saved):
+        assert (plan.hidden, plan.heads, plan.ffn) == (folded.hidden, folded.heads, folded.ffn)
+        assert plan.hidden_scale is None and not plan.head_scale and not plan.ffn_scale
+        torch.testing.assert_close(plan.scores["hidden"], folded.scores["hidden"])
+
+
 def test_config_errors():
     for bad, match in (({"target_sparsity": 1.0}, "target_sparsity"), ({"variant": "fastest"}, "variant"),
                        ({"method": "l1"}, "method"), ({"steps": 0}, "steps"), ({"target": "latency"}, "target"),
                        ({"subset_fraction": 0.0}, "subset_fraction"), ({"autocast": "fp8"}, "autocast"),
-                       ({"hidden_distill": "cosine"}, "hidden_distill")):
+                       ({"hidden_distill": "cosine"}, "hidden_distill"), ({"fold_scales": "no"}, "fold_scales")):
         with pytest.raises(ValueError, match=match):
             PruneConfig(**bad)
     assert PruneConfig(variant="fast").data_fraction == 0.03 and PruneConfig(variant="vtrans").finetune == 200

@@ -78,6 +78,11 @@ def test_decoder_study_scales_and_summary(tmp_path):
     decoder.main(args + ["--hidden-distill", "relative"])  # masks of another objective: one-shot stays done
     rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
     assert [(r["method"], r["hidden_distill"]) for r in rows][-1:] == [("faster", "relative")] and len(rows) == 5
+    decoder.main(args + ["--no-fold-scales"])  # the same masks compacted without their scales; one-shot stays done
+    rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
+    unfolded = rows[-1]
+    assert len(rows) == 6 and (unfolded["method"], unfolded["fold_scales"]) == ("faster", "False")
+    assert unfolded["mask_time_s"] == rows[0]["mask_time_s"] and rows[0]["fold_scales"] == "True"
 
     scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", "--csv", str(tmp_path / "scales.csv")])
     folded = {r["cell"].split("/", 1)[1]: r for r in csv.DictReader((tmp_path / "scales.csv").open())}
@@ -86,9 +91,12 @@ def test_decoder_study_scales_and_summary(tmp_path):
     assert all(float(r["ppl_scaled"]) > 1 for r in folded.values())
     oneshot = folded["m2_bs2/oneshot_0.3_s0"]
     assert oneshot["ppl_scaled"] == oneshot["ppl_unscaled"]  # no gate values to fold
+    mse_cell = folded["m2_bs2/faster_ls-1.0_0.3_s0"]  # the driver's two rows of these masks: same numbers
+    assert float(rows[0]["ppl_before"]) == pytest.approx(float(mse_cell["ppl_scaled"]), abs=0.01)
+    assert float(unfolded["ppl_before"]) == pytest.approx(float(mse_cell["ppl_unscaled"]), abs=0.01)
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert "| 1 | 0.3 | faster | -1.0 | relative | 1 |" in table
-    assert "| 1 | 0.3 | faster | -1.0 | mse | 1 |" in table and (results / "decoder_lm_L1.png").is_file()
+    assert "| 1 | 0.3 | faster | -1.0 | relative | yes | 1 |" in table and "| 1 | 0.3 | oneshot | - | - | - | 1 |" in table
+    assert "| 1 | 0.3 | faster | -1.0 | mse | no | 1 |" in table and (results / "decoder_lm_L1.png").is_file()
     assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together

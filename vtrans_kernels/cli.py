@@ -104,6 +104,7 @@ def _prune(args) -> int:
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
         round_to=args.round_to, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
+        fold_scales=not args.no_fold_scales,
         mask_init=vib_mask_init(args.method, args.log_sigma2_init))
     data = load_text_data(args.data, args.task)
     labels = len(data.label_names) if data.label_names else None
@@ -156,6 +157,9 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
                    help="hidden-state distillation: plain MSE, or MSE relative to the teacher's power per layer "
                         "(for LLaMA-style residual streams, whose plain MSE drowns the size target)")
+    p.add_argument("--no-fold-scales", action="store_true",
+                   help="keep the chosen units at their original weights instead of folding the masks' learned "
+                        "gate values into them (PruneConfig.fold_scales)")
     p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")

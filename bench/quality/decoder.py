@@ -37,7 +37,8 @@ from study import (BUDGET_COLUMNS, cell_folder, done_cells, init_label, kept_uni
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
-CELL_KEY = ("layers", "seed", "target_sparsity", "method", "log_sigma2_init", "hidden_distill") + BUDGET_COLUMNS
+CELL_KEY = ("layers", "seed", "target_sparsity", "method", "log_sigma2_init", "hidden_distill",
+            "fold_scales") + BUDGET_COLUMNS
 FULL_LAYERS = 30  # SmolLM2-135M
 CORPUS = "python3.11-doc reST"
 
@@ -46,6 +47,12 @@ def hidden_distill_label(method: str, args) -> str:
     """The hidden-state distillation a cell's masks trained with ("mse" or "relative"); "" for the one-shot
     baseline, which trains no masks."""
     return "" if METHODS[method][0] is None else args.hidden_distill
+
+
+def fold_scales_label(method: str, args) -> str:
+    """Whether a cell's compacted model has its masks' gate values folded in ("True" or "False"); "" for the
+    one-shot baseline, whose plans carry no scales."""
+    return "" if METHODS[method][0] is None else str(not args.no_fold_scales)
 
 
 def corpus_features(args, tokenizer) -> dict:
@@ -81,12 +88,30 @@ def teacher_perplexity(teacher, features: dict, path: Path) -> float:
 
 def pruned_plan(args, seed, sparsity, method, teacher, features, out: Path):
     """(plan, stage record) of a cell: the record holds the mask time and the perplexity of the compacted model
-    before fine-tuning, and is saved to ``out/pruned.json`` so a resumed cell skips straight to the fine-tune."""
+    before fine-tuning (``ppl_before``, and ``ppl_before_unscaled`` once a cell without folded scales used the
+    same masks), and is saved to ``out/pruned.json`` so a resumed cell skips straight to the fine-tune. With
+    --no-fold-scales the plan comes without its scales."""
     from vtrans_kernels.hf import CompactionPlan, compact
 
     record_path = out / "pruned.json"
     if record_path.exists():
-        return CompactionPlan.load(out / "plan.json"), json.loads(record_path.read_text())
+        plan, record = CompactionPlan.load(out / "plan.json"), json.loads(record_path.read_text())
+    else:
+        plan, record = trained_plan(args, seed, sparsity, method, teacher, features, out)
+    if args.no_fold_scales and METHODS[method][0] is not None:
+        plan = plan.without_scales()
+        if "ppl_before_unscaled" not in record:
+            record["ppl_before_unscaled"] = round(perplexity(compact(teacher, plan), features["test"]), 3)
+            record_path.write_text(json.dumps(record))
+        record = {**record, "ppl_before": record["ppl_before_unscaled"]}
+    return plan, record
+
+
+def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
+    """Train the masks of a cell (or compute its one-shot plan) and save the plan and its stage record."""
+    from vtrans_kernels.hf import compact
+
+    record_path = out / "pruned.json"
     torch.manual_seed(seed)
     model = copy.deepcopy(teacher)
     masks = mask_plan(model, features["train"], METHODS[method], sparsity, out, batch_size=args.batch_size,
@@ -125,7 +150,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
         **kept_units(small, teacher),
         ppl_before=record["ppl_before"], ppl_after=round(perplexity(small, features["test"]), 3),
         mask_decision_sparsity=record.get("mask_decision_sparsity", ""),
-        log_sigma2_init=init, hidden_distill=objective,
+        log_sigma2_init=init, hidden_distill=objective, fold_scales=fold_scales_label(method, args),
         mask_time_s=record["mask_time_s"], mask_resumed=record["mask_resumed"], finetune_time_s=round(finetune_s, 1),
         **latencies(small, probe),
         mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
@@ -148,6 +173,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
                    help="hidden-state distillation of the mask training (PruneConfig.hidden_distill): SmolLM2's "
                         "plain MSE is ~5000 and drowns the size target; 'relative' divides it by the teacher's power")
+    p.add_argument("--no-fold-scales", action="store_true",
+                   help="compact without folding the masks' gate values into the weights (PruneConfig.fold_scales); "
+                        "reuses the masks of the folded cell")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=128, help="held-out blocks the perplexity is measured on")
@@ -174,7 +202,8 @@ def main(argv=None) -> None:
     def key(seed, sparsity, method) -> tuple[str, ...]:  # a cell's CELL_KEY values, as the CSV holds them
         values = dict(layers=layers, seed=seed, target_sparsity=sparsity, method=method,
                       log_sigma2_init=init_label(METHODS[method][0], args.log_sigma2_init),
-                      hidden_distill=hidden_distill_label(method, args), mask_steps=args.steps,
+                      hidden_distill=hidden_distill_label(method, args),
+                      fold_scales=fold_scales_label(method, args), mask_steps=args.steps,
                       finetune_steps=args.finetune_steps, batch_size=args.batch_size)
         return tuple(str(values[column]) for column in CELL_KEY)
 

@@ -10,7 +10,6 @@ bench/results/quality/decoder_scales.csv, skipping plans already there:
     python bench/quality/scales.py --eval-blocks 64
 """
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,11 +20,6 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import decoder  # noqa: E402
 from study import done_cells  # noqa: E402
-
-
-def without_scales(plan):
-    """``plan`` keeping the same units, every scale dropped (1)."""
-    return dataclasses.replace(plan, hidden_scale=None, head_scale={}, ffn_scale={})
 
 
 def main(argv=None) -> None:
@@ -60,7 +54,7 @@ def main(argv=None) -> None:
         teacher, features = teachers[setup]
         plan = CompactionPlan.load(path)
         ppl = {name: decoder.perplexity(compact(teacher, candidate), features["test"])
-               for name, candidate in (("scaled", plan), ("unscaled", without_scales(plan)))}
+               for name, candidate in (("scaled", plan), ("unscaled", plan.without_scales()))}
         row = dict(cell=cell, ppl_scaled=round(ppl["scaled"], 2), ppl_unscaled=round(ppl["unscaled"], 2),
                    eval_blocks=args.eval_blocks)
         append_rows(csv_path, [{**environment("cpu"), **row}])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import torch
@@ -119,6 +119,11 @@ class CompactionPlan:
             "heads": _as_scale_dict(scores.get("heads"), "CompactionPlan.scores['heads']"),
             "ffn": _as_scale_dict(scores.get("ffn"), "CompactionPlan.scores['ffn']"),
         }
+
+    def without_scales(self) -> "CompactionPlan":
+        """A copy of this plan keeping the same units (and scores) with every scale dropped: the kept units keep
+        their original weights instead of having the learned gate values folded in."""
+        return replace(self, hidden_scale=None, head_scale={}, ffn_scale={})
 
     # ---- persistence: plain JSON, no pickles -------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -46,6 +46,10 @@ class PruneConfig:
     ``kl_multipliers[s]`` x KL_s + the Lagrangian. ``hidden_distill`` "mse" is DESIGN's plain MSE; "relative"
     divides each layer's MSE by the teacher's mean square there, for models whose residual stream is large
     (SmolLM2's plain MSE is ~5000 against a logit KL of ~10, and drowns the size target).
+    ``fold_scales`` folds the masks' deterministic gate values (VIB ``mu``, the hard-concrete gate) of the kept
+    units into the compacted weights, so the compacted model is the masked model; ``False`` keeps the chosen
+    units at their original weights. Masks trained on frozen weights learn ``mu`` as a free per-unit gain under
+    heavy gate noise, and folded in it can cost more than the pruning itself (bench/results/quality).
     """
 
     method: str = "vib"
@@ -74,6 +78,7 @@ class PruneConfig:
     temperature: float = 2.0
     hidden_distill_weight: float = 1.0
     hidden_distill: str = "mse"
+    fold_scales: bool = True
     round_to: int = 1
     seed: int = 0
     log_every: int = 10
@@ -101,6 +106,8 @@ class PruneConfig:
             raise ValueError(f"autocast: expected None, 'bf16' or 'fp16', got {self.autocast!r}")
         if self.hidden_distill not in ("mse", "relative"):
             raise ValueError(f"hidden_distill: expected 'mse' or 'relative', got {self.hidden_distill!r}")
+        if not isinstance(self.fold_scales, bool):
+            raise ValueError(f"fold_scales: expected True or False, got {self.fold_scales!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
 

@@ -211,9 +211,11 @@ class Pruner:
 
     # ---- results ----------------------------------------------------------------------------------------
     def plan(self, target_sparsity: float | None = None) -> CompactionPlan:
-        """The final masks as a plan hitting ``target_sparsity`` (default: the configured target)."""
+        """The final masks as a plan hitting ``target_sparsity`` (default: the configured target), with the
+        masks' scales unless ``config.fold_scales`` is False."""
         target = self.config.target_sparsity if target_sparsity is None else target_sparsity
-        return self.masks.plan(target, self.measure)
+        plan = self.masks.plan(target, self.measure)
+        return plan if self.config.fold_scales else plan.without_scales()
 
     def finish(self) -> ModelMasks:
         """Detach the masks from the model (it computes its unmasked function again), give the weights back
