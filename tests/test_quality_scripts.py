@@ -75,9 +75,10 @@ def test_decoder_study_scales_and_summary(tmp_path):
     rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
     assert [(r["method"], r["finetune_steps"]) for r in rows] == [
         ("faster", "1"), ("oneshot", "1"), ("faster", "2"), ("oneshot", "2")]
-    decoder.main(args + ["--hidden-distill", "relative"])  # masks of another objective: one-shot stays done
+    decoder.main(args + ["--hidden-distill", "relative", "--mask-lr", "0.05"])  # other masks: one-shot stays done
     rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
-    assert [(r["method"], r["hidden_distill"]) for r in rows][-1:] == [("faster", "relative")] and len(rows) == 5
+    assert [(r["method"], r["hidden_distill"], r["mask_lr"]) for r in rows][-1:] == [("faster", "relative", "0.05")]
+    assert len(rows) == 5
     decoder.main(args + ["--no-fold-scales"])  # the same masks compacted without their scales; one-shot stays done
     rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
     unfolded = rows[-1]
@@ -86,7 +87,7 @@ def test_decoder_study_scales_and_summary(tmp_path):
 
     scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", "--csv", str(tmp_path / "scales.csv")])
     folded = {r["cell"].split("/", 1)[1]: r for r in csv.DictReader((tmp_path / "scales.csv").open())}
-    assert sorted(folded) == ["hidden_relative/m2_bs2/faster_ls-1.0_0.3_s0", "m2_bs2/faster_ls-1.0_0.3_s0",
+    assert sorted(folded) == ["hidden_relative/lr0.05/m2_bs2/faster_ls-1.0_0.3_s0", "m2_bs2/faster_ls-1.0_0.3_s0",
                               "m2_bs2/oneshot_0.3_s0"]  # one row per trained plan
     assert all(float(r["ppl_scaled"]) > 1 for r in folded.values())
     oneshot = folded["m2_bs2/oneshot_0.3_s0"]
@@ -97,6 +98,7 @@ def test_decoder_study_scales_and_summary(tmp_path):
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert "| 1 | 0.3 | faster | -1.0 | relative | yes | 1 |" in table and "| 1 | 0.3 | oneshot | - | - | - | 1 |" in table
-    assert "| 1 | 0.3 | faster | -1.0 | mse | no | 1 |" in table and (results / "decoder_lm_L1.png").is_file()
+    assert "| 1 | 0.3 | faster | -1.0 | relative | 0.05 | yes | 1 |" in table
+    assert "| 1 | 0.3 | oneshot | - | - | - | - | 1 |" in table
+    assert "| 1 | 0.3 | faster | -1.0 | mse | 0.1 | no | 1 |" in table and (results / "decoder_lm_L1.png").is_file()
     assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together

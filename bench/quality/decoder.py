@@ -37,22 +37,30 @@ from study import (BUDGET_COLUMNS, cell_folder, done_cells, init_label, kept_uni
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
-CELL_KEY = ("layers", "seed", "target_sparsity", "method", "log_sigma2_init", "hidden_distill",
-            "fold_scales") + BUDGET_COLUMNS
+MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales")
+CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + BUDGET_COLUMNS
 FULL_LAYERS = 30  # SmolLM2-135M
+DEFAULT_MASK_LR = 0.1
 CORPUS = "python3.11-doc reST"
 
 
-def hidden_distill_label(method: str, args) -> str:
-    """The hidden-state distillation a cell's masks trained with ("mse" or "relative"); "" for the one-shot
-    baseline, which trains no masks."""
-    return "" if METHODS[method][0] is None else args.hidden_distill
+def mask_settings(method: str, args) -> dict:
+    """The MASK_SETTINGS columns of a cell, as the CSV holds them: VIB init, hidden-state distillation ("mse" or
+    "relative"), mask learning rate and whether the gate values are folded into the compacted weights ("True" or
+    "False"). All empty for the one-shot baseline, which trains no masks."""
+    if METHODS[method][0] is None:
+        return dict.fromkeys(MASK_SETTINGS, "")
+    return dict(log_sigma2_init=init_label(METHODS[method][0], args.log_sigma2_init),
+                hidden_distill=args.hidden_distill, mask_lr=str(float(args.mask_lr)),
+                fold_scales=str(not args.no_fold_scales))
 
 
-def fold_scales_label(method: str, args) -> str:
-    """Whether a cell's compacted model has its masks' gate values folded in ("True" or "False"); "" for the
-    one-shot baseline, whose plans carry no scales."""
-    return "" if METHODS[method][0] is None else str(not args.no_fold_scales)
+def masks_folder(work: Path, args) -> Path:
+    """Where a cell's masks are trained: ``work`` for the default objective and mask learning rate (the cells that
+    predate those options), a subfolder per setting that differs."""
+    if args.hidden_distill == "relative":
+        work = work / "hidden_relative"
+    return work if args.mask_lr == DEFAULT_MASK_LR else work / f"lr{float(args.mask_lr)}"
 
 
 def corpus_features(args, tokenizer) -> dict:
@@ -133,11 +141,11 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     from vtrans_kernels.prune.data import Batches
     from vtrans_kernels.prune.finetune import finetune
 
-    init = init_label(METHODS[method][0], args.log_sigma2_init)
-    objective = hidden_distill_label(method, args)
-    masks_work = work / f"hidden_{objective}" if objective == "relative" else work  # "mse" cells predate the option
+    settings = mask_settings(method, args)
+    masks_work = work if METHODS[method][0] is None else masks_folder(work, args)
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
-                               cell_folder(masks_work, args.steps, args.batch_size, method, init, sparsity, seed))
+                               cell_folder(masks_work, args.steps, args.batch_size, method,
+                                           settings["log_sigma2_init"], sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -150,7 +158,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
         **kept_units(small, teacher),
         ppl_before=record["ppl_before"], ppl_after=round(perplexity(small, features["test"]), 3),
         mask_decision_sparsity=record.get("mask_decision_sparsity", ""),
-        log_sigma2_init=init, hidden_distill=objective, fold_scales=fold_scales_label(method, args),
+        **settings,
         mask_time_s=record["mask_time_s"], mask_resumed=record["mask_resumed"], finetune_time_s=round(finetune_s, 1),
         **latencies(small, probe),
         mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
@@ -168,7 +176,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=200, help="mask-training steps (faster, hard_concrete)")
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--finetune-lr", type=float, default=5e-5)
-    p.add_argument("--mask-lr", type=float, default=0.1)
+    p.add_argument("--mask-lr", type=float, default=DEFAULT_MASK_LR)
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
                    help="hidden-state distillation of the mask training (PruneConfig.hidden_distill): SmolLM2's "
@@ -201,9 +209,7 @@ def main(argv=None) -> None:
     layers = min(args.layers or FULL_LAYERS, FULL_LAYERS)
     def key(seed, sparsity, method) -> tuple[str, ...]:  # a cell's CELL_KEY values, as the CSV holds them
         values = dict(layers=layers, seed=seed, target_sparsity=sparsity, method=method,
-                      log_sigma2_init=init_label(METHODS[method][0], args.log_sigma2_init),
-                      hidden_distill=hidden_distill_label(method, args),
-                      fold_scales=fold_scales_label(method, args), mask_steps=args.steps,
+                      **mask_settings(method, args), mask_steps=args.steps,
                       finetune_steps=args.finetune_steps, batch_size=args.batch_size)
         return tuple(str(values[column]) for column in CELL_KEY)
 

@@ -85,18 +85,18 @@ def summarize(paths: list[Path]) -> str:
 
 
 def summarize_decoder(path: Path) -> str:
-    """The decoder table (one line per depth, target, method, VIB init, hidden distillation, scale folding and step
-    budget: held-out perplexity before and after the distilled fine-tune) and the unpruned model's perplexity per
-    depth."""
+    """The decoder table (one line per depth, target, method, mask settings and step budget: held-out perplexity
+    before and after the distilled fine-tune) and the unpruned model's perplexity per depth."""
     rows = _rows([path])
     teachers = {r["layers"]: float(r["teacher_ppl"]) for r in rows}
     lines = []
-    keys = ("layers", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "fold_scales", "mask_steps",
-            "finetune_steps", "batch_size")
-    for (layers, target, method, init, hidden, fold, *_), group in _groups(rows, keys).items():
+    keys = ("layers", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales",
+            "mask_steps", "finetune_steps", "batch_size")
+    for (layers, target, method, init, hidden, lr, fold, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         folded = {"True": "yes", "False": "no"}.get(fold, "-")
-        lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} | {folded} "
+        lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
+                     f"| {lr if lr != '' else '-'} | {folded} "
                      f"| {len(group)} "
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
                      f"| {_optional_mean(group, 'mask_decision_sparsity', 3)} "
@@ -105,7 +105,7 @@ def summarize_decoder(path: Path) -> str:
                      f"| {statistics.mean(pick('cpu_latency_ms')):.1f} | {_optional_mean(group, 'gpu_latency_ms', 2)} "
                      f"| {group[0]['mask_steps']} / {group[0]['finetune_steps']}, {group[0]['batch_size']} "
                      f"| {group[0]['device']}, {group[0]['machine']} |")
-    header = ["layers", "target", "method", "VIB log σ² init", "hidden distill", "scales folded", "seeds", "achieved", "masks' own",
+    header = ["layers", "target", "method", "VIB log σ² init", "hidden distill", "mask lr", "scales folded", "seeds", "achieved", "masks' own",
               "held-out ppl before FT", "held-out ppl after FT", "mask time (s)", "FT time (s)", "CPU latency (ms)",
               "GPU bf16 latency (ms)", "mask / FT steps, batch", "machine"]
     first = rows[0]
@@ -143,12 +143,13 @@ def _plot(series: dict, path: Path, xlabel: str, ylabel: str, title: str, *, sty
 
 
 def _series_labeller(rows: list[dict]):
-    """``label(row)``: the row's method, plus its step budget, VIB init, hidden distillation or scale folding where
-    ``rows`` vary them, so a plot line never mixes them."""
+    """``label(row)``: the row's method, plus its step budget, VIB init, hidden distillation, mask learning rate or
+    scale folding where ``rows`` vary them, so a plot line never mixes them."""
     budgets = {(r["mask_steps"], r["finetune_steps"], r.get("batch_size")) for r in rows}
     inits = {r.get("log_sigma2_init", "") for r in rows} - {""}
     objectives = {r.get("hidden_distill", "") for r in rows} - {""}
     folds = {r.get("fold_scales", "") for r in rows} - {""}
+    rates = {r.get("mask_lr", "") for r in rows} - {""}
 
     def label(row: dict) -> str:
         text = row["method"]
@@ -158,6 +159,8 @@ def _series_labeller(rows: list[dict]):
             text += f" (init {row['log_sigma2_init']})"
         if len(objectives) > 1 and row.get("hidden_distill"):
             text += f" ({row['hidden_distill']} hidden)"
+        if len(rates) > 1 and row.get("mask_lr"):
+            text += f" (mask lr {row['mask_lr']})"
         if len(folds) > 1 and row.get("fold_scales") == "False":
             text += " (scales not folded)"
         return text
