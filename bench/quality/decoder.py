@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 import summarize  # noqa: E402
-from study import (BUDGET_COLUMNS, cell_folder, done_cells, init_label, kept_units, latencies, machine,  # noqa: E402
-                   mask_plan)
+from study import (BUDGET_COLUMNS, add_fold_scales_argument, cell_folder, done_cells, fold_label,  # noqa: E402
+                   init_label, kept_units, latencies, machine, mask_plan)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
@@ -52,7 +52,7 @@ def mask_settings(method: str, args) -> dict:
         return dict.fromkeys(MASK_SETTINGS, "")
     return dict(log_sigma2_init=init_label(METHODS[method][0], args.log_sigma2_init),
                 hidden_distill=args.hidden_distill, mask_lr=str(float(args.mask_lr)),
-                fold_scales=str(not args.no_fold_scales))
+                fold_scales=fold_label(METHODS[method][0], not args.no_fold_scales))
 
 
 def masks_folder(work: Path, args) -> Path:
@@ -181,9 +181,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
                    help="hidden-state distillation of the mask training (PruneConfig.hidden_distill): SmolLM2's "
                         "plain MSE is ~5000 and drowns the size target; 'relative' divides it by the teacher's power")
-    p.add_argument("--no-fold-scales", action="store_true",
-                   help="compact without folding the masks' gate values into the weights (PruneConfig.fold_scales); "
-                        "reuses the masks of the folded cell")
+    add_fold_scales_argument(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=128, help="held-out blocks the perplexity is measured on")

@@ -26,8 +26,8 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
-from study import (BUDGET_COLUMNS, cell_folder, done_cells, init_label, kept_units, latencies, machine,  # noqa: E402
-                   mask_plan)
+from study import (BUDGET_COLUMNS, add_fold_scales_argument, cell_folder, done_cells, fold_label,  # noqa: E402
+                   init_label, kept_units, latencies, machine, mask_plan)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -96,7 +96,8 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     folder = cell_folder(work, mask_steps, args.batch_size, method, init, sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=mask_steps,
-                      mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init)
+                      mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init,
+                      fold_scales=not args.no_fold_scales)
     with masked_by_plan(model, masks.plan):
         before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
     small = compact(model, masks.plan)
@@ -115,8 +116,8 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
         dev_after=round(after["dev"], 4), test_after=round(after["test"], 4),
         hidden=kept["hidden"], heads=kept["heads"], ffn=kept["ffn"],
         mask_decision_sparsity="" if masks.decision_sparsity is None else masks.decision_sparsity,
-        log_sigma2_init=init,
-        mask_time_s=round(masks.seconds, 1), finetune_time_s=round(finetune_s, 1),
+        log_sigma2_init=init, fold_scales=fold_label(METHODS[method][0], not args.no_fold_scales),
+        mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed, finetune_time_s=round(finetune_s, 1),
         **latencies(small, probe),
         mask_steps=mask_steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
         machine=machine(),
@@ -137,6 +138,7 @@ def main(argv=None) -> None:
     p.add_argument("--finetune-lr", type=float, default=5e-5)
     p.add_argument("--mask-lr", type=float, default=0.1)
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
+    add_fold_scales_argument(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=40)
     p.add_argument("--device", default=default_device(), help="where models train (default: the GPU if any)")
@@ -149,7 +151,8 @@ def main(argv=None) -> None:
     from vtrans_kernels.prune.data import Batches, tokenize_classification
     work = Path(args.work) / args.task
     csv_path = Path(args.csv) if args.csv else RESULTS_DIR / "quality" / f"encoder_{args.task}.csv"
-    done = done_cells(csv_path, ("seed", "target_sparsity", "method", "log_sigma2_init") + BUDGET_COLUMNS)
+    done = done_cells(csv_path,
+                      ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS)
     data = task_data(args.task, work)
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     parts = dict(zip(("train", "dev", "test"), splits(data, args.split_seed)))
@@ -166,8 +169,9 @@ def main(argv=None) -> None:
         for sparsity in args.sparsities:
             for method in args.methods:
                 init = init_label(METHODS[method][0], args.log_sigma2_init)
+                fold = fold_label(METHODS[method][0], not args.no_fold_scales)
                 budget = (str(method_steps(args, method)), str(args.finetune_steps), str(args.batch_size))
-                if (str(seed), str(sparsity), method, init) + budget in done:
+                if (str(seed), str(sparsity), method, init, fold) + budget in done:
                     continue
                 row = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
                 row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))

@@ -3,6 +3,7 @@ one pruning method (mask training through ``run_pruning``, resumable, or the one
 and achieved sparsity of a compacted model, CPU and GPU latency and the machine column."""
 import copy
 import csv
+import json
 import platform
 import sys
 import time
@@ -37,6 +38,19 @@ def init_label(mask_method: str | None, log_sigma2_init: float) -> str:
     return str(float(log_sigma2_init)) if mask_method == "vib" else ""
 
 
+def fold_label(mask_method: str | None, fold_scales: bool) -> str:
+    """Whether a cell's compacted model has its masks' gate values folded in ("True" or "False"); "" for the one-shot
+    baseline, whose plans carry no scales."""
+    return "" if mask_method is None else str(bool(fold_scales))
+
+
+def add_fold_scales_argument(parser) -> None:
+    """The drivers' --no-fold-scales flag (``PruneConfig.fold_scales=False``)."""
+    parser.add_argument("--no-fold-scales", action="store_true",
+                        help="compact without folding the masks' gate values into the weights "
+                             "(PruneConfig.fold_scales); replays the masks of the folded cell when they exist")
+
+
 def cell_folder(work: Path, mask_steps: int, batch_size: int, method: str, init: str, sparsity: float,
                 seed: int) -> Path:
     """A cell's checkpoint folder under ``work``, named by what its masks depend on: cells of another mask budget
@@ -65,9 +79,9 @@ def latencies(model, batch: dict) -> dict:
 
 @dataclass
 class MaskPlan:
-    """The plan of one method, the wall time it took in this process, whether it resumed a checkpoint, and the
-    sparsity of the trained masks' own decision (``None`` for the one-shot baseline): when it is far from the
-    target, the plan ranked units by score to reach it."""
+    """The plan of one method, the wall time its mask training took, whether that time is only the part after a
+    resumed checkpoint, and the sparsity of the trained masks' own decision (``None`` for the one-shot baseline):
+    when it is far from the target, the plan ranked units by score to reach it."""
 
     plan: object
     seconds: float
@@ -81,8 +95,10 @@ def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, 
 
     ``(None, None)`` is the one-shot activation-norm baseline, calibrated on the seeded train batches. Otherwise
     masks train for ``steps`` steps with ``run_pruning`` (on the variant's data fraction), writing to ``out`` and
-    resuming from ``out/checkpoint.pt`` when it exists; ``config`` adds further ``PruneConfig`` settings. The
-    masks are detached from ``model`` before returning."""
+    resuming from ``out/checkpoint.pt`` when it exists; ``config`` adds further ``PruneConfig`` settings. A run
+    trained from scratch records its wall time in ``out/mask_time.json``, so replaying the finished checkpoint
+    for another plan (e.g. ``fold_scales=False``) reports the training time, not the replay's. The masks are
+    detached from ``model`` before returning."""
     from vtrans_kernels.prune import PruneConfig, run_pruning
     from vtrans_kernels.prune.config import vib_mask_init
     from vtrans_kernels.prune.data import Batches
@@ -102,8 +118,12 @@ def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, 
     result = run_pruning(model, Batches(features, batch_size, seed=seed, fraction=cfg.data_fraction), cfg, out,
                          resume=resumed, plots=False)
     result.pruner.finish()
-    return MaskPlan(result.plan, time.perf_counter() - start, resumed,
-                    round(result.summary["mask_decision_sparsity"], 4))
+    seconds, timing = time.perf_counter() - start, out / "mask_time.json"
+    if not resumed:
+        timing.write_text(json.dumps({"seconds": seconds}))
+    elif timing.exists():  # the checkpoint of a finished run: its own training time
+        seconds, resumed = json.loads(timing.read_text())["seconds"], False
+    return MaskPlan(result.plan, seconds, resumed, round(result.summary["mask_decision_sparsity"], 4))
 
 
 def kept_units(small, dense) -> dict:

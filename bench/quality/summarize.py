@@ -48,6 +48,11 @@ def _column(rows: list[dict], key: str) -> list[float]:
     return [float(r[key]) for r in rows]
 
 
+def _yes_no(flag: str) -> str:
+    """A True/False CSV cell as yes/no, "-" when empty (a setting that does not apply)."""
+    return {"True": "yes", "False": "no"}.get(flag, "-")
+
+
 def _table(header: list[str], lines: list[str]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + lines
 
@@ -64,11 +69,11 @@ def summarize(paths: list[Path]) -> str:
     rows = _rows(paths)
     teachers = {(r["task"], r["seed"]): float(r["teacher_test"]) for r in rows}
     lines = []
-    # budgets and VIB initialisations never mix in a line
-    keys = ("task", "target_sparsity", "method", "log_sigma2_init", "mask_steps", "finetune_steps")
-    for (task, target, method, init, *_), group in _groups(rows, keys).items():
+    # budgets, VIB initialisations and scale folding never mix in a line
+    keys = ("task", "target_sparsity", "method", "log_sigma2_init", "fold_scales", "mask_steps", "finetune_steps")
+    for (task, target, method, init, fold, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
-        lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {len(group)} "
+        lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {_yes_no(fold)} | {len(group)} "
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
                      f"| {_optional_mean(group, 'mask_decision_sparsity', 3)} "
                      f"| {_mean_spread(pick('test_before'))} | {_mean_spread(pick('test_after'))} "
@@ -76,9 +81,9 @@ def summarize(paths: list[Path]) -> str:
                      f"| {_optional_mean(group, 'gpu_latency_ms', 2)} | {group[0]['mask_steps']} / "
                      f"{group[0]['finetune_steps']} "
                      f"| {group[0]['device']}, {group[0]['machine']} |")
-    header = ["task", "target", "method", "VIB log σ² init", "seeds", "achieved", "masks' own", "test acc. before FT",
-              "test acc. after FT", "mask time (s)", "CPU latency (ms)", "GPU bf16 latency (ms)", "mask / FT steps",
-              "machine"]
+    header = ["task", "target", "method", "VIB log σ² init", "scales folded", "seeds", "achieved", "masks' own",
+              "test acc. before FT", "test acc. after FT", "mask time (s)", "CPU latency (ms)", "GPU bf16 latency (ms)",
+              "mask / FT steps", "machine"]
     teacher_lines = [f"- teacher test accuracy, {task} seed {seed}: {acc:.4f}" for (task, seed), acc in
                      sorted(teachers.items())]
     return "\n".join(_table(header, lines) + [""] + teacher_lines) + "\n"
@@ -94,9 +99,8 @@ def summarize_decoder(path: Path) -> str:
             "mask_steps", "finetune_steps", "batch_size")
     for (layers, target, method, init, hidden, lr, fold, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
-        folded = {"True": "yes", "False": "no"}.get(fold, "-")
         lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
-                     f"| {lr if lr != '' else '-'} | {folded} "
+                     f"| {lr if lr != '' else '-'} | {_yes_no(fold)} "
                      f"| {len(group)} "
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
                      f"| {_optional_mean(group, 'mask_decision_sparsity', 3)} "
@@ -105,9 +109,9 @@ def summarize_decoder(path: Path) -> str:
                      f"| {statistics.mean(pick('cpu_latency_ms')):.1f} | {_optional_mean(group, 'gpu_latency_ms', 2)} "
                      f"| {group[0]['mask_steps']} / {group[0]['finetune_steps']}, {group[0]['batch_size']} "
                      f"| {group[0]['device']}, {group[0]['machine']} |")
-    header = ["layers", "target", "method", "VIB log σ² init", "hidden distill", "mask lr", "scales folded", "seeds", "achieved", "masks' own",
-              "held-out ppl before FT", "held-out ppl after FT", "mask time (s)", "FT time (s)", "CPU latency (ms)",
-              "GPU bf16 latency (ms)", "mask / FT steps, batch", "machine"]
+    header = ["layers", "target", "method", "VIB log σ² init", "hidden distill", "mask lr", "scales folded", "seeds",
+              "achieved", "masks' own", "held-out ppl before FT", "held-out ppl after FT", "mask time (s)",
+              "FT time (s)", "CPU latency (ms)", "GPU bf16 latency (ms)", "mask / FT steps, batch", "machine"]
     first = rows[0]
     notes = [f"- unpruned SmolLM2-135M ({layers} layers) held-out perplexity: {ppl:.2f}"
              for layers, ppl in sorted(teachers.items(), key=lambda item: int(item[0]))]
