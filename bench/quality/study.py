@@ -1,12 +1,14 @@
 """What the quality-study drivers (encoder.py, decoder.py) share: the finished cells of a results CSV, the plan of
-one pruning method (mask training through ``run_pruning``, resumable, or the one-shot baseline), the kept units
-and achieved sparsity of a compacted model, CPU and GPU latency and the machine column."""
+one pruning method (mask training through ``run_pruning``, resumable, or the one-shot baseline), the fine-tune
+learning-rate search every method gets, the kept units and achieved sparsity of a compacted model, CPU and GPU
+latency and the machine column."""
 import copy
 import csv
 import json
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +126,61 @@ def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, 
     elif timing.exists():  # the checkpoint of a finished run: its own training time
         seconds, resumed = json.loads(timing.read_text())["seconds"], False
     return MaskPlan(result.plan, seconds, resumed, round(result.summary["mask_decision_sparsity"], 4))
+
+
+def lr_label(lrs) -> str:
+    """A learning-rate grid as the CSV keys and shows it: the values in ``%g`` form, space-separated."""
+    return " ".join(f"{float(lr):g}" for lr in lrs)
+
+
+def add_finetune_lrs_argument(parser, default: tuple[float, ...]) -> None:
+    """The drivers' --finetune-lrs grid: the learning rates the compacted model's fine-tune is searched over."""
+    parser.add_argument("--finetune-lrs", type=float, nargs="+", default=list(default),
+                        help="fine-tune learning rates searched for every method alike; the one with the best dev "
+                             "score is kept and reported (one value: no search)")
+
+
+@dataclass
+class FinetuneChoice:
+    """The fine-tuned model with the best dev score, its learning rate, every candidate's dev score (by ``lr_label``
+    of its rate) and the wall time of the chosen candidate's fine-tune."""
+
+    model: object
+    lr: float
+    dev_scores: dict
+    seconds: float
+
+    def scores_label(self) -> str:
+        """The dev score of every candidate learning rate, e.g. ``2e-05:0.7812 5e-05:0.8011``."""
+        return " ".join(f"{lr}:{score:.4f}" for lr, score in self.dev_scores.items())
+
+
+def search_finetune_lr(model, lrs, fit, dev_score, *, seed: int, higher_is_better: bool = True) -> FinetuneChoice:
+    """Fine-tune a copy of ``model`` at each learning rate in ``lrs`` with ``fit(copy, lr)`` (every copy from the
+    same RNG state ``seed``, so only the rate differs) and keep the copy whose ``dev_score(copy)`` is best (the
+    first of equal ones). The test split must never reach ``dev_score``: this is the study's only tuning step."""
+    if not lrs:
+        raise ValueError("lrs: expected at least one learning rate")
+    best = None
+    scores = {}
+    for lr in lrs:
+        candidate = copy.deepcopy(model)
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        try:
+            fit(candidate, float(lr))
+        except FloatingPointError as err:  # a rate too high for this model is a lost candidate, not a lost cell
+            warnings.warn(f"the fine-tune at lr {float(lr):g} diverged ({err}); it is left out of the search")
+            scores[lr_label([lr])] = float("nan")
+            continue
+        seconds = time.perf_counter() - start
+        score = float(dev_score(candidate))
+        scores[lr_label([lr])] = score
+        if best is None or (score > best[0] if higher_is_better else score < best[0]):
+            best = (score, candidate, float(lr), seconds)
+    if best is None:
+        raise FloatingPointError(f"the fine-tune diverged at every learning rate of {lr_label(lrs)}")
+    return FinetuneChoice(best[1], best[2], scores, best[3])
 
 
 def kept_units(small, dense) -> dict:

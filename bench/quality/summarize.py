@@ -36,12 +36,17 @@ def _value(text: str):
     return text
 
 
+def _sort_key(value) -> tuple:
+    """Numbers before text, each in its own order: a column may hold both (a learning rate, or a grid of them)."""
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, value)
+
+
 def _groups(rows: list[dict], keys: tuple[str, ...]) -> dict:
     """Rows grouped by their ``keys`` values, in sorted order."""
     groups = defaultdict(list)
     for row in rows:
         groups[tuple(_value(row.get(k, "")) for k in keys)].append(row)
-    return dict(sorted(groups.items()))
+    return dict(sorted(groups.items(), key=lambda item: tuple(_sort_key(v) for v in item[0])))
 
 
 def _column(rows: list[dict], key: str) -> list[float]:
@@ -69,11 +74,14 @@ def summarize(paths: list[Path]) -> str:
     rows = _rows(paths)
     teachers = {(r["task"], r["seed"]): float(r["teacher_test"]) for r in rows}
     lines = []
-    # budgets, VIB initialisations and scale folding never mix in a line
-    keys = ("task", "target_sparsity", "method", "log_sigma2_init", "fold_scales", "mask_steps", "finetune_steps")
-    for (task, target, method, init, fold, *_), group in _groups(rows, keys).items():
+    # budgets, VIB initialisations, scale folding and learning-rate grids never mix in a line
+    keys = ("task", "target_sparsity", "method", "log_sigma2_init", "fold_scales", "finetune_lrs", "mask_steps",
+            "finetune_steps")
+    for (task, target, method, init, fold, lrs, *_), group in _groups(rows, keys).items():
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
-        lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {_yes_no(fold)} | {len(group)} "
+        chosen = ", ".join(sorted({r["finetune_lr"] for r in group}, key=float))
+        lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {_yes_no(fold)} "
+                     f"| {lrs} → {chosen} | {len(group)} "
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
                      f"| {_optional_mean(group, 'mask_decision_sparsity', 3)} "
                      f"| {_mean_spread(pick('test_before'))} | {_mean_spread(pick('test_after'))} "
@@ -81,7 +89,8 @@ def summarize(paths: list[Path]) -> str:
                      f"| {_optional_mean(group, 'gpu_latency_ms', 2)} | {group[0]['mask_steps']} / "
                      f"{group[0]['finetune_steps']} "
                      f"| {group[0]['device']}, {group[0]['machine']} |")
-    header = ["task", "target", "method", "VIB log σ² init", "scales folded", "seeds", "achieved", "masks' own",
+    header = ["task", "target", "method", "VIB log σ² init", "scales folded", "FT lr searched → chosen", "seeds",
+              "achieved", "masks' own",
               "test acc. before FT", "test acc. after FT", "mask time (s)", "CPU latency (ms)", "GPU bf16 latency (ms)",
               "mask / FT steps", "machine"]
     teacher_lines = [f"- teacher test accuracy, {task} seed {seed}: {acc:.4f}" for (task, seed), acc in
@@ -147,13 +156,14 @@ def _plot(series: dict, path: Path, xlabel: str, ylabel: str, title: str, *, sty
 
 
 def _series_labeller(rows: list[dict]):
-    """``label(row)``: the row's method, plus its step budget, VIB init, hidden distillation, mask learning rate or
-    scale folding where ``rows`` vary them, so a plot line never mixes them."""
+    """``label(row)``: the row's method, plus its step budget, VIB init, hidden distillation, mask learning rate,
+    scale folding or fine-tune learning-rate grid where ``rows`` vary them, so a plot line never mixes them."""
     budgets = {(r["mask_steps"], r["finetune_steps"], r.get("batch_size")) for r in rows}
     inits = {r.get("log_sigma2_init", "") for r in rows} - {""}
     objectives = {r.get("hidden_distill", "") for r in rows} - {""}
     folds = {r.get("fold_scales", "") for r in rows} - {""}
     rates = {r.get("mask_lr", "") for r in rows} - {""}
+    grids = {r.get("finetune_lrs", "") for r in rows} - {""}
 
     def label(row: dict) -> str:
         text = row["method"]
@@ -167,6 +177,8 @@ def _series_labeller(rows: list[dict]):
             text += f" (mask lr {row['mask_lr']})"
         if len(folds) > 1 and row.get("fold_scales") == "False":
             text += " (scales not folded)"
+        if len(grids) > 1 and row.get("finetune_lrs"):
+            text += f" (FT lr {row['finetune_lrs']})"
         return text
     return label
 
