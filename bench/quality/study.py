@@ -133,13 +133,6 @@ def lr_label(lrs) -> str:
     return " ".join(f"{float(lr):g}" for lr in lrs)
 
 
-def add_finetune_lrs_argument(parser, default: tuple[float, ...]) -> None:
-    """The drivers' --finetune-lrs grid: the learning rates the compacted model's fine-tune is searched over."""
-    parser.add_argument("--finetune-lrs", type=float, nargs="+", default=list(default),
-                        help="fine-tune learning rates searched for every method alike; the one with the best dev "
-                             "score is kept and reported (one value: no search)")
-
-
 @dataclass
 class FinetuneChoice:
     """The fine-tuned model with the best dev score, its learning rate, every candidate's dev score (by ``lr_label``
