@@ -49,14 +49,19 @@ def method_steps(args, method: str) -> int:
     return max(1, round(args.mask_steps * STEP_FRACTION.get(method, 1.0)))
 
 
+def cell_values(args, seed: int, sparsity: float, method: str) -> dict:
+    """A cell's ``CELL_KEY`` columns: what its row records and what the skip check compares."""
+    mask_method = METHODS[method][0]
+    return dict(seed=seed, target_sparsity=sparsity, method=method,
+                log_sigma2_init=init_label(mask_method, args.log_sigma2_init),
+                fold_scales=fold_label(mask_method, not args.no_fold_scales), mask_steps=method_steps(args, method),
+                finetune_steps=args.finetune_steps, batch_size=args.batch_size,
+                finetune_lrs=lr_label(args.finetune_lrs))
+
+
 def cell_key(args, seed: int, sparsity: float, method: str) -> tuple[str, ...]:
     """A cell's ``CELL_KEY`` values, as the results CSV holds them."""
-    mask_method = METHODS[method][0]
-    values = dict(seed=seed, target_sparsity=sparsity, method=method,
-                  log_sigma2_init=init_label(mask_method, args.log_sigma2_init),
-                  fold_scales=fold_label(mask_method, not args.no_fold_scales), mask_steps=method_steps(args, method),
-                  finetune_steps=args.finetune_steps, batch_size=args.batch_size,
-                  finetune_lrs=lr_label(args.finetune_lrs))
+    values = cell_values(args, seed, sparsity, method)
     return tuple(str(values[column]) for column in CELL_KEY)
 
 
@@ -108,11 +113,10 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     model = fresh_model(labels, teacher, args.device)
     train = Batches(feats["train"], args.batch_size, seed=seed)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
-    mask_steps = method_steps(args, method)
-    init = init_label(METHODS[method][0], args.log_sigma2_init)
-    folder = cell_folder(work, mask_steps, args.batch_size, method, init, sparsity, seed)
+    cell = cell_values(args, seed, sparsity, method)
+    folder = cell_folder(work, cell["mask_steps"], args.batch_size, method, cell["log_sigma2_init"], sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
-                      batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=mask_steps,
+                      batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init,
                       fold_scales=not args.no_fold_scales)
     with masked_by_plan(model, masks.plan):
@@ -128,17 +132,15 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     kept = kept_units(small, fresh_model(labels))
     probe = {k: v[:32] for k, v in feats["test"].items() if k != "labels"}
     return dict(
-        task=task, seed=seed, target_sparsity=sparsity, method=method,
+        task=task, **cell,
         achieved_sparsity=kept["achieved_sparsity"],
         dev_before=round(before["dev"], 4), test_before=round(before["test"], 4),
         dev_after=round(after["dev"], 4), test_after=round(after["test"], 4),
         hidden=kept["hidden"], heads=kept["heads"], ffn=kept["ffn"],
         mask_decision_sparsity="" if masks.decision_sparsity is None else masks.decision_sparsity,
-        log_sigma2_init=init, fold_scales=fold_label(METHODS[method][0], not args.no_fold_scales),
         mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed, finetune_time_s=round(choice.seconds, 1),
         **latencies(small, probe),
-        mask_steps=mask_steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
-        finetune_lrs=lr_label(args.finetune_lrs), finetune_lr=lr_label([choice.lr]), dev_by_lr=choice.scores_label(),
+        finetune_lr=lr_label([choice.lr]), dev_by_lr=choice.scores_label(),
         machine=machine(),
     )
 

@@ -156,21 +156,21 @@ def search_finetune_lr(model, lrs, fit, dev_score, *, seed: int, higher_is_bette
         raise ValueError("lrs: expected at least one learning rate")
     best = None
     scores = {}
-    for lr in lrs:
+    for lr in map(float, lrs):
+        label = lr_label([lr])
         candidate = copy.deepcopy(model)
         torch.manual_seed(seed)
         start = time.perf_counter()
         try:
-            fit(candidate, float(lr))
+            fit(candidate, lr)
         except FloatingPointError as err:  # a rate too high for this model is a lost candidate, not a lost cell
-            warnings.warn(f"the fine-tune at lr {float(lr):g} diverged ({err}); it is left out of the search")
-            scores[lr_label([lr])] = float("nan")
+            warnings.warn(f"the fine-tune at lr {label} diverged ({err}); it is left out of the search")
+            scores[label] = float("nan")
             continue
         seconds = time.perf_counter() - start
-        score = float(dev_score(candidate))
-        scores[lr_label([lr])] = score
+        scores[label] = score = float(dev_score(candidate))
         if best is None or (score > best[0] if higher_is_better else score < best[0]):
-            best = (score, candidate, float(lr), seconds)
+            best = (score, candidate, lr, seconds)
     if best is None:
         raise FloatingPointError(f"the fine-tune diverged at every learning rate of {lr_label(lrs)}")
     return FinetuneChoice(best[1], best[2], scores, best[3])
