@@ -1,8 +1,11 @@
 """Argument checks shared by the real and fake kernels, so eager calls and torch.compile fail the same way.
 
-Every error names the op, the argument and what was expected.
+Every error names the op, the argument and what was expected. Checks of tensor *values* (``keep_mask``) run
+only on real tensors: under torch.compile the fake kernel sees tensors without data and skips them, and the
+real kernel then runs the same check on the real inputs, so eager and compiled calls fail the same way.
 """
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 PARAMETER_DTYPES = (torch.float32, torch.float64)
@@ -39,6 +42,32 @@ def noise_source(op: str, noise_name: str, noise: torch.Tensor | None, seed) -> 
 def scalar_in(op: str, name: str, value: float, low: float, high: float, what: str) -> None:
     if not (low < value < high):
         raise ValueError(f"vtrans.{op}: {name} must be {what}, got {value}")
+
+
+def has_data(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds real values that a check may read (not a fake or meta tensor being traced)."""
+    return not isinstance(t, FakeTensor) and t.device.type != "meta"
+
+
+def keep_mask(op: str, name: str, keep: torch.Tensor, size: int, what: str) -> None:
+    """A keep vector of ``size`` entries: bool, or floating with every value exactly 0 or 1 (1 = keep).
+
+    Values such as 0.5, 2, -1 or NaN are refused instead of silently counting as "keep". The value check reads
+    the tensor (a device sync on CUDA), so it runs only for floating keeps with data: bool keeps, the form the
+    mask modules produce, cost nothing.
+    """
+    if keep.dtype != torch.bool and not keep.is_floating_point():
+        raise TypeError(f"vtrans.{op}: {name} must be a bool tensor or a floating tensor of exact 0/1 values "
+                        f"(1 = keep), got dtype {keep.dtype}")
+    same_shape(op, name, keep, torch.Size([size]), what)
+    if keep.dtype == torch.bool or keep.numel() == 0 or not has_data(keep):
+        return
+    bad = (keep != 0) & (keep != 1)  # NaN compares unequal to both
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(f"vtrans.{op}: {name} must be bool or exactly 0/1 (1 = keep), got {keep[index].item()} "
+                         f"at index {index} ({int(bad.sum())} invalid values); pass a bool tensor such as "
+                         f"`{name} > 0.5` to threshold soft values")
 
 
 def hard_concrete(op: str, log_alpha: torch.Tensor, beta: float, limit_l: float, limit_r: float,

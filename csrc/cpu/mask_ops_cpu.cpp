@@ -5,6 +5,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
@@ -79,15 +80,16 @@ void hard_concrete_deterministic(const float* log_alpha, const float* grad, floa
     for (int64_t r = begin; r < end; ++r) {
       const float* la = log_alpha + r * cols;
       float expected = 0.0f;
-      for (int64_t c = 0; c < cols; ++c) expected += sigmoid(la[c] - shift);
+      for (int64_t c = 0; c < cols; ++c) expected += hc_expected_term(la[c], shift);
       const int64_t keep_count = static_cast<int64_t>(std::floor(expected + 0.5f));
       std::iota(order.begin(), order.end(), 0);
-      // larger log_alpha first; stable, so ties keep the lower index first
-      std::stable_sort(order.begin(), order.end(), [la](int64_t a, int64_t b) { return la[a] > la[b]; });
+      // stable, so ties keep the lower index first; NaN ranks last (a strict weak order, unlike a plain >)
+      std::stable_sort(order.begin(), order.end(), [la](int64_t a, int64_t b) { return hc_ranks_above(la[a], la[b]); });
       float* o = out + r * cols;
       std::fill(o, o + cols, 0.0f);
       for (int64_t k = 0; k < std::min(keep_count, cols); ++k) {
         const int64_t c = order[k];
+        if (std::isnan(la[c])) break;  // NaN units are pruned (they rank last)
         const float v = sigmoid(la[c] * value_scale);
         o[c] = grad ? grad[r * cols + c] * v * (1.0f - v) * value_scale : v;
       }

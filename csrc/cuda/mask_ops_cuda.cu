@@ -73,7 +73,7 @@ __global__ void deterministic_kernel(const float* log_alpha, const float* grad, 
   __shared__ float partial[kThreads];
   const float* la = log_alpha + blockIdx.y * cols;
   float sum = 0.0f;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) sum += sigmoid(la[c] - shift);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) sum += hc_expected_term(la[c], shift);
   partial[threadIdx.x] = sum;
   __syncthreads();
   for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
@@ -85,9 +85,9 @@ __global__ void deterministic_kernel(const float* log_alpha, const float* grad, 
   if (i >= cols) return;
   const float mine = la[i];
   int64_t ahead = 0;
-  for (int64_t j = 0; j < cols; ++j) ahead += (la[j] > mine) || (la[j] == mine && j < i);
+  for (int64_t j = 0; j < cols; ++j) ahead += hc_ranks_above(la[j], mine) || (la[j] == mine && j < i);
   float v = 0.0f;
-  if (ahead < keep_count) {
+  if (ahead < keep_count && mine == mine) {  // a NaN unit is pruned
     v = sigmoid(mine * value_scale);
     if (grad) v = grad[blockIdx.y * cols + i] * v * (1.0f - v) * value_scale;
   }

@@ -26,6 +26,14 @@ struct HardConcrete {
   }
 };
 
+// Deterministic hard-concrete mask (reference/hard_concrete.py): a NaN log_alpha is a pruned unit, so it adds
+// nothing to the expected kept count and ranks below every number; the other units are unaffected.
+VT_HD float hc_expected_term(float log_alpha, float shift) {
+  return log_alpha != log_alpha ? 0.0f : sigmoid(log_alpha - shift);
+}
+// Whether unit a ranks strictly above unit b by log_alpha (larger first, NaN last; ties are left to the index).
+VT_HD bool hc_ranks_above(float a, float b) { return a > b || (a == a && b != b); }
+
 // VIB: keep iff mu^2 > sigma^2.
 VT_HD bool vib_keep(float mu, float log_sigma2) { return mu * mu > expf(log_sigma2); }
 

@@ -5,6 +5,8 @@ empty tensor without a gate) and the fp32 log-sum-exp [B, Hq, Sq]. The last two 
 needs (with the ungated output the gate gradient exists even where z = 0); they carry no gradient. q, k, v
 go to the backends with their strides (transformers hands over transposed views).
 """
+import math
+
 import torch
 
 from .. import _checks
@@ -47,10 +49,15 @@ def check(q, k, v, key_padding_mask, attn_mask, head_gate, mu, log_sigma2, eps, 
     if k.shape[0] != b or k.shape[3] != d:
         raise ValueError(f"vtrans.{OP}: k must have shape [{b}, Hkv, Sk, {d}] (q's batch and head_dim), "
                          f"got {tuple(k.shape)}")
-    if hkv == 0 or hq % hkv:
+    if hkv == 0:
+        raise ValueError(f"vtrans.{OP}: k and v must have at least one KV head (dim 1), got shape {tuple(k.shape)}")
+    if hq % hkv:
         raise ValueError(f"vtrans.{OP}: the {hq} query heads must be a multiple of the {hkv} KV heads of k and v")
-    if d > MAX_HEAD_DIM:
-        raise ValueError(f"vtrans.{OP}: head_dim must be at most {MAX_HEAD_DIM}, got {d}")
+    if not 1 <= d <= MAX_HEAD_DIM:
+        raise ValueError(f"vtrans.{OP}: head_dim (the last dim of q, k and v) must be between 1 and {MAX_HEAD_DIM}, "
+                         f"got {d}")
+    if not math.isfinite(scale):
+        raise ValueError(f"vtrans.{OP}: scale must be a finite number, got {scale}")
     _bool_mask("key_padding_mask", key_padding_mask, (b, sk), f"[{b}, {sk}] (batch, keys)")
     _bool_mask("attn_mask", attn_mask, ((1, b), (1, hq), sq, sk), f"[{b} or 1, {hq} or 1, {sq}, {sk}]")
     if head_gate is not None:

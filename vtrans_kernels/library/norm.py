@@ -33,10 +33,8 @@ def _check(op, x, residual, keep, weight, bias, eps, out_gate, mu, log_sigma2, n
         _checks.same_shape(op, "residual", residual, x.shape, "the shape of x")
         if residual.dtype != x.dtype:
             raise TypeError(f"vtrans.{op}: residual must have x's dtype {x.dtype}, got {residual.dtype}")
-    if keep.dtype != torch.bool and not keep.is_floating_point():
-        raise TypeError(f"vtrans.{op}: keep must be bool or a 0/1 floating tensor, got {keep.dtype}")
     per_dim = f"one value per hidden dim, [{hidden}]"
-    _checks.same_shape(op, "keep", keep, torch.Size([hidden]), per_dim)
+    _checks.keep_mask(op, "keep", keep, hidden, per_dim)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             _checks.dtype_in(op, name, t, _checks.ACTIVATION_DTYPES)

@@ -36,7 +36,7 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     if mu is not None and training and eps is None and seed is None:
         seed = draw_seed()
     if scale is None:
-        scale = q.shape[-1] ** -0.5
+        scale = q.shape[-1] ** -0.5 if q.shape[-1] > 0 else 1.0  # head_dim 0: the op's check raises the error
     out, _, _ = torch.ops.vtrans.masked_attention(q, k, v, key_padding_mask, attn_mask, head_gate, mu, log_sigma2,
                                                   eps, seed, causal, float(scale), training)
     return out

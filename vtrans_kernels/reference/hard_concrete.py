@@ -40,10 +40,19 @@ def hard_concrete_expected_l0(log_alpha: torch.Tensor, beta: float = 2 / 3, limi
 def hard_concrete_deterministic(log_alpha: torch.Tensor, beta: float = 2 / 3, limit_l: float = -0.1,
                                 limit_r: float = 1.1) -> torch.Tensor:
     """Evaluation mask over the last dim: the top ``floor(sum P(z != 0) + 0.5)`` units by log_alpha (ties to
-    the lower index) keep ``sigmoid(0.8 * log_alpha / beta)``, the rest are 0."""
-    keep_count = torch.floor(hard_concrete_expected_l0(log_alpha, beta, limit_l, limit_r).sum(-1, keepdim=True)
-                             + 0.5)
-    order = torch.sort(log_alpha.detach(), dim=-1, descending=True, stable=True).indices
+    the lower index) keep ``sigmoid(0.8 * log_alpha / beta)``, the rest are 0.
+
+    NaN policy: a NaN unit is pruned (value 0, zero gradient), adds nothing to the expected count and ranks
+    below every number, so the other units of its row get exactly what they would get without it. ``+inf``
+    counts 1 and ranks first (value 1), ``-inf`` counts 0 and ranks last among numbers (value 0).
+    """
+    is_nan = torch.isnan(log_alpha)
+    p_nonzero = hard_concrete_expected_l0(log_alpha, beta, limit_l, limit_r)
+    keep_count = torch.floor(torch.where(is_nan, 0.0, p_nonzero).sum(-1, keepdim=True) + 0.5)
+    # NaN ranks last: sort key -inf, and a NaN unit is never kept (a tie with a real -inf does not matter,
+    # since -inf units have P(z != 0) = 0 and so never fall within keep_count)
+    key = torch.where(is_nan, float("-inf"), log_alpha.detach())
+    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
     rank = torch.argsort(order, dim=-1)
-    keep = rank < keep_count
-    return torch.sigmoid(log_alpha * (0.8 / beta)) * keep
+    keep = (rank < keep_count) & ~is_nan
+    return torch.where(keep, torch.sigmoid(log_alpha * (0.8 / beta)), 0.0)

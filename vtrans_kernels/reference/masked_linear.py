@@ -73,7 +73,7 @@ def linear_forward(x, weight, bias, activation, in_gate, out_gate, mu, log_sigma
     n = weight.shape[0]
     h = F.linear(scaled_input(x, in_gate), weight, bias)
     ct = compute_dtype(x, mu, out_gate, in_gate)
-    h2 = h.reshape(-1, n)
+    h2 = h.reshape(math.prod(h.shape[:-1]), n)  # (not -1: ambiguous when N or the rows are 0)
     z = gate_value(h2.shape[0], n, out_gate, mu, log_sigma2, eps, seed, training, ct)
     return _gated(act(h2.to(ct), activation), z, x.dtype).reshape(h.shape), h
 
@@ -83,7 +83,8 @@ def swiglu_forward(x, w_gate, w_up, b_gate, b_up, activation, out_gate, mu, log_
     n = w_gate.shape[0]
     hg, hu = F.linear(x, w_gate, b_gate), F.linear(x, w_up, b_up)
     ct = compute_dtype(x, mu, out_gate)
-    hg2, hu2 = hg.reshape(-1, n), hu.reshape(-1, n)
+    rows = math.prod(hg.shape[:-1])
+    hg2, hu2 = hg.reshape(rows, n), hu.reshape(rows, n)
     z = gate_value(hg2.shape[0], n, out_gate, mu, log_sigma2, eps, seed, training, ct)
     a = act(hg2.to(ct), activation) * hu2.to(ct)
     return _gated(a, z, x.dtype).reshape(hg.shape), hg, hu

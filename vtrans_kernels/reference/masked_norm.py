@@ -1,8 +1,10 @@
 """LayerNorm and RMSNorm whose statistics cover only the kept hidden dims (CoFi semantics, DESIGN 2.3).
 
-``keep`` is a 0/1 (or bool) vector over the last dim; pruned dims come out as exactly zero, so a model using
-these norms computes what its compacted version (norms sliced to the kept dims) computes. An all-zero keep
-gives zeros (the kept-dim count is clamped to 1).
+``keep`` is a bool (or exact 0/1) vector over the last dim; pruned dims come out as exactly zero, so a model
+using these norms computes what its compacted version (norms sliced to the kept dims) computes. An all-zero
+keep gives zeros (the kept-dim count is clamped to 1). Pruned dims are excluded with selects, never multiplied
+by 0: a NaN or inf there (in x, residual, weight, bias or the gate) changes nothing, while one in a kept dim
+makes its row NaN, as in ``torch.nn.functional.layer_norm``.
 
 Two layers live here:
 - the math: ``layer_norm_kept(x, keep, weight, bias, eps)`` and ``rms_norm_kept(x, keep, weight, eps)``
@@ -16,51 +18,71 @@ from __future__ import annotations
 
 import torch
 
+from .. import _checks
 from . import vib
 
 __all__ = ["masked_layer_norm", "masked_layer_norm_backward", "masked_rms_norm", "masked_rms_norm_backward"]
 
-def _keep_mask(keep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """keep as 0/1 in ``like``'s dtype and device (any nonzero value counts as kept)."""
-    return (keep != 0).to(device=like.device, dtype=like.dtype)
+def _kept(keep: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """keep as a bool mask on ``like``'s device (1 / True = kept)."""
+    return (keep != 0).to(device=like.device)
 
 
-def _layer_norm_normed(h, keep, eps):
-    """(normalised h on kept dims (0 elsewhere), mean, rstd), computed in h's dtype; keep is 0/1 in h's dtype."""
-    count = keep.sum().clamp(min=1)
-    mean = (h * keep).sum(-1, keepdim=True) / count
-    centered = (h - mean) * keep
+def _select(kept: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` on kept dims, exactly 0 on pruned ones: a select, not a multiply by 0, so a NaN or inf in a pruned
+    dim never reaches the statistics or the output (and gets an exact zero gradient)."""
+    return torch.where(kept, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
+def _count(kept: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The number of kept dims, at least 1 (an all-pruned keep gives zero statistics and y = 0)."""
+    return kept.sum().clamp(min=1).to(dtype)
+
+
+def _layer_norm_normed(h, kept, eps):
+    """(normalised h on kept dims (0 elsewhere), mean, rstd), computed in h's dtype; kept is a bool mask."""
+    count = _count(kept, h.dtype)
+    mean = _select(kept, h).sum(-1, keepdim=True) / count
+    centered = _select(kept, h - mean)
     rstd = torch.rsqrt(centered.square().sum(-1, keepdim=True) / count + eps)
     return centered * rstd, mean, rstd
 
 
-def _rms_norm_normed(h, keep, eps):
+def _rms_norm_normed(h, kept, eps):
     """(h * rstd on kept dims (0 elsewhere), rstd) with rstd = rsqrt(mean of squares over kept dims + eps)."""
-    kept = h * keep
-    rstd = torch.rsqrt(kept.square().sum(-1, keepdim=True) / keep.sum().clamp(min=1) + eps)
-    return kept * rstd, rstd
+    h_kept = _select(kept, h)
+    rstd = torch.rsqrt(h_kept.square().sum(-1, keepdim=True) / _count(kept, h.dtype) + eps)
+    return h_kept * rstd, rstd
+
+
+def _check_keep(op: str, keep: torch.Tensor, x: torch.Tensor) -> None:
+    _checks.keep_mask(op, "keep", keep, x.shape[-1], f"one value per hidden dim, [{x.shape[-1]}]")
 
 
 def layer_norm_kept(x: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor | None,
                     bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """LayerNorm of ``x`` (..., H) over the dims where ``keep`` (H,) is nonzero, in x's dtype; zero elsewhere."""
-    keep = _keep_mask(keep, x)
-    y, _, _ = _layer_norm_normed(x, keep, eps)
+    """LayerNorm of ``x`` (..., H) over the dims where ``keep`` (H,) is True / 1, in x's dtype; exactly zero
+    elsewhere (whatever x, weight and bias hold there, NaN included). ``keep`` must be bool or exact 0/1."""
+    _check_keep("layer_norm_kept", keep, x)
+    kept = _kept(keep, x)
+    y, _, _ = _layer_norm_normed(x, kept, eps)
     if weight is not None:
         y = y * weight
     if bias is not None:
         y = y + bias
-    return y * keep
+    return _select(kept, y)
 
 
 def rms_norm_kept(x: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm of ``x`` (..., H) over the kept dims like transformers' LlamaRMSNorm: fp32 statistics, the
-    normalised value cast back to x's dtype, then ``weight *``; zero on pruned dims."""
-    keep32 = _keep_mask(keep, x.float())
-    y = _rms_norm_normed(x.float(), keep32, eps)[0].to(x.dtype)
+    normalised value cast back to x's dtype, then ``weight *``; exactly zero on pruned dims (NaN included).
+    ``keep`` must be bool or exact 0/1."""
+    _check_keep("rms_norm_kept", keep, x)
+    kept = _kept(keep, x)
+    y = _rms_norm_normed(x.float(), kept, eps)[0].to(x.dtype)
     if weight is not None:
         y = weight * y
-    return y * keep32.to(y.dtype)
+    return _select(kept, y)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -70,22 +92,26 @@ def _norm(rms, h, keep, weight, bias, eps, out_gate, mu, log_sigma2, noise, trai
     shaped like h minus its last dim. ``noise`` is the explicit VIB noise (None for evaluation)."""
     ct = vib.compute_dtype(h, weight, bias, out_gate, mu)
     h = h.to(ct)
-    keep = _keep_mask(keep, h)
+    kept = _kept(keep, h)
+    # the per-dim parameters are read on kept dims only (their gradients there are 0 as before)
+    weight, bias, out_gate, mu, log_sigma2 = (None if p is None else _select(kept, p.to(ct))
+                                              for p in (weight, bias, out_gate, mu, log_sigma2))
     if rms:
-        y, rstd = _rms_norm_normed(h, keep, eps)
+        y, rstd = _rms_norm_normed(h, kept, eps)
         mean = None
     else:
-        y, mean, rstd = _layer_norm_normed(h, keep, eps)
+        y, mean, rstd = _layer_norm_normed(h, kept, eps)
         mean = mean.squeeze(-1)
     if weight is not None:
-        y = y * weight.to(ct)
+        y = y * weight
     if bias is not None:
-        y = (y + bias.to(ct)) * keep
+        y = y + bias
     if out_gate is not None:
-        y = y * out_gate.to(ct)
+        y = y * out_gate
     elif mu is not None:
         y = vib.vib_gate(y, mu, log_sigma2, noise, None, training)
-    return y, mean, rstd.squeeze(-1)
+    # pruned dims are exactly 0 whatever h, the affine parameters or the gate hold there (NaN included)
+    return _select(kept, y), mean, rstd.squeeze(-1)
 
 
 def _noise(x, mu, noise, seed, training):

@@ -69,7 +69,7 @@ def word_to_uniform(word: torch.Tensor) -> torch.Tensor:
 def uniform(seed: int, rows: int, cols: int, device="cpu") -> torch.Tensor:
     """float32 ``[rows, cols]`` uniforms in (0, 1) for ``seed`` (the noise of ``hard_concrete_sample``)."""
     u = word_to_uniform(_words(seed, rows, cols, device))
-    return u.reshape(rows, -1)[:, :cols]
+    return u.reshape(rows, u.shape[1] * 4)[:, :cols]  # (not -1: ambiguous for 0 rows)
 
 
 def normal(seed: int, rows: int, cols: int, device="cpu") -> torch.Tensor:
@@ -78,4 +78,4 @@ def normal(seed: int, rows: int, cols: int, device="cpu") -> torch.Tensor:
     rho = torch.sqrt(-2.0 * torch.log(u[..., 0::2]))  # [rows, groups, 2]
     theta = TWO_PI * u[..., 1::2]
     n = torch.stack((rho * torch.cos(theta), rho * torch.sin(theta)), dim=-1)  # [rows, groups, 2, 2]
-    return n.reshape(rows, -1)[:, :cols]
+    return n.reshape(rows, n.shape[1] * 4)[:, :cols]

@@ -16,8 +16,14 @@ def vib_noise(seed: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def vib_keep(mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
-    """The keep decision ``mu^2 > sigma^2`` (log alpha < 0)."""
+    """The keep decision ``mu^2 > sigma^2`` (log alpha < 0); False where mu or log_sigma2 is NaN."""
     return mu * mu > torch.exp(log_sigma2)
+
+
+def eval_gate(mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
+    """The evaluation gate ``mu * keep`` as a select: a pruned unit's gate is exactly 0 (a NaN mu or log_sigma2
+    prunes its unit), as the kernels compute it."""
+    return torch.where(vib_keep(mu, log_sigma2), mu, torch.zeros((), dtype=mu.dtype, device=mu.device))
 
 
 def gate_value(rows: int, units: int, gate: torch.Tensor | None, mu: torch.Tensor | None,
@@ -33,7 +39,7 @@ def gate_value(rows: int, units: int, gate: torch.Tensor | None, mu: torch.Tenso
         return None
     mu_c, ls2_c = mu.to(dtype), log_sigma2.to(dtype)
     if not training:
-        return mu_c * vib_keep(mu_c, ls2_c)
+        return eval_gate(mu_c, ls2_c)
     if eps is None:
         eps = rng.normal(seed, rows, units, device=mu.device)
     return mu_c + torch.exp(0.5 * ls2_c) * eps.reshape(rows, units).to(dtype)
@@ -50,7 +56,7 @@ def vib_gate(x: torch.Tensor, mu: torch.Tensor, log_sigma2: torch.Tensor, eps: t
             eps = vib_noise(seed, x)
         z = mu_c + torch.exp(0.5 * ls2_c) * eps.to(ct)
     else:
-        z = mu_c * vib_keep(mu_c, ls2_c)
+        z = eval_gate(mu_c, ls2_c)
     return (x.to(ct) * z).to(x.dtype)
 
 
