@@ -12,21 +12,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def _compact(args) -> int:
-    import shutil
     from pathlib import Path
 
+    from .fileio import staged_folder
     from .hf import CompactionPlan, adapter_for, compact, save_compacted
     from .hf.serialization import load_model
+    from .prune.outdir import check_not_input, prepare_out
 
+    check_not_input(args.out, {"--model": args.model, "--masks": args.masks})
+    prepare_out(args.out, resume=False, overwrite=args.overwrite, ours=_compact_output)
     plan = CompactionPlan.load(args.masks)
     model = load_model(args.model)
+    _check_plan_weights(plan, model, args.force)
     before = sum(p.numel() for p in model.parameters())
     compacted = compact(model, plan, round_to=args.round_to)
     after = sum(p.numel() for p in compacted.parameters())
     out = save_compacted(compacted, args.out)
-    for name in TOKENIZER_FILES:
-        if (Path(args.model) / name).is_file():
-            shutil.copy2(Path(args.model) / name, out / name)
+    with staged_folder(out) as stage:  # copies land through renames, never through links planted in --out
+        for name in TOKENIZER_FILES:
+            if (Path(args.model) / name).is_file():
+                (stage / name).write_bytes((Path(args.model) / name).read_bytes())
     units = adapter_for(compacted).units()
     record = compacted.config.vtrans_compaction
     print(f"parameters: {before:,} -> {after:,} ({after / before:.1%} kept)")
@@ -37,6 +42,26 @@ def _compact(args) -> int:
         print(f"rounded (round_to={args.round_to}): {change}")
     print(f"wrote {out} ({'loads with from_pretrained' if record['plain_loadable'] else 'load with vtrans_kernels.load_compacted'})")
     return 0
+
+
+def _compact_output(name: str) -> bool:
+    """Whether ``name`` in an output folder is a file ``vtrans compact`` writes (removed by --overwrite)."""
+    return name in TOKENIZER_FILES or name in ("config.json", "generation_config.json") or \
+        (name.startswith("model") and ".safetensors" in name)
+
+
+def _check_plan_weights(plan, model, force: bool) -> None:
+    """Refuse (unless ``force``) a plan recording the weights of another model than ``model``."""
+    from .prune.identity import weights_fingerprint
+
+    recorded = (plan.model or {}).get("fingerprint")
+    if recorded is None:
+        return
+    found = weights_fingerprint(model)
+    if found != recorded and not force:
+        raise ValueError(f"--masks: the plan was made for a model with other weights (fingerprint {recorded[:12]}, "
+                         f"--model has {found[:12]}): another checkpoint of the same architecture, or the teacher "
+                         "that `vtrans prune --teacher-steps` fine-tuned; pass --force to apply it anyway")
 
 
 def _bench(argv: list[str]) -> int:
@@ -64,16 +89,35 @@ def _load_for_task(path: str, task: str, num_labels: int | None):
 
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"--model: no transformers model folder (config.json) at {path}")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    if task == "classification":
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        if task == "classification":
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    except Exception as err:  # transformers raises many types for unreadable folders: name the folder instead
+        text = str(err).strip()
+        raise ValueError(f"--model: cannot load {path} (missing, truncated or corrupt files?): "
+                         f"{text.splitlines()[0] if text else type(err).__name__}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _classifier_labels(path: str) -> int | None:
+    """The number of labels of the model's trained classifier, or None when the folder holds no classifier (the
+    head will be new, sized by the data)."""
+    from pathlib import Path
+
+    from .hf.serialization import read_config
+
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"--model: no transformers model folder (config.json) at {path}")
+    config = read_config(Path(path))
+    trained = any(name.endswith("ForSequenceClassification") for name in config.architectures or [])
+    return int(config.num_labels) if trained else None
 
 
 def _init_distributed(device: str | None) -> str:
@@ -96,7 +140,10 @@ def _prune(args) -> int:
 
     from .prune.config import PruneConfig, vib_mask_init
     from .prune.data import load_text_data
+    from .prune.outdir import check_not_input, prepare_out
     from .prune.pipeline import PipelineOptions, format_summary, prune_pipeline
+    from .prune.run import CHECKPOINT
+    from .prune.seeding import seed_everything
 
     config = PruneConfig(
         method=args.method, variant=args.variant, structures=tuple(args.structures.split(",")),
@@ -104,30 +151,71 @@ def _prune(args) -> int:
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
         round_to=args.round_to, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
-        fold_scales=not args.no_fold_scales,
+        fold_scales=not args.no_fold_scales, checkpoint_every=args.checkpoint_every,
         mask_init=vib_mask_init(args.method, args.log_sigma2_init))
-    data = load_text_data(args.data, args.task)
-    labels = len(data.label_names) if data.label_names else None
+    check_not_input(args.out, {"--model": args.model, "--data": args.data})
+    head = _classifier_labels(args.model) if args.task == "classification" else None
+    data = load_text_data(args.data, args.task, num_labels=head)
+    labels = head or (len(data.label_names) if data.label_names else None)
     device = _init_distributed(args.device)
+    if _is_main():
+        prepare_out(args.out, resume=args.resume, overwrite=args.overwrite, ours=_prune_output)
 
     def load():
-        return _load_for_task(args.model, args.task, labels)[0].to(device)
+        seed_everything(args.seed)  # a fresh classifier head is drawn the same way every time
+        return _load_for_task(args.model, args.task, labels)
 
-    model, tokenizer = _load_for_task(args.model, args.task, labels)
+    model, tokenizer = load()
     model.to(device)
     options = PipelineOptions(task=args.task, max_length=args.max_length, teacher_steps=args.teacher_steps,
                               resume=args.resume, progress=not args.no_progress, fsdp=args.fsdp)
     try:
-        summary = prune_pipeline(model, tokenizer, data, config, args.out, options, reload=load)
+        summary = prune_pipeline(model, tokenizer, data, config, args.out, options,
+                                 reload=lambda: load()[0].to(device))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if summary is None:  # not rank 0
         return 0
     print(format_summary(summary))
-    print(f"wrote {args.out}: plan.json, log.jsonl, checkpoint.pt, masks.pt, plots, compacted/ (load with "
+    print(f"wrote {args.out}: plan.json, log.jsonl, {CHECKPOINT}, masks.pt, plots, compacted/ (load with "
           "vtrans_kernels.load_compacted)")
     return 0
+
+
+def _is_main() -> bool:
+    import os
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# What `vtrans prune` writes in --out (removed by --overwrite before a new run).
+PRUNE_OUTPUTS = ("checkpoint.pt", "log.jsonl", "plan.json", "masks.pt", "teacher.pt", "summary.json", "config.json",
+                 "kept_units.png", "training.png", "compacted")
+
+
+def _prune_output(name: str) -> bool:
+    return name in PRUNE_OUTPUTS
+
+
+def _interrupted(command: str, argv: list[str], out: str | None) -> int:
+    """One line on stderr after Ctrl-C: where the last checkpoint is and the command that resumes from it."""
+    import shlex
+    from pathlib import Path
+
+    from .prune.run import CHECKPOINT
+
+    checkpoint = Path(out) / CHECKPOINT if out else None
+    if command != "prune":
+        print(f"vtrans {command}: interrupted; {out} may hold a partial model, run the command again with "
+              "--overwrite", file=sys.stderr)
+    elif checkpoint is not None and checkpoint.is_file():
+        resume = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+        print(f"vtrans prune: interrupted; the last checkpoint is {checkpoint}; resume with: "
+              f"{shlex.join(['vtrans', *resume])}", file=sys.stderr)
+    else:
+        print(f"vtrans prune: interrupted before the first checkpoint; nothing to resume: run the command again "
+              "with --overwrite", file=sys.stderr)
+    return 130
 
 
 def _add_prune_parser(sub) -> None:
@@ -161,10 +249,13 @@ def _add_prune_parser(sub) -> None:
                    help="keep the chosen units at their original weights instead of folding the masks' learned "
                         "gate values into them (PruneConfig.fold_scales)")
     p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds Python, NumPy, torch and the data order: the same inputs and seed give the same plan")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--out", required=True, help="output folder (new or empty; not inside --model)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run's files in --out")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the model with FSDP2 (Faster-VTrans); default: replicate (DDP-style)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -180,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     comp = sub.add_parser("compact", help="rewrite a model into a smaller dense model by a CompactionPlan")
     comp.add_argument("--model", required=True, help="model folder (transformers or save_compacted format)")
     comp.add_argument("--masks", required=True, help="CompactionPlan JSON (written by vtrans prune or plan.save)")
-    comp.add_argument("--out", required=True, help="output folder (safetensors + config.json)")
+    comp.add_argument("--out", required=True, help="output folder (safetensors + config.json; new or empty)")
+    comp.add_argument("--overwrite", action="store_true", help="replace a model saved earlier in --out")
+    comp.add_argument("--force", action="store_true",
+                      help="apply a plan made for other weights of the same architecture")
     comp.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
     sub.add_parser("bench", add_help=False, help="the benchmark suite (python -m bench; see vtrans bench --help)")
     argv = sys.argv[1:] if argv is None else argv
@@ -193,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return _prune(args) if args.command == "prune" else _compact(args)
-    except (FileNotFoundError, ValueError, TypeError, OSError, RuntimeError) as err:
+    except KeyboardInterrupt:
+        return _interrupted(args.command, argv, args.out)
+    except (FileNotFoundError, ValueError, TypeError, OSError, RuntimeError, OverflowError) as err:
         print(f"vtrans {args.command}: error: {err}", file=sys.stderr)
         return 2
 

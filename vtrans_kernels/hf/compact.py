@@ -10,7 +10,7 @@ from . import slicing
 from .adapters import adapter_for
 from .adapters.base import RECORD_KEY, Adapter, get_module, set_module, unit_columns
 from .attach import copy_unmasked
-from .plan import CompactionPlan, Kept, ResolvedPlan, resolve_plan
+from .plan import CompactionPlan, Kept, ResolvedPlan, plan_model_mismatch, resolve_plan
 from .rounding import round_plan
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,18 @@ def compact(model: nn.Module, plan: CompactionPlan, round_to: int = 1) -> nn.Mod
     removed is dropped. ``round_to=k`` first rounds the kept FFN neurons and hidden dims of each structure to
     a multiple of ``k`` (nearest, by the units' scores; heads are whole units already). What rounding changed
     is logged and stored with the shapes in ``new_model.config.vtrans_compaction``. In eval mode the result
-    computes what the masked model computes (:func:`vtrans_kernels.hf.masked_by_plan`).
+    computes what the masked model computes (:func:`vtrans_kernels.hf.masked_by_plan`). A plan that records
+    the model it was made for (``plan.model``) is refused, naming what differs, when the class or unit counts
+    of ``model`` are not the recorded ones.
     """
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to: expected an int >= 1, got {round_to!r}")
     adapter = adapter_for(model)
     units = adapter.units()
+    if isinstance(plan, CompactionPlan):
+        mismatch = plan_model_mismatch(plan, type(model).__name__, units.hidden, units.heads, units.ffn)
+        if mismatch:  # another architecture or model size: its indices would cut the wrong units
+            raise ValueError("plan: it was made for another model (" + "; ".join(mismatch) + ")")
     resolved = resolve_plan(plan, units.hidden, units.heads, units.ffn)
     changes = []
     if round_to > 1:

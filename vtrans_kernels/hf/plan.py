@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
+
+from ..fileio import write_text
 
 Indices = Sequence[int]
 
@@ -14,27 +16,34 @@ Indices = Sequence[int]
 def _as_index_list(values, what: str) -> list[int]:
     if isinstance(values, torch.Tensor):
         values = values.tolist()
-    try:
-        out = [int(v) for v in values]
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: expected a list of int unit indices, got {values!r}") from None
-    if any(float(v) != o for v, o in zip(values, out)):
-        raise TypeError(f"{what}: expected integer unit indices, got {list(values)!r}")
-    return out
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{what}: expected a list of int unit indices, got {values!r}")
+    values = list(values)
+    for v in values:
+        # bools are ints to Python, and a float index must be whole and finite (JSON's 1e400 reads as inf)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+            raise TypeError(f"{what}: expected integer unit indices, got {_short(v)} in {_short(values)}")
+    return [int(v) for v in values]
 
 
-def _as_layer_dict(mapping, what: str) -> dict[int, list[int]]:
+def _short(value, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (plans read from files can hold anything)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _as_layer_dict(mapping, what: str, convert=None) -> dict:
     if mapping is None:
         return {}
     if not isinstance(mapping, Mapping):
-        raise TypeError(f"{what}: expected a dict {{layer: list of kept indices}}, got {type(mapping).__name__}")
+        raise TypeError(f"{what}: expected a dict keyed by layer, got {type(mapping).__name__}")
     out = {}
     for layer, kept in mapping.items():
         try:
             layer_index = int(layer)
-        except (TypeError, ValueError):
-            raise TypeError(f"{what}: layer keys must be ints, got {layer!r}") from None
-        out[layer_index] = _as_index_list(kept, f"{what}[{layer_index}]")
+        except (TypeError, ValueError, OverflowError):
+            raise TypeError(f"{what}: layer keys must be ints, got {_short(layer)}") from None
+        out[layer_index] = (convert or _as_index_list)(kept, f"{what}[{layer_index}]")
     return out
 
 
@@ -50,7 +59,10 @@ def _check_structures(mapping, what: str) -> None:
 def _as_scale(values, what: str) -> torch.Tensor | None:
     if values is None:
         return None
-    scale = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    try:
+        scale = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{what}: expected a list of numbers (per-unit scales), got {_short(values)}") from None
     if scale.dim() != 1:
         raise ValueError(f"{what}: expected a 1-D vector of per-unit scales, got shape {tuple(scale.shape)}")
     if not torch.isfinite(scale).all():
@@ -63,7 +75,8 @@ def _as_scale_dict(mapping, what: str) -> dict[int, torch.Tensor]:
         return {}
     if not isinstance(mapping, Mapping):
         raise TypeError(f"{what}: expected a dict {{layer: per-unit scales}}, got {type(mapping).__name__}")
-    return {int(layer): _as_scale(values, f"{what}[{layer}]") for layer, values in mapping.items()}
+    return {layer: _as_scale(values, f"{what}[{layer}]")
+            for layer, values in _as_layer_dict(mapping, what, lambda v, _: v).items()}
 
 
 @dataclass
@@ -83,6 +96,9 @@ class CompactionPlan:
             {layer: vec}, "ffn": {layer: vec}}``), used by ``round_to`` to choose which units to add or drop.
         scales: the three scale arguments in one dict of the same form as ``scores`` (an alternative
             spelling; do not give both).
+        model: optional record of the model the plan was made for (see :func:`model_record`): its class, unit
+            counts and weight fingerprint. :func:`vtrans_kernels.compact` refuses a plan whose class or unit
+            counts differ from the model's; ``vtrans compact`` also checks the fingerprint.
 
     Indices are sorted and deduplicated when the plan is applied; out-of-range indices raise ``ValueError``.
     """
@@ -95,6 +111,7 @@ class CompactionPlan:
     ffn_scale: dict[int, torch.Tensor] = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
     scales: dict | None = None
+    model: dict | None = None
 
     def __post_init__(self):
         if self.scales is not None:
@@ -119,6 +136,7 @@ class CompactionPlan:
             "heads": _as_scale_dict(scores.get("heads"), "CompactionPlan.scores['heads']"),
             "ffn": _as_scale_dict(scores.get("ffn"), "CompactionPlan.scores['ffn']"),
         }
+        self.model = None if self.model is None else _as_model_record(self.model)
 
     def without_scales(self) -> "CompactionPlan":
         """A copy of this plan keeping the same units (and scores) with every scale dropped: the kept units keep
@@ -134,7 +152,7 @@ class CompactionPlan:
         def per_layer(d, conv):
             return {str(k): conv(v) for k, v in sorted(d.items())}
 
-        return {
+        out = {
             "hidden": self.hidden,
             "heads": per_layer(self.heads, list),
             "ffn": per_layer(self.ffn, list),
@@ -147,36 +165,82 @@ class CompactionPlan:
                 "ffn": per_layer(self.scores["ffn"], vec),
             },
         }
+        if self.model is not None:
+            out["model"] = dict(self.model)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "CompactionPlan":
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
         if not isinstance(data, Mapping):
             raise TypeError(f"CompactionPlan.from_dict: expected a dict, got {type(data).__name__}")
-        allowed = {"hidden", "heads", "ffn", "hidden_scale", "head_scale", "ffn_scale", "scores", "scales"}
+        allowed = {"hidden", "heads", "ffn", "hidden_scale", "head_scale", "ffn_scale", "scores", "scales",
+                   "model"}
         unknown = set(data) - allowed
         if unknown:
             raise ValueError(f"CompactionPlan: unknown fields {sorted(unknown)}; expected among {sorted(allowed)}")
         return cls(**{k: data[k] for k in data})
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the plan as JSON (atomically: a temporary file, then a rename)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f)
-        os.replace(tmp, path)
+        """Write the plan as JSON (through a temporary file and a rename, replacing rather than following a
+        symbolic link at ``path``)."""
+        write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CompactionPlan":
-        """Read a plan written by :meth:`save`."""
+        """Read a plan written by :meth:`save`; anything else raises an error naming the file."""
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
             raise FileNotFoundError(f"plan file {str(path)!r} does not exist") from None
+        except IsADirectoryError:
+            raise ValueError(f"plan file {str(path)!r} is a folder; expected a plan.json file") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"plan file {str(path)!r} is not UTF-8 JSON text (byte {err.start})") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"plan file {str(path)!r} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        except RecursionError:
+            raise ValueError(f"plan file {str(path)!r} nests too deeply to be a plan") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"plan file {str(path)!r}: {err}") from None
+
+
+# Keys of CompactionPlan.model and what each must be.
+_MODEL_RECORD = {"class": str, "hidden": int, "heads": list, "ffn": list, "fingerprint": (str, type(None))}
+
+
+def _as_model_record(record) -> dict:
+    if not isinstance(record, Mapping) or set(record) != set(_MODEL_RECORD):
+        raise ValueError(f"CompactionPlan.model: expected a dict with keys {sorted(_MODEL_RECORD)}, got "
+                         f"{_short(record)}")
+    for key, kind in _MODEL_RECORD.items():
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise TypeError(f"CompactionPlan.model[{key!r}]: expected {kind}, got {_short(record[key])}")
+    return {**record, "heads": _as_index_list(record["heads"], "CompactionPlan.model['heads']"),
+            "ffn": _as_index_list(record["ffn"], "CompactionPlan.model['ffn']")}
+
+
+def model_record(model_class: str, hidden: int, heads: Sequence[int], ffn: Sequence[int],
+                 fingerprint: str | None = None) -> dict:
+    """A :attr:`CompactionPlan.model` record: the model's class name, hidden size, units per layer (heads or KV
+    groups, FFN neurons) and optionally a fingerprint of its weights."""
+    return _as_model_record({"class": model_class, "hidden": int(hidden), "heads": list(heads), "ffn": list(ffn),
+                             "fingerprint": fingerprint})
+
+
+def plan_model_mismatch(plan: CompactionPlan, model_class: str, hidden: int, heads: Sequence[int],
+                        ffn: Sequence[int]) -> list[str]:
+    """What differs between the model ``plan`` was made for (its record) and the given one; empty when the
+    plan has no record or they agree."""
+    if plan.model is None:
+        return []
+    record, found = plan.model, {"class": model_class, "hidden": int(hidden), "heads": list(heads),
+                                 "ffn": list(ffn)}
+    return [f"{key}: plan made for {record[key]!r}, model has {found[key]!r}" for key in found
+            if record[key] != found[key]]
 
 
 @dataclass(frozen=True)
@@ -213,10 +277,11 @@ def _kept(indices, scale, total: int, what: str) -> Kept:
     if indices is None:
         index = torch.arange(total)
     else:
-        index = torch.tensor(sorted(set(indices)), dtype=torch.long)
-        bad = [int(i) for i in index if not 0 <= i < total]
+        unique = sorted(set(indices))
+        bad = [i for i in unique if not 0 <= i < total]  # before torch.tensor, which overflows on huge ints
         if bad:
-            raise ValueError(f"{what}: indices {bad[:5]} out of range; this structure has {total} units")
+            raise ValueError(f"{what}: indices {_short(bad[:5])} out of range; this structure has {total} units")
+        index = torch.tensor(unique, dtype=torch.long)
     all_scales = None
     if scale is not None:
         if scale.numel() == total:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ..fileio import staged_folder
 from .adapters import adapter_for, supported_classes
 from .adapters.base import RECORD_KEY
 from .compact import apply_plan
@@ -35,19 +36,25 @@ def save_compacted(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model`` (compacted or not) to the folder ``path`` as safetensors + config.json.
 
     A model that was never compacted gets an identity record in its config first. Files are written to a
-    temporary folder first and moved in one by one, so an interrupted save never
-    leaves a half-written tensor file under its final name. Returns the folder.
+    temporary folder inside ``path`` and renamed in one by one, so an interrupted save never leaves a
+    half-written tensor file under its final name and a symbolic link planted in ``path`` is replaced, not
+    followed; weight files of an earlier model saved there are removed. Returns the folder.
     """
     adapter = adapter_for(model)
     if not getattr(model.config, RECORD_KEY, None):
         apply_plan(adapter, resolve_plan(CompactionPlan(), *_unit_args(adapter)))
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path, prefix=".saving-") as tmp, _config_for_saving(adapter):
-        model.save_pretrained(tmp, safe_serialization=True)
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), path / name)
+    with staged_folder(path) as stage, _config_for_saving(adapter):
+        model.save_pretrained(stage, safe_serialization=True)
+        written = set(os.listdir(stage))
+    for name in os.listdir(path):  # weights of an earlier model saved here would be read with the new index
+        if name not in written and _WEIGHT_FILE.fullmatch(name):
+            os.unlink(path / name)
     return path
+
+
+# Files of a saved model's weights (single file, shards, shard index).
+_WEIGHT_FILE = re.compile(r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")
 
 
 # Config fields that describe layer widths; see _config_for_saving.
@@ -93,7 +100,7 @@ def load_compacted(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"load_compacted: {str(config_file)!r} does not exist")
-    config = transformers.AutoConfig.from_pretrained(str(path))
+    config = read_config(path)
     record = getattr(config, RECORD_KEY, None)
     if not record:
         raise ValueError(f"load_compacted: {str(config_file)!r} has no '{RECORD_KEY}' record, so it was not "
@@ -124,10 +131,29 @@ def load_model(path: str | os.PathLike, **kwargs) -> nn.Module:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model folder {str(path)!r} has no config.json")
-    config = transformers.AutoConfig.from_pretrained(str(path))
+    config = read_config(path)
     if getattr(config, RECORD_KEY, None):
         return load_compacted(path, **kwargs)
-    return _model_class(config).from_pretrained(str(path), **kwargs).eval()
+    model_class = _model_class(config)
+    try:
+        return model_class.from_pretrained(str(path), **kwargs).eval()
+    except Exception as err:  # transformers raises many types for unreadable weights; say which folder
+        raise ValueError(f"cannot load the model in {str(path)!r} (missing, truncated or corrupt weights?): "
+                         f"{_first_line(err)}") from None
+
+
+def read_config(path: Path):
+    """The transformers config of the model folder ``path``; ``ValueError`` naming the file when unreadable."""
+    try:
+        return transformers.AutoConfig.from_pretrained(str(path))
+    except Exception as err:  # OSError, ValueError, KeyError... for a config.json that is not one
+        raise ValueError(f"cannot read {str(path / 'config.json')!r} as a transformers config: "
+                         f"{_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _unit_args(adapter):
@@ -158,13 +184,11 @@ def _model_class(config):
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     index_file = path / "model.safetensors.index.json"
-    if index_file.is_file():
-        files = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
+    sharded = index_file.is_file()
+    files = _index_files(index_file) if sharded else ["model.safetensors"]
     tensors = {}
     for name in files:
-        file = path / name
+        file = _inside(path, name, index_file if sharded else path / "config.json")
         if not file.is_file():
             raise FileNotFoundError(f"load_compacted: tensor file {str(file)!r} does not exist")
         try:
@@ -172,6 +196,30 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as err:
             raise ValueError(f"load_compacted: cannot read {str(file)!r} (truncated or corrupt?): {err}") from None
     return tensors
+
+
+def _index_files(index_file: Path) -> list[str]:
+    """The tensor files a shard index names, checked to be a ``{"weight_map": {tensor: file name}}``."""
+    try:
+        weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise ValueError(f"load_compacted: {str(index_file)!r} is not a shard index (a JSON object with a "
+                         "'weight_map' of tensor names to file names)") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"load_compacted: {str(index_file)!r}: 'weight_map' must map tensor names to file names")
+    return sorted(set(weight_map.values()))
+
+
+def _inside(folder: Path, name: str, named_by: Path) -> Path:
+    """``folder / name``, refused unless it is a plain name that stays inside ``folder`` (links resolved):
+    an index could otherwise make the loader read any file on the machine."""
+    candidate = folder / name
+    root = os.path.realpath(folder)
+    if os.path.isabs(name) or ".." in Path(name).parts or \
+            os.path.commonpath([root, os.path.realpath(candidate)]) != root:
+        raise ValueError(f"load_compacted: the tensor file {name!r} (named by {named_by.name}) lies outside "
+                         f"{str(folder)!r}; refusing to read it")
+    return candidate
 
 
 def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:

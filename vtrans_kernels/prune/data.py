@@ -1,12 +1,14 @@
 """Data for pruning runs: local .csv/.jsonl files or `datasets` names, tokenized into deterministic batches."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-LOCAL_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json"}
+from .datafile import FORMATS as LOCAL_FORMATS
+from .datafile import read_rows
 
 
 @dataclass
@@ -26,45 +28,98 @@ class TextData:
         return pick(order[:cut]), pick(order[cut:])
 
 
-def load_text_data(data: str, task: str) -> TextData:
+def load_text_data(data: str, task: str, num_labels: int | None = None) -> TextData:
     """Read ``data``: a local .csv/.jsonl/.json file with a ``text`` column (and ``label`` for classification),
-    or a `datasets` hub name (needs network). String labels are mapped to ints in sorted order."""
+    or a `datasets` hub name (needs network).
+
+    Labels are either all integers or all class names. Names, and integers without ``num_labels``, are mapped
+    to class ids in sorted order; with ``num_labels`` (the classes of a model's trained classifier) integer
+    labels are the class ids themselves. Raises ``ValueError`` naming the file, the row (and line) and the
+    column for an empty or unreadable file, a missing column, an empty text, a blank or mixed label, a single
+    class, or a class id outside ``num_labels``."""
     if task not in ("classification", "lm"):
         raise ValueError(f"task: expected 'classification' or 'lm', got {task!r}")
-    import datasets
-
     path = Path(data)
     if path.suffix.lower() in LOCAL_FORMATS or path.exists():
         if not path.is_file():
             raise FileNotFoundError(f"--data: no such file: {data}")
-        fmt = LOCAL_FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise ValueError(f"--data: expected a .csv, .jsonl or .json file, got {path.name}")
-        try:
-            table = datasets.load_dataset(fmt, data_files=str(path), split="train")
-        except Exception as err:  # datasets raises many types for unreadable files
-            raise ValueError(f"--data: cannot read {data} as {fmt}: {err}") from None
+        columns, rows = read_rows(path)
     else:
-        try:
-            table = datasets.load_dataset(data, split="train")
-        except Exception as err:
-            raise ValueError(f"--data: {data!r} is neither a local file nor a loadable `datasets` name: {err}") \
-                from None
+        columns, rows = _hub_rows(data)
     needed = ("text", "label") if task == "classification" else ("text",)
-    missing = [c for c in needed if c not in table.column_names]
+    missing = [c for c in needed if c not in columns]
     if missing:
-        raise ValueError(f"--data: column(s) {missing} missing in {data}; found {table.column_names}")
-    texts = [str(t) for t in table["text"]]
-    if not texts:
-        raise ValueError(f"--data: {data} has no rows")
+        raise ValueError(f"--data: column(s) {missing} missing in {data}; found {columns}")
+    texts = [_text(data, where, row) for where, row in rows]
     if task == "lm":
         return TextData(texts)
-    raw = table["label"]
-    values = sorted(set(raw), key=lambda v: (isinstance(v, str), v)) if len({type(v) for v in raw}) == 1 \
-        else sorted({str(v) for v in raw})
-    names = [str(v) for v in values]
-    index = {name: i for i, name in enumerate(names)}
-    return TextData(texts, [index[str(v)] for v in raw], names)
+    labels, names = _class_ids(data, [(where, _label(data, where, row)) for where, row in rows], num_labels)
+    return TextData(texts, labels, names)
+
+
+def _hub_rows(name: str) -> tuple[list[str], list[tuple[str, dict]]]:
+    import datasets
+
+    try:
+        table = datasets.load_dataset(name, split="train")
+    except Exception as err:  # datasets raises many types
+        raise ValueError(f"--data: {name!r} is neither a local file nor a loadable `datasets` name: {err}") \
+            from None
+    return list(table.column_names), [(f"row {i}", row) for i, row in enumerate(table, 1)]
+
+
+def _text(data: str, where: str, row: dict) -> str:
+    text = row.get("text")
+    if not isinstance(text, str):
+        raise ValueError(f"--data: {data} {where}, column 'text': expected a string, got {text!r}")
+    if not text.strip():
+        raise ValueError(f"--data: {data} {where}, column 'text': empty text")
+    return text
+
+
+def _label(data: str, where: str, row: dict) -> int | str:
+    """A label as an int (integers, and strings that spell one) or a stripped class name."""
+    label = row.get("label")
+    if isinstance(label, str):
+        label = label.strip()
+        if _INTEGER.fullmatch(label):
+            return int(label)
+    elif isinstance(label, float) and label.is_integer():
+        label = int(label)
+    if label is None or label == "":
+        raise ValueError(f"--data: {data} {where}, column 'label': blank label")
+    if isinstance(label, bool) or not isinstance(label, (int, str)):
+        raise ValueError(f"--data: {data} {where}, column 'label': expected an integer class id or a class "
+                         f"name, got {label!r}")
+    return label
+
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _class_ids(data: str, labels: list[tuple[str, int | str]], num_labels: int | None):
+    """Class ids and names of ``(where, label)`` pairs (see :func:`load_text_data`)."""
+    numeric = [(w, v) for w, v in labels if isinstance(v, int)]
+    named = [(w, v) for w, v in labels if isinstance(v, str)]
+    if numeric and named:
+        (w_name, name), (w_num, number) = named[0], numeric[0]
+        raise ValueError(f"--data: {data} {w_name}, column 'label': {name!r} is not an integer, while {w_num} has "
+                         f"the integer label {number}; use integer class ids or class names throughout")
+    values = sorted({v for _, v in labels})
+    if len(values) < 2:
+        raise ValueError(f"--data: {data}: every row has the label {values[0]!r}; classification needs at least "
+                         "two classes")
+    if num_labels is not None and numeric:
+        for where, value in numeric:
+            if not 0 <= value < num_labels:
+                raise ValueError(f"--data: {data} {where}, column 'label': class id {value} is outside the model's "
+                                 f"{num_labels} labels (0..{num_labels - 1})")
+        return [v for _, v in labels], [str(i) for i in range(num_labels)]
+    if num_labels is not None and len(values) > num_labels:
+        raise ValueError(f"--data: {data} has {len(values)} classes ({', '.join(map(str, values[:10]))}), but the "
+                         f"model's classifier has {num_labels} labels")
+    index = {v: i for i, v in enumerate(values)}
+    return [index[v] for _, v in labels], [str(v) for v in values]
 
 
 def tokenize_classification(data: TextData, tokenizer, max_length: int) -> dict[str, torch.Tensor]:

@@ -11,13 +11,19 @@ from torch import nn
 
 from ..hf.compact import compact
 from ..hf.masked_eval import masked_by_plan
+from ..fileio import real_folder, staged_folder, write_text
 from ..hf.serialization import save_compacted
+from .checkpoint import load_checkpoint, save_atomic
 from .config import PruneConfig
 from .data import Batches, TextData, tokenize_classification, tokenize_lm
 from .distributed import DistContext
 from .evaluate import evaluate
 from .finetune import finetune
+from .identity import model_fingerprint, text_fingerprint
 from .run import run_pruning
+from .seeding import seed_everything
+
+TEACHER = "teacher.pt"
 
 
 @dataclass
@@ -47,7 +53,10 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
     """Prune ``model`` on ``data`` and write everything to ``out_dir``: the mask-run files of
     :func:`run_pruning`, ``compacted/`` (the compacted model and tokenizer, loadable with ``load_compacted``) and
     ``summary.json`` (dev metrics of the teacher, the masked model and the compacted model, kept units, sparsity,
-    parameter counts, wall times). Returns the summary.
+    parameter counts, wall times). Returns the summary. Python's, NumPy's and torch's generators are seeded with
+    ``config.seed`` first, so two runs with the same inputs give the same plan (on CPU, byte for byte). A
+    resumed run is refused, naming what differs, when the checkpoint was made with other texts or labels,
+    pipeline settings or (with a teacher fine-tune) another input model.
 
     Under ``torchrun`` every rank calls this; mask training runs on all ranks, and rank 0 alone fine-tunes the
     teacher (the others load it), compacts, fine-tunes, evaluates and writes (other ranks return ``None``).
@@ -57,10 +66,12 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
     options = options or PipelineOptions()
     if options.fsdp and reload is None:
         raise ValueError("prune_pipeline: fsdp needs `reload`, a function returning the unsharded model")
+    seed_everything(config.seed)
     dist_context = DistContext.current()
     main = dist_context.is_main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    identity = _identity(data, options, model if options.teacher_steps else None)
     train, dev = data.split(options.dev_fraction, config.seed)
     train_features = _features(train, tokenizer, options.task, options.max_length)
     dev_batches = Batches(_features(dev, tokenizer, options.task, options.max_length), config.batch_size)
@@ -73,14 +84,14 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
         _save_teacher(model, out)
     dist_context.barrier()
     if options.teacher_steps and (options.resume or not main):
-        model.load_state_dict(_load_teacher(out))
+        _load_teacher(model, out)
     times["teacher_s"] = time.perf_counter() - start
     teacher_metrics = evaluate(model, dev_batches, options.task)
 
     start = time.perf_counter()
     batches = Batches(train_features, config.batch_size, seed=config.seed, fraction=config.data_fraction)
     result = run_pruning(model, batches, config, out, resume=options.resume, progress=options.progress,
-                         fsdp=options.fsdp)
+                         fsdp=options.fsdp, identity=identity)
     times["mask_training_s"] = time.perf_counter() - start
     pruner = result.pruner
     pruner.finish()
@@ -89,7 +100,7 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
     if options.fsdp:
         model = reload()
         if options.teacher_steps:
-            model.load_state_dict(_load_teacher(out))
+            _load_teacher(model, out)
     with masked_by_plan(model, result.plan):  # the masked model of the final plan (threshold-adjusted)
         masked_metrics = evaluate(model, dev_batches, options.task)
 
@@ -101,8 +112,9 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
              temperature=config.temperature, progress=options.progress, desc="fine-tune compacted")
     times["compact_finetune_s"] = time.perf_counter() - start
     compacted_metrics = evaluate(compacted, dev_batches, options.task)
-    saved = save_compacted(compacted, out / "compacted")
-    tokenizer.save_pretrained(saved)
+    saved = save_compacted(compacted, real_folder(out / "compacted"))
+    with staged_folder(saved) as stage:  # tokenizer files land through renames, never through planted links
+        tokenizer.save_pretrained(stage)
 
     summary = {
         "task": options.task, "method": config.method, "variant": config.variant, "target": config.target,
@@ -113,7 +125,7 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
         "kept": {k: result.summary[k] for k in ("hidden", "heads", "ffn")},
         "train_rows": len(batches), "dev_rows": len(dev_batches), "times": times, "compacted_path": str(saved),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
@@ -122,13 +134,28 @@ def _count(model: nn.Module) -> int:
 
 
 def _save_teacher(model: nn.Module, out: Path) -> None:
-    from .checkpoint import save_atomic
-    save_atomic(model.state_dict(), out / "teacher.pt")
+    save_atomic(model.state_dict(), out / TEACHER)
 
 
-def _load_teacher(out: Path) -> dict:
-    from .checkpoint import load_checkpoint
-    return load_checkpoint(out / "teacher.pt")
+def _load_teacher(model: nn.Module, out: Path) -> None:
+    state = load_checkpoint(out / TEACHER)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"resume: {out / TEACHER} does not fit the model (made for another one?): "
+                         f"{str(err).strip().splitlines()[0]}") from None
+
+
+def _identity(data: TextData, options: PipelineOptions, input_model: nn.Module | None) -> dict:
+    """The pipeline's entries of the run record: the texts and labels, the settings that shape the teacher and
+    the tokenized rows, and (when a teacher is fine-tuned first, so that the masked model is not the input) the
+    input model's fingerprint."""
+    record = {"pipeline.task": options.task, "pipeline.dev_fraction": options.dev_fraction,
+              "pipeline.max_length": options.max_length, "pipeline.teacher_steps": options.teacher_steps,
+              "pipeline.teacher_lr": options.teacher_lr, "text_data": text_fingerprint(data)}
+    if input_model is not None:
+        record["input_model"] = model_fingerprint(input_model)
+    return record
 
 
 def format_summary(summary: dict) -> str:

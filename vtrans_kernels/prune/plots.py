@@ -1,7 +1,10 @@
 """Plots of a pruning run (matplotlib, written as PNG): kept units per layer, and sparsity and loss over steps."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from ..fileio import write_bytes
 
 
 def plot_run(records: list[dict], kept: dict, out_dir: str | Path) -> list[Path]:
@@ -24,8 +27,7 @@ def plot_run(records: list[dict], kept: dict, out_dir: str | Path) -> list[Path]
     ax.set(xlabel="layer", ylabel="fraction kept", ylim=(0, 1.05), title="Kept units per layer")
     ax.legend()
     fig.tight_layout()
-    written.append(out_dir / "kept_units.png")
-    fig.savefig(written[-1], dpi=110)
+    written.append(_save(fig, out_dir / "kept_units.png"))
     plt.close(fig)
 
     if records:
@@ -40,7 +42,13 @@ def plot_run(records: list[dict], kept: dict, out_dir: str | Path) -> list[Path]
         right.set(xlabel="step", title="Loss")
         right.legend()
         fig.tight_layout()
-        written.append(out_dir / "training.png")
-        fig.savefig(written[-1], dpi=110)
+        written.append(_save(fig, out_dir / "training.png"))
         plt.close(fig)
     return written
+
+
+def _save(fig, path: Path) -> Path:
+    """PNG bytes of ``fig`` written through a temporary file (never through a link planted at ``path``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return write_bytes(path, buffer.getvalue())

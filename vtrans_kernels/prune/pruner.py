@@ -8,12 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..hf.adapters import adapter_for
 from ..hf.attach import ModelMasks, attach, detach
-from ..hf.plan import CompactionPlan
+from ..hf.plan import CompactionPlan, model_record
 from ..masks.lagrangian import Lagrangian
 from ..masks.mask_set import mix_seed
 from .config import PruneConfig
 from .distributed import DistContext, fully_shard_model, is_sharded
+from .identity import check_same_run, mask_settings
 from .objective import hidden_distillation, logit_distillation
 
 
@@ -64,6 +66,8 @@ class Pruner:
         self.manage_weights = manage_weights
         self.dist = DistContext.current()
         device = next(model.parameters()).device
+        units = adapter_for(model).units()
+        self.model_record = model_record(type(model).__name__, units.hidden, units.heads, units.ffn)
         if teacher is None and config.distill_weight > 0 and config.trains_weights and manage_weights:
             teacher = copy.deepcopy(model)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
@@ -212,9 +216,10 @@ class Pruner:
     # ---- results ----------------------------------------------------------------------------------------
     def plan(self, target_sparsity: float | None = None) -> CompactionPlan:
         """The final masks as a plan hitting ``target_sparsity`` (default: the configured target), with the
-        masks' scales unless ``config.fold_scales`` is False."""
+        masks' scales unless ``config.fold_scales`` is False, recording the model's class and unit counts."""
         target = self.config.target_sparsity if target_sparsity is None else target_sparsity
         plan = self.masks.plan(target, self.measure)
+        plan.model = dict(self.model_record)  # compact() then refuses to apply it to another architecture
         return plan if self.config.fold_scales else plan.without_scales()
 
     def finish(self) -> ModelMasks:
@@ -226,13 +231,11 @@ class Pruner:
 
     # ---- checkpointing ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: step, masks, lambdas, optimizer, weights if trained, RNG."""
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        """Everything needed to continue exactly: step, masks, lambdas, optimizer, weights if trained, RNG. Only
+        tensors and plain data (the RNG states as tensors), so that it loads with ``weights_only=True``."""
         state = {"step": self.step, "masks": self.masks.state_dict(), "lagrangian": self.lagrangian.state_dict(),
                  "lagrangian_initial": self.lagrangian.initial, "config": self.config.to_dict(),
-                 "world_size": self.dist.world, "rng": self.dist.gather(rng)}
+                 "world_size": self.dist.world, "rng": self.dist.gather(_rng_state())}
         state["optimizer"] = self.optimizer.state_dict()
         if self.config.trains_weights and self.manage_weights:
             state["model"] = self.model.state_dict()
@@ -240,10 +243,7 @@ class Pruner:
 
     def load_state_dict(self, state: dict) -> None:
         saved = PruneConfig.from_dict(state["config"])
-        for key in ("method", "variant", "structures", "target_sparsity", "target", "steps", "seed"):
-            if getattr(saved, key) != getattr(self.config, key):
-                raise ValueError(f"resume: the checkpoint was written with {key}={getattr(saved, key)!r}, this run "
-                                 f"has {key}={getattr(self.config, key)!r}")
+        check_same_run(mask_settings(saved), mask_settings(self.config), "the checkpoint")
         if int(state.get("world_size", 1)) != self.dist.world:
             raise ValueError(f"resume: the checkpoint was written by {state.get('world_size', 1)} processes, this run "
                              f"has {self.dist.world}; resume with the same world size")
@@ -254,12 +254,29 @@ class Pruner:
         self.optimizer.load_state_dict(state["optimizer"])
         if "model" in state:
             self.model.load_state_dict(state["model"])
-        rng = state["rng"][self.dist.rank]
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        _set_rng_state(state["rng"][self.dist.rank])
+
+
+def _rng_state() -> dict:
+    """Python's, NumPy's and torch's generator states as tensors and plain numbers."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = rng["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _split(batch: dict, parts: int) -> list[dict]:

@@ -1,4 +1,5 @@
-"""A whole mask-training run: progress bar, JSON-lines log, atomic checkpoints, exact resume, final plan."""
+"""A whole mask-training run: progress bar, JSON-lines log, atomic code-free checkpoints, exact and checked resume,
+final plan."""
 from __future__ import annotations
 
 import json
@@ -8,10 +9,12 @@ from pathlib import Path
 
 from torch import nn
 
+from ..fileio import remove_stale_temporaries, write_text
 from ..hf.plan import CompactionPlan
 from .checkpoint import JsonLog, load_checkpoint, save_atomic
 from .config import PruneConfig
 from .data import Batches
+from .identity import check_same_run, data_record, mask_settings, model_entries
 from .pruner import Pruner
 
 CHECKPOINT, LOG, PLAN = "checkpoint.pt", "log.jsonl", "plan.json"
@@ -51,28 +54,40 @@ def kept_summary(plan: CompactionPlan, pruner: Pruner) -> dict:
 
 def run_pruning(model: nn.Module, batches: Batches, config: PruneConfig, out_dir: str | Path, *,
                 resume: bool = False, teacher: nn.Module | None = None, progress: bool = True,
-                plots: bool = True, fsdp: bool = False) -> PruneResult:
+                plots: bool = True, fsdp: bool = False, identity: dict | None = None) -> PruneResult:
     """Train masks on ``model`` for ``config.steps`` steps and write the results to ``out_dir``.
 
     Writes ``log.jsonl`` (every ``log_every`` steps: losses, expected and actual sparsity, lambdas),
-    ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end, atomically), ``plan.json`` (the final
-    :class:`CompactionPlan`, hitting the target), ``masks.pt`` and the plots. With ``resume`` the run continues
-    from ``checkpoint.pt`` and ends with the same masks as an uninterrupted run. A NaN/Inf loss raises
-    :class:`NonFiniteLossError` and leaves the last good checkpoint in place. The masks stay attached (in eval
-    mode the model computes the pruned model); ``result.pruner.finish()`` detaches them.
+    ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end, atomically and flushed to the device),
+    ``plan.json`` (the final :class:`CompactionPlan`, hitting the target, recording the model it was made for),
+    ``masks.pt`` and the plots. Every file goes through a temporary file and a rename, so symbolic links planted
+    in ``out_dir`` are replaced, never followed. With ``resume`` the run continues from ``checkpoint.pt`` and
+    ends with the same masks as an uninterrupted run; the checkpoint is loaded without running code from it
+    (tensors and plain data only) and refused, naming what differs, when it was made for another model (weight
+    fingerprint), other data (the tokenized rows, batch size, data seed) or other mask settings. ``identity``
+    adds caller entries to that record (the pipeline's data file hash, task, ...). Stale ``*.tmp`` files of a
+    killed run are removed. A NaN/Inf loss raises :class:`NonFiniteLossError` and leaves the last good
+    checkpoint in place. The masks stay attached (in eval mode the model computes the pruned model);
+    ``result.pruner.finish()`` detaches them.
 
     Under ``torchrun`` every rank calls this with the same arguments (``out_dir`` on a shared file system for
     resume); rank 0 alone writes files and shows progress. ``fsdp`` shards the model (see :class:`Pruner`).
     """
     out = Path(out_dir)
+    record = {**model_entries(model), **data_record(batches), **mask_settings(config),
+              **(identity or {})}
     pruner = Pruner(model, config, teacher=teacher, fsdp=fsdp)
     main = pruner.dist.is_main
-    if resume:
-        pruner.load_state_dict(load_checkpoint(out / CHECKPOINT))
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+    if resume:
+        state = load_checkpoint(out / CHECKPOINT)
+        check_same_run(state.get("run"), record, str(out / CHECKPOINT))
+        pruner.load_state_dict(state)
+    if main:
         log = JsonLog(out / LOG, resume_step=pruner.step if resume else None)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        write_text(out / "config.json", json.dumps(config.to_dict(), indent=1))
     bar = _progress(config.steps, pruner.step, progress and main)
     try:
         while pruner.step < config.steps:
@@ -87,11 +102,12 @@ def run_pruning(model: nn.Module, batches: Batches, config: PruneConfig, out_dir
             if step % config.checkpoint_every == 0 or step == config.steps:
                 state = pruner.state_dict()  # a collective under torchrun: every rank builds it
                 if main:
-                    save_atomic(state, out / CHECKPOINT)
+                    save_atomic({**state, "run": record}, out / CHECKPOINT)
     finally:
         if bar is not None:
             bar.close()
     plan = pruner.plan()
+    plan.model["fingerprint"] = record["model.weights"]  # vtrans compact checks it against the model it is given
     summary = kept_summary(plan, pruner)
     summary["sparsity"] = float(pruner.measure.sparsity(summary["hidden"][0], [k for k, _ in summary["heads"]],
                                                         [k for k, _ in summary["ffn"]]))
