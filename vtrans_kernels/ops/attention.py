@@ -32,6 +32,13 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
     Returns:
         out [B, Sq, Hq, D] contiguous in q's dtype (the layout an output projection consumes), each head's output
         times its unit's gate; gradients for q, k, v and the gate parameters.
+
+    Zero sizes: B, Hq, Sq or Sk of 0 give the correct (empty or all-zero) result; head_dim 0 or no KV heads is a
+    ValueError naming the dim. ``scale`` must be finite. NaN policy: as softmax attention computed in fp32 (a
+    NaN in q, k or v spreads over the query rows that read it). q, k and v must be finite at masked-out
+    positions too (padding, the causal future): their probability is 0, but ``0 * NaN`` in the probability-
+    times-v product is still NaN, on every backend (as in PyTorch's own attention). The gate follows
+    ``ops.vib_gate`` (a NaN VIB parameter prunes its unit in evaluation).
     """
     if mu is not None and training and eps is None and seed is None:
         seed = draw_seed()

@@ -9,6 +9,11 @@ regenerated in backward, never stored); in evaluation ``z[j] = mu[j] * (mu[j]^2 
 With neither eps nor seed in training, a seed is drawn from torch's global generator (pass ``seed`` yourself
 under torch.compile). Inside ``torch.autocast`` the GEMM operands (x, weights, biases) are cast to the
 autocast dtype, as ``F.linear`` would be; the gate parameters stay in fp32.
+
+Zero sizes: no rows, no output features (N = 0) or no input features (K = 0, giving ``act(bias)``) give the
+correct (possibly empty) result and zero gradients. NaN policy: as an unfused ``F.linear`` + activation +
+gate: a NaN in a row of x spreads over that output row, one in a weight row or output gate over that output
+column; in VIB evaluation a unit whose mu or log_sigma2 is NaN is pruned (gate 0, which still multiplies).
 """
 import torch
 

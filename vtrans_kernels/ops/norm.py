@@ -12,6 +12,14 @@ Hidden gate on the output (at most one form):
   (``keep_vib = mu^2 > exp(log_sigma2)``). Gradients as ``ops.vib_gate``. With neither ``eps_noise`` nor
   ``seed`` in training a seed is drawn from torch's generator (pass ``seed`` under torch.compile).
 The noise argument is called ``eps_noise`` because ``eps`` is the norm's epsilon.
+
+``keep`` must be a bool tensor (free) or a floating one of exact 0/1 values (checked, one device sync per call);
+0.5, 2, -1 or NaN is a ValueError naming the op and ``keep``: threshold soft masks yourself (``keep > 0.5``).
+
+NaN policy: pruned dims are never read (selects, not multiplications by 0), so a NaN or inf there, in x,
+residual, weight, bias or the gate, leaves y and every gradient unchanged (y is exactly 0 there; h = x + residual
+still carries it, being the residual stream as given). A NaN or inf in a kept dim makes its row of y NaN, as
+with ``torch.nn.functional.layer_norm``. ``eps`` must be positive and finite.
 """
 import torch
 
@@ -35,8 +43,8 @@ def masked_layer_norm(x: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor 
 
     Args:
         x: [..., H] fp32/fp16/bf16 (fp64 runs on the reference).
-        keep: [H] bool or 0/1 float, no gradient: the dims the statistics cover; the others output 0.
-            All-zero keep gives y = 0.
+        keep: [H] bool or exact 0/1 float, no gradient: the dims the statistics cover; the others output 0
+            (whatever x holds there, NaN included). All-zero keep gives y = 0. Other values: ValueError.
         weight, bias: optional [H] affine parameters (activation dtype or fp32).
         eps: added to the kept-dim variance.
         residual: optional [..., H], x's dtype: the residual stream added before the norm.
