@@ -238,7 +238,7 @@ def test_linear_zero_sizes_give_empty_results(op, rows, k, n, gate):
 def test_attention_head_dim_0_is_a_clear_error(backend):
     q = torch.randn(2, 4, 3, 0, device=DEVICE)
     with vtrans_kernels.use_backend(backend), pytest.raises(
-            ValueError, match=r"vtrans\.masked_attention: head_dim \(the last dim of q, k and v\) must be between 1"):
+            ValueError, match=r"vtrans\.masked_attention: head_dim \(the last dim of q, k and v\) must be at least 1"):
         ops.masked_attention(q, q, q)
 
 

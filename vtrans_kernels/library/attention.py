@@ -53,9 +53,10 @@ def check(q, k, v, key_padding_mask, attn_mask, head_gate, mu, log_sigma2, eps, 
         raise ValueError(f"vtrans.{OP}: k and v must have at least one KV head (dim 1), got shape {tuple(k.shape)}")
     if hq % hkv:
         raise ValueError(f"vtrans.{OP}: the {hq} query heads must be a multiple of the {hkv} KV heads of k and v")
-    if not 1 <= d <= MAX_HEAD_DIM:
-        raise ValueError(f"vtrans.{OP}: head_dim (the last dim of q, k and v) must be between 1 and {MAX_HEAD_DIM}, "
-                         f"got {d}")
+    if d == 0:
+        raise ValueError(f"vtrans.{OP}: head_dim (the last dim of q, k and v) must be at least 1, got 0")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"vtrans.{OP}: head_dim must be at most {MAX_HEAD_DIM}, got {d}")
     if not math.isfinite(scale):
         raise ValueError(f"vtrans.{OP}: scale must be a finite number, got {scale}")
     _bool_mask("key_padding_mask", key_padding_mask, (b, sk), f"[{b}, {sk}] (batch, keys)")
