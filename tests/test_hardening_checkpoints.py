@@ -113,11 +113,13 @@ def test_stale_temporaries_are_removed(tmp_path):
     assert os.listdir(out) == ["plan.json"] and (victim / "precious").read_text() == "x"
 
 
-def test_resumed_log_drops_later_steps_and_rejects_damage(tmp_path):
+def test_resumed_log_drops_later_steps_and_a_torn_tail_and_rejects_damage(tmp_path):
     log = JsonLog(tmp_path / "log.jsonl")
     for step in (1, 2, 3):
         log.write({"step": step})
     assert [r["step"] for r in JsonLog(tmp_path / "log.jsonl", resume_step=2).records()] == [1, 2]
-    (tmp_path / "log.jsonl").write_text('{"step": 1}\nnot json\n')
-    with pytest.raises(ValueError, match=r"log\.jsonl line 2: not a JSON record"):
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\n{"step": 2, "lo')  # the last write cut by a kill
+    assert [r["step"] for r in JsonLog(tmp_path / "log.jsonl", resume_step=2).records()] == [1]
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl line 2: not a JSON record; the log is damaged"):
         JsonLog(tmp_path / "log.jsonl", resume_step=2)

@@ -51,6 +51,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
+def _is_record(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -64,19 +71,19 @@ class JsonLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
         if resume_step is not None and (self.path.exists() or self.path.is_symlink()):
-            kept = [line for line in self._lines() if json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in self._lines(torn_tail=True) if json.loads(line).get("step", 0) <= resume_step]
         write_text(self.path, "".join(line + "\n" for line in kept))  # replaces a planted link, never follows it
 
-    def _lines(self) -> list[str]:
+    def _lines(self, torn_tail: bool = False) -> list[str]:
+        """The log's records; with ``torn_tail`` an unreadable last line (a write cut by a kill) is dropped."""
         with open_existing(self.path, "r") as f:
             lines = [line for line in f.read().splitlines() if line]
+        if torn_tail and lines and not _is_record(lines[-1]):
+            lines.pop()
         for number, line in enumerate(lines, 1):
-            try:
-                if not isinstance(json.loads(line), dict):
-                    raise ValueError
-            except ValueError:
+            if not _is_record(line):
                 raise ValueError(f"{self.path} line {number}: not a JSON record; the log is damaged "
-                                 "(start a new run with --overwrite)") from None
+                                 "(start a new run with --overwrite)")
         return lines
 
     def write(self, record: dict) -> None:
