@@ -47,12 +47,11 @@ def hard_concrete_deterministic(log_alpha: torch.Tensor, beta: float = 2 / 3, li
     counts 1 and ranks first (value 1), ``-inf`` counts 0 and ranks last among numbers (value 0).
     """
     is_nan = torch.isnan(log_alpha)
-    p_nonzero = hard_concrete_expected_l0(log_alpha, beta, limit_l, limit_r)
-    keep_count = torch.floor(torch.where(is_nan, 0.0, p_nonzero).sum(-1, keepdim=True) + 0.5)
-    # NaN ranks last: sort key -inf, and a NaN unit is never kept (a tie with a real -inf does not matter,
-    # since -inf units have P(z != 0) = 0 and so never fall within keep_count)
-    key = torch.where(is_nan, float("-inf"), log_alpha.detach())
-    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
+    # a NaN unit becomes -inf (P(z != 0) = 0, value 0) through a select, so no NaN reaches a gradient either;
+    # a -inf unit never falls within keep_count (each counted unit has P > 0 and ranks above it)
+    safe = torch.where(is_nan, float("-inf"), log_alpha)
+    keep_count = torch.floor(hard_concrete_expected_l0(safe, beta, limit_l, limit_r).sum(-1, keepdim=True) + 0.5)
+    order = torch.sort(safe.detach(), dim=-1, descending=True, stable=True).indices
     rank = torch.argsort(order, dim=-1)
     keep = (rank < keep_count) & ~is_nan
-    return torch.where(keep, torch.sigmoid(log_alpha * (0.8 / beta)), 0.0)
+    return torch.where(keep, torch.sigmoid(safe * (0.8 / beta)), 0.0)
