@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from tiny_models import build, inputs, output, random_plan
 
 from vtrans_kernels import CompactionPlan, compact, load_compacted, save_compacted
+from vtrans_kernels.hf import adapter_for
 from vtrans_kernels.hf.plan import model_record
 from vtrans_kernels.hf.serialization import load_model
 
@@ -94,13 +95,16 @@ def test_unreadable_plans_are_clear_errors(tmp_path, text, message):
 def test_a_plan_for_another_model_is_refused():
     llama, bert = build("llama-gqa"), build("bert")
     units = [3, 3, 3]
-    plan = CompactionPlan(heads={0: [0]}, model=model_record("LlamaForCausalLM", 24, [2, 2, 2], [37] * 3))
+    plan = CompactionPlan(heads={0: [0]}, model=model_record("llama", 24, [2, 2, 2], [37] * 3))
     assert CompactionPlan.from_dict(json.loads(json.dumps(plan.to_dict()))).model == plan.model
-    with pytest.raises(ValueError, match=r"made for another model \(class: plan made for 'LlamaForCausalLM', model "
-                                         r"has 'BertForSequenceClassification'; heads: plan made for \[2, 2, 2\], "
+    with pytest.raises(ValueError, match=r"made for another model \(model_type: plan made for 'llama', model has "
+                                         r"'bert'; heads: plan made for \[2, 2, 2\], "
                                          r"model has \[4, 4, 4\]\)"):
         compact(bert, plan)
     compact(llama, plan)  # the model it was made for
     plan.model["heads"] = units
     with pytest.raises(ValueError, match=r"heads: plan made for \[3, 3, 3\], model has \[2, 2, 2\]"):
         compact(llama, plan)
+    classifier_plan = CompactionPlan(ffn={0: [1, 2]}, model=model_record("bert", 24, [4] * 3, [37] * 3))
+    base = compact(build("bert-base"), classifier_plan)  # the same backbone under another head class
+    assert adapter_for(base).units().ffn == (2, 37, 37)

@@ -26,15 +26,15 @@ def compact(model: nn.Module, plan: CompactionPlan, round_to: int = 1) -> nn.Mod
     a multiple of ``k`` (nearest, by the units' scores; heads are whole units already). What rounding changed
     is logged and stored with the shapes in ``new_model.config.vtrans_compaction``. In eval mode the result
     computes what the masked model computes (:func:`vtrans_kernels.hf.masked_by_plan`). A plan that records
-    the model it was made for (``plan.model``) is refused, naming what differs, when the class or unit counts
-    of ``model`` are not the recorded ones.
+    the model it was made for (``plan.model``) is refused, naming what differs, when the model type or unit
+    counts of ``model`` are not the recorded ones.
     """
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to: expected an int >= 1, got {round_to!r}")
     adapter = adapter_for(model)
     units = adapter.units()
     if isinstance(plan, CompactionPlan):
-        mismatch = plan_model_mismatch(plan, type(model).__name__, units.hidden, units.heads, units.ffn)
+        mismatch = plan_model_mismatch(plan, adapter.config.model_type, units.hidden, units.heads, units.ffn)
         if mismatch:  # another architecture or model size: its indices would cut the wrong units
             raise ValueError("plan: it was made for another model (" + "; ".join(mismatch) + ")")
     resolved = resolve_plan(plan, units.hidden, units.heads, units.ffn)

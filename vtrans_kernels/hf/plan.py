@@ -96,9 +96,9 @@ class CompactionPlan:
             {layer: vec}, "ffn": {layer: vec}}``), used by ``round_to`` to choose which units to add or drop.
         scales: the three scale arguments in one dict of the same form as ``scores`` (an alternative
             spelling; do not give both).
-        model: optional record of the model the plan was made for (see :func:`model_record`): its class, unit
-            counts and weight fingerprint. :func:`vtrans_kernels.compact` refuses a plan whose class or unit
-            counts differ from the model's; ``vtrans compact`` also checks the fingerprint.
+        model: optional record of the model the plan was made for (see :func:`model_record`): its model type,
+            unit counts and weight fingerprint. :func:`vtrans_kernels.compact` refuses a plan whose model type or
+            unit counts differ from the model's; ``vtrans compact`` also checks the fingerprint.
 
     Indices are sorted and deduplicated when the plan is applied; out-of-range indices raise ``ValueError``.
     """
@@ -209,7 +209,7 @@ class CompactionPlan:
 
 
 # Keys of CompactionPlan.model and what each must be.
-_MODEL_RECORD = {"class": str, "hidden": int, "heads": list, "ffn": list, "fingerprint": (str, type(None))}
+_MODEL_RECORD = {"model_type": str, "hidden": int, "heads": list, "ffn": list, "fingerprint": (str, type(None))}
 
 
 def _as_model_record(record) -> dict:
@@ -223,21 +223,22 @@ def _as_model_record(record) -> dict:
             "ffn": _as_index_list(record["ffn"], "CompactionPlan.model['ffn']")}
 
 
-def model_record(model_class: str, hidden: int, heads: Sequence[int], ffn: Sequence[int],
+def model_record(model_type: str, hidden: int, heads: Sequence[int], ffn: Sequence[int],
                  fingerprint: str | None = None) -> dict:
-    """A :attr:`CompactionPlan.model` record: the model's class name, hidden size, units per layer (heads or KV
-    groups, FFN neurons) and optionally a fingerprint of its weights."""
-    return _as_model_record({"class": model_class, "hidden": int(hidden), "heads": list(heads), "ffn": list(ffn),
+    """A :attr:`CompactionPlan.model` record: the model's type (``config.model_type``: "bert", "llama", ...; a
+    plan fits every head class of that backbone), hidden size, units per layer (heads or KV groups, FFN neurons)
+    and optionally a fingerprint of its weights."""
+    return _as_model_record({"model_type": model_type, "hidden": int(hidden), "heads": list(heads), "ffn": list(ffn),
                              "fingerprint": fingerprint})
 
 
-def plan_model_mismatch(plan: CompactionPlan, model_class: str, hidden: int, heads: Sequence[int],
+def plan_model_mismatch(plan: CompactionPlan, model_type: str, hidden: int, heads: Sequence[int],
                         ffn: Sequence[int]) -> list[str]:
     """What differs between the model ``plan`` was made for (its record) and the given one; empty when the
     plan has no record or they agree."""
     if plan.model is None:
         return []
-    record, found = plan.model, {"class": model_class, "hidden": int(hidden), "heads": list(heads),
+    record, found = plan.model, {"model_type": model_type, "hidden": int(hidden), "heads": list(heads),
                                  "ffn": list(ffn)}
     return [f"{key}: plan made for {record[key]!r}, model has {found[key]!r}" for key in found
             if record[key] != found[key]]

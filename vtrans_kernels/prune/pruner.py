@@ -67,7 +67,7 @@ class Pruner:
         self.dist = DistContext.current()
         device = next(model.parameters()).device
         units = adapter_for(model).units()
-        self.model_record = model_record(type(model).__name__, units.hidden, units.heads, units.ffn)
+        self.model_record = model_record(model.config.model_type, units.hidden, units.heads, units.ffn)
         if teacher is None and config.distill_weight > 0 and config.trains_weights and manage_weights:
             teacher = copy.deepcopy(model)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
@@ -216,7 +216,7 @@ class Pruner:
     # ---- results ----------------------------------------------------------------------------------------
     def plan(self, target_sparsity: float | None = None) -> CompactionPlan:
         """The final masks as a plan hitting ``target_sparsity`` (default: the configured target), with the
-        masks' scales unless ``config.fold_scales`` is False, recording the model's class and unit counts."""
+        masks' scales unless ``config.fold_scales`` is False, recording the model's type and unit counts."""
         target = self.config.target_sparsity if target_sparsity is None else target_sparsity
         plan = self.masks.plan(target, self.measure)
         plan.model = dict(self.model_record)  # compact() then refuses to apply it to another architecture
