@@ -192,6 +192,31 @@ def test_hard_concrete_deterministic_prunes_nan_units_only(backend):
     torch.testing.assert_close(got["log_alpha"].cpu(), expected_grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", backends_with("hard_concrete_sample"))
+def test_hard_concrete_sample_closes_nan_gates_only(backend):
+    """A NaN log_alpha gives z = 0 and a zero gradient there (the kernels' clamps ignore NaN; so does the
+    reference now), a NaN u counts as the lowest uniform; every other element is the clean reference's."""
+    gen = torch.Generator().manual_seed(2)
+    log_alpha, u = torch.randn(3, 19, generator=gen) * 2, torch.rand(3, 19, generator=gen)
+    grad = torch.randn(3, 19, generator=gen)
+    nan_alpha = torch.zeros(3, 19, dtype=torch.bool)
+    nan_alpha[0, [1, 7]] = nan_alpha[2, 18] = True
+    nan_u = torch.zeros(3, 19, dtype=torch.bool)
+    nan_u[1, [0, 4]] = True
+    clean_alpha = torch.where(nan_alpha, float("-inf"), log_alpha)
+    clean_u = torch.where(nan_u, hc_reference.U_EPS, u)
+    with vtrans_kernels.use_backend(backend):
+        (z,), got = _forward_backward(lambda log_alpha: ops.hard_concrete_sample(log_alpha, u=u.masked_fill(
+            nan_u, NAN).to(DEVICE)), dict(log_alpha=log_alpha.masked_fill(nan_alpha, NAN).to(DEVICE)),
+            (grad.to(DEVICE),))
+    leaf = clean_alpha.clone().requires_grad_(True)
+    want = hc_reference.hard_concrete_transform(leaf, clean_u, 2 / 3, -0.1, 1.1)
+    want.backward(grad)
+    assert (z.cpu()[nan_alpha] == 0).all() and (got["log_alpha"].cpu()[nan_alpha] == 0).all()
+    torch.testing.assert_close(z.cpu(), want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["log_alpha"].cpu(), torch.where(nan_alpha, 0.0, leaf.grad), rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the VIB evaluation gate: a unit with NaN parameters is pruned (gate 0), as the kernels always did
 @pytest.mark.parametrize("backend", backends_with("vib_gate"))

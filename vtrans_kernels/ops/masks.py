@@ -6,10 +6,11 @@ from (seed, row, column) with Philox and redraws the same values in backward ins
 With neither, a seed is drawn from torch's global generator (``torch.manual_seed`` makes it repeatable;
 under torch.compile pass ``seed`` yourself, since drawing it is a graph break).
 
-NaN policy (the same on every backend): the training-time ops are elementwise and let a NaN through to the
-elements it touches (a diverged parameter shows up in the loss instead of being hidden); the decisions made
-for evaluation treat a unit with a NaN parameter as pruned, without touching the other units. Scalar
-arguments (beta, limits, temperature) must be finite and in range, else a ValueError naming them.
+NaN policy (the same on every backend): a gate whose parameter is NaN is closed (hard-concrete samples and
+deterministic masks, the VIB evaluation gate), without touching the other units; the penalties and soft counts
+(``hard_concrete_expected_l0``, ``vib_kl``, ``vib_keep_prob``) and the VIB training gate are elementwise and let
+the NaN through, so a diverged parameter shows up in the loss instead of being hidden. Scalar arguments (beta,
+limits, temperature) must be finite and in range, else a ValueError naming them.
 """
 import torch
 
@@ -35,7 +36,9 @@ def hard_concrete_sample(log_alpha: torch.Tensor, *, u: torch.Tensor | None = No
     Returns:
         z with log_alpha's shape and dtype, in [0, 1]; differentiable w.r.t. log_alpha.
 
-    NaN policy: elementwise; a NaN log_alpha gives a NaN z for that element only. ``+inf`` gives 1, ``-inf`` 0.
+    NaN policy: elementwise; a NaN log_alpha gives a closed gate (z = 0, zero gradient) for that element only,
+    as ``hard_concrete_deterministic`` prunes it; a NaN in ``u`` is clamped like any out-of-range value (to
+    1e-6). ``+inf`` gives 1, ``-inf`` 0.
     """
     if u is None and seed is None:
         seed = draw_seed()

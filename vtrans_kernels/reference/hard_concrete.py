@@ -11,8 +11,13 @@ U_EPS = 1e-6
 
 def hard_concrete_transform(log_alpha: torch.Tensor, u: torch.Tensor, beta: float, limit_l: float,
                             limit_r: float) -> torch.Tensor:
-    """``clamp(sigmoid((log u - log(1-u) + log_alpha) / beta) * (r - l) + l, 0, 1)``, u clamped first."""
-    u = u.to(log_alpha.dtype).clamp(U_EPS, 1.0 - U_EPS)
+    """``clamp(sigmoid((log u - log(1-u) + log_alpha) / beta) * (r - l) + l, 0, 1)``, u clamped first.
+
+    The clamps ignore NaN as the kernels' ``fmax``/``fmin`` do: a NaN u counts as ``U_EPS``, and a NaN log_alpha
+    gives a closed gate (0, zero gradient; it is replaced by -inf through a select, so no NaN reaches a gradient).
+    """
+    u = torch.nan_to_num(u.to(log_alpha.dtype), nan=U_EPS).clamp(U_EPS, 1.0 - U_EPS)
+    log_alpha = torch.where(torch.isnan(log_alpha), float("-inf"), log_alpha)
     s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / beta)
     return (s * (limit_r - limit_l) + limit_l).clamp(0.0, 1.0)
 
