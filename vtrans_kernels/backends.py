@@ -2,8 +2,10 @@
 
 Defaults: CUDA tensors use Triton, then the CUDA extension, then the reference; CPU tensors use the C++
 extension, then the reference. fp64 inputs always go to the reference (the kernels compute in fp32).
-``VTRANS_BACKEND=<name>`` or ``with vtrans_kernels.use_backend(<name>):`` forces one backend, and a forced
-backend that cannot serve a call raises instead of falling back.
+A backend can also decline one call (a hidden size over its limit, a GPU too old for a dtype): its module's
+``call_limits(op, args)`` lists the reasons, and the call falls back to the next backend with a one-time
+warning per (op, backend, reason). ``VTRANS_BACKEND=<name>`` or ``with vtrans_kernels.use_backend(<name>):``
+forces one backend, and a forced backend that cannot serve a call raises with the reasons instead.
 """
 import contextlib
 import importlib
@@ -20,7 +22,7 @@ NAMES = ("triton", "cuda", "cpu", "torch")
 # Process-wide, not a ContextVar: autograd runs CUDA backward passes in its own worker threads, which must see
 # the backend the forward was forced onto.
 _forced: list[str] = []
-_warned_fallback = False
+_warned: set = set()
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,15 @@ class Backend:
         if self.name != "torch" and dtype == torch.float64:
             return "its kernels compute in fp32; fp64 inputs are served by the torch reference"
         return self.unavailable(device_type)
+
+    def reasons(self, op: str, device_type: str, dtype: torch.dtype, args: tuple | None = None) -> list[str]:
+        """Every reason this backend cannot serve a call of ``op`` (empty: it can). With ``args`` (the backend
+        function's arguments) the module's ``call_limits`` judges the call's shapes and device too."""
+        reason = self.why_not(device_type, dtype) or _lacks(self.name, op)
+        if reason is not None:
+            return [reason]
+        limits = getattr(self.load(), "call_limits", None)
+        return list(limits(op, args)) if limits is not None and args is not None else []
 
 
 def _triton_module():
@@ -101,19 +112,29 @@ def use_backend(name: str):
         _forced.pop()
 
 
-def select(op: str, device: torch.device, dtype: torch.dtype):
-    """The module whose function ``op`` serves a call on ``device`` with compute inputs of ``dtype``."""
+def select(op: str, device: torch.device, dtype: torch.dtype, args: tuple | None = None):
+    """The module whose function ``op`` serves a call on ``device`` with compute inputs of ``dtype``; with
+    ``args`` (the backend function's arguments) a backend that declines this call is passed over."""
     forced = forced_backend()
     if forced is not None:
-        reason = BACKENDS[forced].why_not(device.type, dtype) or _lacks(forced, op)
-        if reason is not None:
+        reasons = BACKENDS[forced].reasons(op, device.type, dtype, args)
+        if reasons:
             raise RuntimeError(f"vtrans.{op}: backend {forced!r} was forced but cannot serve {device.type} "
-                               f"{dtype} tensors: {reason}")
+                               f"{dtype} tensors in this call: {'; '.join(reasons)}")
         return BACKENDS[forced].load()
-    name = default_backend(device.type, dtype, op)
-    if name == "torch" and dtype != torch.float64:
-        _warn_fallback_once(device.type, op)
-    return BACKENDS[name].load()
+    order = _DEFAULT_ORDER.get(device.type, ("torch",))
+    for name in order:
+        reasons = BACKENDS[name].reasons(op, device.type, dtype, args)
+        if not reasons:
+            return BACKENDS[name].load()
+        if name == order[0] and not _by_design(name, op, device.type, dtype):
+            _warn_fallback_once(device.type, op, name, reasons)
+    return BACKENDS["torch"].load()
+
+
+def run(op: str, device: torch.device, dtype: torch.dtype, args: tuple):
+    """Call ``op`` with ``args`` on the backend that ``select`` picks for this call."""
+    return getattr(select(op, device, dtype, args), op)(*args)
 
 
 def _lacks(name: str, op: str | None) -> str | None:
@@ -132,13 +153,23 @@ def default_backend(device_type: str, dtype: torch.dtype = torch.float32, op: st
     return "torch"
 
 
-def _warn_fallback_once(device_type: str, op: str) -> None:
-    global _warned_fallback
-    first = _DEFAULT_ORDER.get(device_type, ("torch",))[0]
-    reason = BACKENDS[first].why_not(device_type, torch.float32)
-    if reason is None:
-        return  # the preferred backend is there and simply has no kernel for this op: by design, no warning
-    if not _warned_fallback:
-        _warned_fallback = True
-        warnings.warn(f"vtrans_kernels: {device_type} ops run on the PyTorch reference because the {first!r} "
-                      f"backend is unavailable: {reason}", RuntimeWarning, stacklevel=3)
+def limits(name: str) -> dict[str, list[str]]:
+    """The documented per-call limits of backend ``name`` by op (its module's ``LIMITS``), for reports."""
+    try:
+        return dict(getattr(BACKENDS[name].load(), "LIMITS", {}))
+    except Exception:  # an unimportable backend has no limits to report; why_not says why
+        return {}
+
+
+def _by_design(name: str, op: str, device_type: str, dtype: torch.dtype) -> bool:
+    # fp64 always goes to the reference, and a backend without a kernel for an op is not a fallback to warn of
+    return dtype == torch.float64 or (BACKENDS[name].why_not(device_type, dtype) is None and
+                                      _lacks(name, op) is not None)
+
+
+def _warn_fallback_once(device_type: str, op: str, name: str, reasons: list[str]) -> None:
+    key = (device_type, op, name, tuple(reasons))
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"vtrans_kernels: vtrans.{op} on {device_type} falls back from the {name!r} backend: "
+                      f"{'; '.join(reasons)}", RuntimeWarning, stacklevel=4)

@@ -52,6 +52,12 @@ def report() -> str:
             reason = backends.BACKENDS[name].why_not(device_type, torch.float32)
             lines.append(f"  {name:<7} {'available' if reason is None else 'unavailable: ' + reason}")
     lines.append("")
+    lines.append("per-call limits (a call over one falls back to the next backend with a one-time warning; "
+                 "a forced backend raises):")
+    for name in backends.NAMES:
+        for op, items in sorted(backends.limits(name).items()):
+            lines.append(f"  {name:<7} {op:<30} {'; '.join(items)}")
+    lines.append("")
     lines.append("ops (torch.ops.vtrans.*; every op has a backward op, a fake kernel and autograd):")
     for op, backward in library.OPS.items():
         lines.append(f"  {op:<30} backward: {backward}")

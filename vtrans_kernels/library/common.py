@@ -15,10 +15,14 @@ def contiguous(*tensors):
 
 
 def dispatch(op: str, device: torch.device, *dtype_inputs: torch.Tensor | None):
-    """The backend function serving ``op`` for tensors on ``device``; fp64 anywhere in ``dtype_inputs`` selects
-    the fp64-capable reference."""
+    """A function that runs ``op`` for tensors on ``device`` on the backend that serves the call it is given
+    (``backends.run``: a backend may decline a call's shapes); fp64 anywhere in ``dtype_inputs`` selects the
+    fp64-capable reference."""
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in dtype_inputs) else torch.float32
-    return getattr(backends.select(op, device, dtype), op)
+
+    def call(*args):
+        return backends.run(op, device, dtype, args)
+    return call
 
 
 def empty(t: torch.Tensor) -> bool:

@@ -11,3 +11,5 @@ from .vib import (vib_gate, vib_gate_backward, vib_keep_prob, vib_keep_prob_back
 from .masked_attention import *  # noqa: E402,F401,F403
 from .masked_linear import *  # noqa: E402,F401,F403
 from .masked_norm import *  # noqa: E402,F401,F403
+# per-call limits the dispatcher checks before each call (backends.select)
+from .limits import LIMITS, call_limits  # noqa: E402,F401

@@ -26,6 +26,11 @@ def block_1d(numel: int) -> int:
     return max(16, min(triton.next_power_of_2(numel), 16384 if interpreted() else 1024))
 
 
+def dot_precision(dtype) -> str:
+    """``input_precision`` of ``tl.dot``: fp32 operands follow torch's setting (full fp32 unless
+    ``torch.backends.cuda.matmul.allow_tf32``); 16-bit operands ignore it."""
+    import torch
+    return "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
 
 
 def round_bf16_by_hand(dtype) -> bool:

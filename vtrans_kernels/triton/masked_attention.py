@@ -24,11 +24,23 @@ NO_GATE, UNIT_GATE, ROW_GATE, VIB_GATE = 0, 1, 2, 3
 
 
 @triton.jit
-def _dot(a, b, DOT_F32: tl.constexpr):
-    # the interpreter's bf16 dot is wrong: upcast there only (never on the GPU)
+def _dot(a, b, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    # the interpreter's bf16 dot is wrong: upcast there only (never on the GPU); fp32 operands use PRECISION
+    # (tf32 only when torch allows it)
     if DOT_F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
-    return tl.dot(a, b)
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+    else:
+        out = tl.dot(a, b, input_precision=PRECISION)
+    return out
+
+
+@triton.jit
+def _block_and_head(num_blocks, H):
+    # one flat grid axis (CUDA caps y at 65535): the blocks of one (batch, head) are adjacent, so they share its
+    # K/V (or Q) in L2; both indices int64, so products with strides cannot overflow 32 bits
+    pid = tl.program_id(0).to(tl.int64)
+    bh = pid // num_blocks
+    return pid % num_blocks, bh, bh // H, bh % H
 
 
 @triton.jit
@@ -41,7 +53,7 @@ def _allowed(KPM, AM, b, h, m2, n2, Sq, Sk, am_sb, am_sh, am_sm, am_sn, CAUSAL: 
     if HAS_KPM:
         ok = ok & (tl.load(KPM + b * Sk + n2, mask=n2 < Sk, other=0) != 0)
     if HAS_AM:
-        am = tl.load(AM + b * am_sb + h * am_sh + m2 * am_sm + n2 * am_sn, mask=ok, other=0)
+        am = tl.load(AM + b * am_sb + h * am_sh + m2.to(tl.int64) * am_sm + n2 * am_sn, mask=ok, other=0)
         ok = ok & (am != 0)
     return ok
 
@@ -78,12 +90,10 @@ def _forward_kernel(Q, K, V, KPM, AM, GATE, MU, LS2, EPS, OUT, O, LSE,
                     sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, am_sb, am_sh, am_sm, am_sn,
                     Hq, Hkv, G, Sq, Sk, D, qk_scale, seed_lo, seed_hi,
                     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_AM: tl.constexpr, GATE_KIND: tl.constexpr,
-                    TRAINING: tl.constexpr, HAS_EPS: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // Hq).to(tl.int64)
-    h = bh % Hq
+                    TRAINING: tl.constexpr, HAS_EPS: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+                    ROUND_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    m_block, bh, b, h = _block_and_head(tl.cdiv(Sq, BLOCK_M), Hq)
+    start_m = (m_block * BLOCK_M).to(tl.int32)
     hk = h // (Hq // Hkv)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -103,7 +113,7 @@ def _forward_kernel(Q, K, V, KPM, AM, GATE, MU, LS2, EPS, OUT, O, LSE,
         cols = start_n + offs_n
         kt = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd,
                      mask=(cols[None, :] < Sk) & d_ok[:, None], other=0.0)
-        s = _dot(q, kt, DOT_F32) * qk_scale  # log2 units
+        s = _dot(q, kt, DOT_F32, PRECISION) * qk_scale  # log2 units
         ok = _allowed(KPM, AM, b, h, offs_m[:, None], cols[None, :], Sq, Sk, am_sb, am_sh, am_sm, am_sn,
                       CAUSAL, HAS_KPM, HAS_AM)
         s = tl.where(ok, s, float("-inf"))
@@ -114,14 +124,14 @@ def _forward_kernel(Q, K, V, KPM, AM, GATE, MU, LS2, EPS, OUT, O, LSE,
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd,
                     mask=(cols[:, None] < Sk) & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + _dot(cast_out(p, v.dtype, ROUND_BF16), v, DOT_F32)
+        acc = acc * alpha[:, None] + _dot(cast_out(p, v.dtype, ROUND_BF16), v, DOT_F32, PRECISION)
         m_i = m_new
     empty = l_i == 0.0  # rows attending no key: output 0, log-sum-exp -inf
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]
     row_ok = offs_m < Sq
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)  # natural log
-    tl.store(LSE + bh.to(tl.int64) * Sq + offs_m, lse, mask=row_ok)
+    tl.store(LSE + bh * Sq + offs_m, lse, mask=row_ok)
     rows = b * Sq + offs_m
     offs_o = (rows[:, None] * Hq + h) * D + offs_d[None, :]
     mask_o = row_ok[:, None] & d_ok[None, :]
@@ -138,10 +148,8 @@ def _preprocess_kernel(O, DO, GATE, MU, LS2, EPS, DELTA, Z, DZ, DZE, sdb, sdm, s
                        seed_lo, seed_hi, GATE_KIND: tl.constexpr, TRAINING: tl.constexpr, HAS_EPS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # per row: dz = rowsum(dOg * O) (the gate gradient), Delta = z * dz, and z itself for the next kernels
-    bh = tl.program_id(1)
-    b = (bh // Hq).to(tl.int64)
-    h = bh % Hq
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_block, bh, b, h = _block_and_head(tl.cdiv(Sq, BLOCK_M), Hq)
+    offs_m = (m_block * BLOCK_M).to(tl.int32) + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < Sq
     mask = row_ok[:, None] & (offs_d[None, :] < D)
@@ -152,7 +160,7 @@ def _preprocess_kernel(O, DO, GATE, MU, LS2, EPS, DELTA, Z, DZ, DZE, sdb, sdm, s
     dz = tl.sum(do * o, axis=1)
     z, eps = _gate(GATE, MU, LS2, EPS, rows, row_ok, h // (Hq // G), G, seed_lo, seed_hi, GATE_KIND, TRAINING,
                    HAS_EPS)
-    offs = bh.to(tl.int64) * Sq + offs_m
+    offs = bh * Sq + offs_m
     tl.store(DELTA + offs, z * dz, mask=row_ok)
     if GATE_KIND != 0:
         tl.store(Z + offs, z, mask=row_ok)
@@ -169,7 +177,7 @@ def _load_do(DO, Z, bh, b, h, offs_m, offs_d, sdb, sdm, sdh, sdd, Sq, D, GATED: 
     do = tl.load(DO + b * sdb + offs_m[:, None] * sdm + h * sdh + offs_d[None, :] * sdd,
                  mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
     if GATED:
-        z = tl.load(Z + bh.to(tl.int64) * Sq + offs_m, mask=row_ok, other=0.0)
+        z = tl.load(Z + bh * Sq + offs_m, mask=row_ok, other=0.0)
     else:
         z = tl.full([offs_m.shape[0]], 1.0, dtype=tl.float32)
     return do, z
@@ -180,12 +188,10 @@ def _dkdv_kernel(Q, K, V, KPM, AM, DO, LSE, DELTA, Z, DK, DV,
                  sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, am_sb, am_sh, am_sm, am_sn,
                  sdb, sdm, sdh, sdd, Hq, Hkv, Sq, Sk, D, qk_scale, sm_scale,
                  CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_AM: tl.constexpr, GATED: tl.constexpr,
-                 DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
+                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    start_n = tl.program_id(0) * BLOCK_N
-    bhk = tl.program_id(1)
-    b = (bhk // Hkv).to(tl.int64)
-    hk = bhk % Hkv
+    n_block, bhk, b, hk = _block_and_head(tl.cdiv(Sk, BLOCK_N), Hkv)
+    start_n = (n_block * BLOCK_N).to(tl.int32)
     group = Hq // Hkv
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -207,16 +213,16 @@ def _dkdv_kernel(Q, K, V, KPM, AM, DO, LSE, DELTA, Z, DK, DV,
                          mask=row_ok[None, :] & (offs_d[:, None] < D), other=0.0)
             lse = tl.load(LSE + bh * Sq + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
             delta = tl.load(DELTA + bh * Sq + offs_m, mask=row_ok, other=0.0)
-            st = _dot(k, qt, DOT_F32) * qk_scale  # [N, M], log2 units
+            st = _dot(k, qt, DOT_F32, PRECISION) * qk_scale  # [N, M], log2 units
             ok = _allowed(KPM, AM, b, h, offs_m[None, :], offs_n[:, None], Sq, Sk, am_sb, am_sh, am_sm, am_sn,
                           CAUSAL, HAS_KPM, HAS_AM)
             pt = tl.where(ok, tl.exp2(st - lse[None, :]), 0.0)
             do, z = _load_do(DO, Z, bh, b, h, offs_m, offs_d, sdb, sdm, sdh, sdd, Sq, D, GATED)
-            dv += _dot(cast_out(pt * z[None, :], do.dtype, ROUND_BF16), do, DOT_F32)
-            dpt = _dot(v, tl.trans(do), DOT_F32) * z[None, :]
+            dv += _dot(cast_out(pt * z[None, :], do.dtype, ROUND_BF16), do, DOT_F32, PRECISION)
+            dpt = _dot(v, tl.trans(do), DOT_F32, PRECISION) * z[None, :]
             dst = pt * (dpt - delta[None, :])
-            dk += _dot(cast_out(dst, qt.dtype, ROUND_BF16), tl.trans(qt), DOT_F32)
-    offs = (bhk.to(tl.int64) * Sk + offs_n[:, None]) * D + offs_d[None, :]
+            dk += _dot(cast_out(dst, qt.dtype, ROUND_BF16), tl.trans(qt), DOT_F32, PRECISION)
+    offs = (bhk * Sk + offs_n[:, None]) * D + offs_d[None, :]
     tl.store(DK + offs, cast_out(dk * sm_scale, K.dtype.element_ty, ROUND_BF16), mask=kv_mask)
     tl.store(DV + offs, cast_out(dv, V.dtype.element_ty, ROUND_BF16), mask=kv_mask)
 
@@ -226,12 +232,10 @@ def _dq_kernel(Q, K, V, KPM, AM, DO, LSE, DELTA, Z, DQ,
                sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, am_sb, am_sh, am_sm, am_sn,
                sdb, sdm, sdh, sdd, Hq, Hkv, Sq, Sk, D, qk_scale, sm_scale,
                CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_AM: tl.constexpr, GATED: tl.constexpr,
-               DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
+               DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // Hq).to(tl.int64)
-    h = bh % Hq
+    m_block, bh, b, h = _block_and_head(tl.cdiv(Sq, BLOCK_M), Hq)
+    start_m = (m_block * BLOCK_M).to(tl.int32)
     hk = h // (Hq // Hkv)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -241,8 +245,8 @@ def _dq_kernel(Q, K, V, KPM, AM, DO, LSE, DELTA, Z, DQ,
     q_mask = row_ok[:, None] & d_ok[None, :]
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd, mask=q_mask, other=0.0)
     do, z = _load_do(DO, Z, bh, b, h, offs_m, offs_d, sdb, sdm, sdh, sdd, Sq, D, GATED)
-    lse = tl.load(LSE + bh.to(tl.int64) * Sq + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(DELTA + bh.to(tl.int64) * Sq + offs_m, mask=row_ok, other=0.0)
+    lse = tl.load(LSE + bh * Sq + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + bh * Sq + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     hi = Sk
     if CAUSAL:
@@ -253,13 +257,13 @@ def _dq_kernel(Q, K, V, KPM, AM, DO, LSE, DELTA, Z, DQ,
         k = tl.load(K + b * skb + hk * skh + cols[:, None] * skn + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
         vt = tl.load(V + b * svb + hk * svh + cols[None, :] * svn + offs_d[:, None] * svd,
                      mask=(cols[None, :] < Sk) & d_ok[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), DOT_F32) * qk_scale
+        s = _dot(q, tl.trans(k), DOT_F32, PRECISION) * qk_scale
         ok = _allowed(KPM, AM, b, h, offs_m[:, None], cols[None, :], Sq, Sk, am_sb, am_sh, am_sm, am_sn,
                       CAUSAL, HAS_KPM, HAS_AM)
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
-        ds = p * (_dot(do, vt, DOT_F32) * z[:, None] - delta[:, None])
-        dq += _dot(cast_out(ds, k.dtype, ROUND_BF16), k, DOT_F32)
-    offs = (bh.to(tl.int64) * Sq + offs_m[:, None]) * D + offs_d[None, :]
+        ds = p * (_dot(do, vt, DOT_F32, PRECISION) * z[:, None] - delta[:, None])
+        dq += _dot(cast_out(ds, k.dtype, ROUND_BF16), k, DOT_F32, PRECISION)
+    offs = (bh * Sq + offs_m[:, None]) * D + offs_d[None, :]
     tl.store(DQ + offs, cast_out(dq * sm_scale, Q.dtype.element_ty, ROUND_BF16), mask=q_mask)
 
 
@@ -280,25 +284,31 @@ def _mask_args(key_padding_mask, attn_mask):
     return kpm, attn_mask.view(torch.uint8), strides
 
 
-def _tiles(d: int, backward: bool):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) on the GPU; BLOCK_D pads the head dim to a power of two."""
-    if d <= 64:
-        return (64, 64, 4, 3) if backward else (128, 64, 4, 3)
-    if d <= 128:
-        return (64, 64, 8, 2) if backward else (128, 64, 8, 3)
-    return (32, 32, 4, 2) if backward else (64, 32, 8, 2)
+#: (BLOCK_M, BLOCK_N, num_warps, num_stages) on the GPU by (operand bytes, padded head dim, backward); fp32 tiles
+#: hold twice the bytes, so they are smaller. Checked by bench/compile_check.py to fit sm_80's shared memory
+#: (the smaller of sm_80 and sm_90) without spilling.
+_TILES = {
+    (2, 64, False): (128, 64, 4, 3), (2, 64, True): (64, 64, 4, 3),
+    (2, 128, False): (128, 64, 8, 3), (2, 128, True): (64, 64, 8, 2),
+    (2, 256, False): (64, 32, 8, 2), (2, 256, True): (32, 32, 4, 2),
+    (4, 64, False): (64, 64, 4, 2), (4, 64, True): (64, 32, 4, 2),
+    (4, 128, False): (64, 32, 4, 2), (4, 128, True): (32, 32, 4, 2),
+    (4, 256, False): (32, 32, 4, 2), (4, 256, True): (16, 32, 4, 1),
+}
 
 
 def _config(sq: int, sk: int, d: int, dtype, backward: bool = False) -> dict:
     block_d = max(16, triton.next_power_of_2(d))
+    precision = launch.dot_precision(dtype)
     if launch.interpreted():  # the interpreter's cost is per program: few, big tiles
         block_m = max(16, min(triton.next_power_of_2(sq), 128))
         block_n = max(16, min(triton.next_power_of_2(sk), 128))
         return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_F32=dtype == torch.bfloat16,
-                    ROUND_BF16=launch.round_bf16_by_hand(dtype))
-    block_m, block_n, warps, stages = _tiles(d, backward)
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_F32=False, ROUND_BF16=False,
-                num_warps=warps, num_stages=stages)
+                    PRECISION=precision, ROUND_BF16=launch.round_bf16_by_hand(dtype))
+    operand_bytes = 4 if dtype == torch.float32 else 2
+    block_m, block_n, warps, stages = _TILES[(operand_bytes, max(64, block_d), backward)]
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_F32=False, PRECISION=precision,
+                ROUND_BF16=False, num_warps=warps, num_stages=stages)
 
 
 def _qkv_strides(q, k, v):
@@ -317,8 +327,7 @@ def masked_attention(q, k, v, key_padding_mask, attn_mask, head_gate, mu, log_si
     kpm, am, am_strides = _mask_args(key_padding_mask, attn_mask)
     lo, hi = split_seed(seed)
     cfg = _config(sq, sk, d, q.dtype)
-    grid = (triton.cdiv(sq, cfg["BLOCK_M"]), b * hq)
-    _forward_kernel[grid](
+    _forward_kernel[(triton.cdiv(sq, cfg["BLOCK_M"]) * b * hq,)](
         q, k, v, kpm, am, None if head_gate is None else head_gate.contiguous(), mu, log_sigma2,
         None if eps is None else eps.contiguous(), out, o if kind != NO_GATE else out, lse,
         *_qkv_strides(q, k, v), *am_strides, hq, hkv, g, sq, sk, d, scale * LOG2E, lo, hi,
@@ -341,7 +350,7 @@ def masked_attention_backward(grad, q, k, v, o, lse, key_padding_mask, attn_mask
     z, dz, dze = (torch.empty((b, hq, sq), **f32) if kind != NO_GATE else None for _ in range(3))
     cfg = _config(sq, sk, d, q.dtype, backward=True)
     pre_block = max(16, min(triton.next_power_of_2(sq), 128)) if launch.interpreted() else 64
-    _preprocess_kernel[(triton.cdiv(sq, pre_block), b * hq)](
+    _preprocess_kernel[(triton.cdiv(sq, pre_block) * b * hq,)](
         o, grad, gate_ptr, mu, log_sigma2, eps, delta, z, dz, dze, *grad.stride(), hq, g, sq, d, lo, hi,
         GATE_KIND=kind, TRAINING=training, HAS_EPS=eps is not None, BLOCK_M=pre_block, BLOCK_D=cfg["BLOCK_D"])
     kpm, am, am_strides = _mask_args(key_padding_mask, attn_mask)
@@ -350,9 +359,10 @@ def masked_attention_backward(grad, q, k, v, o, lse, key_padding_mask, attn_mask
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     common = (*_qkv_strides(q, k, v), *am_strides, *grad.stride(), hq, hkv, sq, sk, d, scale * LOG2E, scale)
     flags = dict(CAUSAL=causal, HAS_KPM=kpm is not None, HAS_AM=am is not None, GATED=kind != NO_GATE, **cfg)
-    _dkdv_kernel[(triton.cdiv(sk, cfg["BLOCK_N"]), b * hkv)](q, k, v, kpm, am, grad, lse, delta, z, dk, dv,
-                                                              *common, **flags)
-    _dq_kernel[(triton.cdiv(sq, cfg["BLOCK_M"]), b * hq)](q, k, v, kpm, am, grad, lse, delta, z, dq, *common, **flags)
+    _dkdv_kernel[(triton.cdiv(sk, cfg["BLOCK_N"]) * b * hkv,)](q, k, v, kpm, am, grad, lse, delta, z, dk, dv,
+                                                                *common, **flags)
+    _dq_kernel[(triton.cdiv(sq, cfg["BLOCK_M"]) * b * hq,)](q, k, v, kpm, am, grad, lse, delta, z, dq, *common,
+                                                             **flags)
     return (dq, dk, dv, *_gate_grads(kind, dz, dze, mu, log_sigma2, training, g, lambda: delta.new_empty(0)))
 
 

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ..reference.masked_linear import activation_id, needs_preactivation, scaled_input
 from ..reference.rng import split_seed
-from . import launch
+from . import launch, linear_configs
 from .rounding import cast_out
 from .vib import gate_columns, gate_noise  # the VIB gate's per-column parameters and its noise, shared with vib_gate
 
@@ -85,9 +85,9 @@ def _out_gate(gate_ptr, mu_ptr, log_sigma2_ptr, eps_ptr, rows, col0, cols, mask,
 
 # ----------------------------------------------------------------------------------------------------------
 # forward: GEMM + epilogue
-@triton.jit(do_not_specialize=launch.SEED_ARGS)
+@triton.jit(do_not_specialize=launch.SEED_ARGS + ["M_BUCKET"])
 def _forward_kernel(x_ptr, w_ptr, w2_ptr, b_ptr, b2_ptr, in_gate_ptr, gate_ptr, mu_ptr, log_sigma2_ptr, eps_ptr,
-                    y_ptr, h_ptr, h2_ptr, M, N, K, G, block_width, seed_lo, seed_hi,
+                    y_ptr, h_ptr, h2_ptr, M, N, K, G, block_width, seed_lo, seed_hi, M_BUCKET,
                     ACT: tl.constexpr, GATE: tl.constexpr, TRAINING: tl.constexpr, HAS_EPS: tl.constexpr,
                     HAS_BIAS: tl.constexpr, IN_GATE: tl.constexpr, SWIGLU: tl.constexpr, SAVE_H: tl.constexpr,
                     DOT_F32: tl.constexpr, PRECISION: tl.constexpr, ROUND_BF16: tl.constexpr,
@@ -155,15 +155,9 @@ def _forward_kernel(x_ptr, w_ptr, w2_ptr, b_ptr, b2_ptr, in_gate_ptr, gate_ptr, 
     tl.store(y_ptr + offs, cast_out(a * z, out_ty, ROUND_BF16), mask=mask)
 
 
-def _gpu_configs():
-    # Hopper/Ampere-friendly tiles; configs that exceed shared memory (two weights of SwiGLU) are skipped
-    shapes = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
-              (64, 64, 64, 4, 4), (128, 128, 32, 4, 4)]
-    return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, GROUP_M=8), num_warps=w, num_stages=s)
-            for m, n, k, w, s in shapes]
-
-
-_forward_tuned = triton.autotune(_gpu_configs(), key=["M", "N", "K", "SWIGLU", "IN_GATE"])(_forward_kernel)
+# tuned per (row bucket, N, K, flags, dtypes); tiles that cannot fit the GPU are dropped before compiling
+_forward_tuned = triton.autotune(linear_configs.all_configs(), key=["M_BUCKET", "N", "K", "SWIGLU", "IN_GATE"],
+                                 prune_configs_by={"early_config_prune": linear_configs.prune})(_forward_kernel)
 
 
 def _interpreter_config(m: int, n: int, k: int) -> dict:
@@ -175,11 +169,6 @@ def _interpreter_config(m: int, n: int, k: int) -> dict:
 
 def _gate_kind(out_gate, mu) -> int:
     return _VECTOR_GATE if out_gate is not None else _VIB_GATE if mu is not None else _NO_GATE
-
-
-def _precision(dtype) -> str:
-    # fp32 GEMMs follow torch's setting (full fp32 unless torch allows tf32); 16-bit operands take the default
-    return "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
 
 
 def _launch_forward(x, w, w2, b, b2, in_gate, out_gate, mu, log_sigma2, eps, seed, training, activation, save_h,
@@ -194,11 +183,12 @@ def _launch_forward(x, w, w2, b, b2, in_gate, out_gate, mu, log_sigma2, eps, see
     groups = in_gate.shape[-1] if in_gate is not None else 1
     in_kind = _NO_IN_GATE if in_gate is None else _IN_GATE_PER_ROW if in_gate.dim() == 2 else _IN_GATE_SHARED
     lo, hi = split_seed(seed)
-    args = (x2, w, w2, b, b2, in_gate, out_gate, mu, log_sigma2, eps, y, h, h2, m, n, k, groups, k // groups, lo, hi)
+    args = (x2, w, w2, b, b2, in_gate, out_gate, mu, log_sigma2, eps, y, h, h2, m, n, k, groups, k // groups, lo, hi,
+            linear_configs.row_bucket(m))
     flags = dict(ACT=activation_id(activation, op), GATE=_gate_kind(out_gate, mu), TRAINING=training,
                  HAS_EPS=eps is not None, HAS_BIAS=b is not None, IN_GATE=in_kind, SWIGLU=w2 is not None,
                  SAVE_H=save_h, DOT_F32=launch.interpreted() and x2.dtype == torch.bfloat16,
-                 PRECISION=_precision(x2.dtype), ROUND_BF16=launch.round_bf16_by_hand(x2.dtype))
+                 PRECISION=launch.dot_precision(x2.dtype), ROUND_BF16=launch.round_bf16_by_hand(x2.dtype))
     if launch.interpreted():
         cfg = _interpreter_config(m, n, k)
         grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)

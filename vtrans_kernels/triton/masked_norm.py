@@ -30,10 +30,13 @@ _NO_GATE, _VECTOR_GATE, _VIB_TRAIN, _VIB_EVAL = 0, 1, 2, 3
 @triton.jit
 def _gate(a_ptr, log_sigma2_ptr, cols, col_mask, GATE: tl.constexpr):
     # Per-column (a, sigma) with z = a + sigma * noise: the vector gate has sigma 0, VIB evaluation a = mu*keep.
+    # The else is needed: the compiler (unlike the interpreter) compiles what follows a returning constexpr branch.
     if GATE == 1:
         a = tl.load(a_ptr + cols, mask=col_mask, other=0.0)
-        return a, tl.zeros_like(a)
-    return gate_columns(a_ptr, log_sigma2_ptr, cols, col_mask, GATE == 2)
+        sigma = tl.zeros_like(a)
+    else:
+        a, sigma = gate_columns(a_ptr, log_sigma2_ptr, cols, col_mask, GATE == 2)
+    return a, sigma
 
 
 @triton.jit
@@ -163,7 +166,7 @@ def _backward_kernel(gy_ptr, gh_ptr, h_ptr, mean_ptr, rstd_ptr, keep_ptr, w_ptr,
 def _tile(rows: int, hidden: int) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_H, num_warps): whole rows per program; the interpreter gets bigger tiles (its cost is
     per program, not per element)."""
-    if hidden > MAX_HIDDEN:
+    if hidden > MAX_HIDDEN:  # the dispatcher falls back before this (limits.call_limits); direct calls land here
         raise ValueError(f"vtrans masked norm (triton): hidden size {hidden} exceeds {MAX_HIDDEN}; "
                          f"use the torch backend")
     block_h = max(4, triton.next_power_of_2(hidden))  # >= 4: one Philox block per 4 columns
