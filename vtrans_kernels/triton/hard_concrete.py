@@ -101,11 +101,11 @@ def _deterministic_kernel(log_alpha_ptr, grad_ptr, out_ptr, C, shift, value_scal
         j = j0 + tl.arange(0, BLOCK_J)
         j_mask = j < C
         la_j = tl.load(log_alpha_ptr + row_base + j, mask=j_mask, other=0.0).to(tl.float32)
-        expected += tl.where(j_mask, tl.sigmoid(la_j - shift), 0.0)
+        expected += tl.where(j_mask & (la_j == la_j), tl.sigmoid(la_j - shift), 0.0)  # a NaN unit counts 0
         ahead = (la_j[None, :] > la_i[:, None]) | ((la_j[None, :] == la_i[:, None]) & (j[None, :] < i[:, None]))
         above += tl.sum((ahead & j_mask[None, :]).to(tl.int32), axis=1)
     keep_count = tl.floor(tl.sum(expected, axis=0) + 0.5)
-    keep = above.to(tl.float32) < keep_count
+    keep = (above.to(tl.float32) < keep_count) & (la_i == la_i)  # NaN: pruned, and never ahead of a unit
     value = tl.sigmoid(la_i * value_scale)
     if BACKWARD:
         g = tl.load(grad_ptr + row_base + i, mask=i_mask, other=0.0).to(tl.float32)

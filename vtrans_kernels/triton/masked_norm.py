@@ -43,8 +43,8 @@ def _gate(a_ptr, log_sigma2_ptr, cols, col_mask, GATE: tl.constexpr):
 def _normalise(h, keep, mean, rstd, RMS: tl.constexpr):
     # the normalised rows on kept dims, 0 on pruned ones: (h - mean) * rstd (LayerNorm) or h * rstd (RMSNorm)
     if RMS:
-        return h * keep[None, :] * rstd[:, None]
-    return (h - mean[:, None]) * keep[None, :] * rstd[:, None]
+        return tl.where(keep[None, :] != 0.0, h, 0.0) * rstd[:, None]
+    return tl.where(keep[None, :] != 0.0, h - mean[:, None], 0.0) * rstd[:, None]
 
 
 @triton.jit(do_not_specialize=launch.SEED_ARGS)
@@ -61,6 +61,8 @@ def _forward_kernel(x_ptr, res_ptr, keep_ptr, w_ptr, b_ptr, a_ptr, log_sigma2_pt
     offs = rows[:, None] * H + cols[None, :]
     keep = tl.load(keep_ptr + cols, mask=col_mask, other=0.0)
     inv_count = 1.0 / tl.maximum(tl.sum(keep, axis=0), 1.0)  # all-zero keep: statistics 0, y = 0
+    kept = keep != 0.0  # pruned dims are never read (selects, not * keep): a NaN there changes nothing
+    par_mask = col_mask & kept
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     h = x.to(tl.float32)
     if HAS_RES:
@@ -69,18 +71,18 @@ def _forward_kernel(x_ptr, res_ptr, keep_ptr, w_ptr, b_ptr, a_ptr, log_sigma2_pt
         h = h_out.to(tl.float32)
     if RMS:
         mean = tl.zeros([BLOCK_R], dtype=tl.float32)
-        centered = h * keep[None, :]
+        centered = tl.where(kept[None, :], h, 0.0)
     else:
-        mean = tl.sum(h * keep[None, :], axis=1) * inv_count
-        centered = (h - mean[:, None]) * keep[None, :]
+        mean = tl.sum(tl.where(kept[None, :], h, 0.0), axis=1) * inv_count
+        centered = tl.where(kept[None, :], h - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=1) * inv_count + eps)
     y = centered * rstd[:, None]
     if HAS_W:
-        y *= tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        y *= tl.load(w_ptr + cols, mask=par_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
-        y = (y + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]) * keep[None, :]
+        y = (y + tl.load(b_ptr + cols, mask=par_mask, other=0.0).to(tl.float32)[None, :]) * keep[None, :]
     if GATE != 0:
-        a, sigma = _gate(a_ptr, log_sigma2_ptr, cols, col_mask, GATE)
+        a, sigma = _gate(a_ptr, log_sigma2_ptr, cols, par_mask, GATE)
         z = tl.zeros([BLOCK_R, BLOCK_H], dtype=tl.float32) + a[None, :]
         if GATE == 2:
             z += sigma[None, :] * gate_noise(noise_ptr, offs, mask, seed_lo, seed_hi, rows, 0, HAS_NOISE, BLOCK_H)
@@ -102,11 +104,12 @@ def _backward_kernel(gy_ptr, gh_ptr, h_ptr, mean_ptr, rstd_ptr, keep_ptr, w_ptr,
     col_mask = cols < H
     keep = tl.load(keep_ptr + cols, mask=col_mask, other=0.0)
     inv_count = 1.0 / tl.maximum(tl.sum(keep, axis=0), 1.0)
+    par_mask = col_mask & (keep != 0.0)
     w = keep * 0.0 + 1.0
     if HAS_W:
-        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=par_mask, other=0.0).to(tl.float32)
     if GATE != 0:
-        a, sigma = _gate(a_ptr, log_sigma2_ptr, cols, col_mask, GATE)
+        a, sigma = _gate(a_ptr, log_sigma2_ptr, cols, par_mask, GATE)
     dw = tl.zeros([BLOCK_H], dtype=tl.float32)
     db = tl.zeros([BLOCK_H], dtype=tl.float32)
     da = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -128,7 +131,7 @@ def _backward_kernel(gy_ptr, gh_ptr, h_ptr, mean_ptr, rstd_ptr, keep_ptr, w_ptr,
             # the gate's gradient needs the ungated output y0; the norm's needs g * z
             y0 = xhat * w[None, :]
             if HAS_B:
-                y0 = (y0 + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]) * keep[None, :]
+                y0 = (y0 + tl.load(b_ptr + cols, mask=par_mask, other=0.0).to(tl.float32)[None, :]) * keep[None, :]
             gy0 = g * y0
             da += tl.sum(gy0, axis=0)
             z = tl.zeros([BLOCK_R, BLOCK_H], dtype=tl.float32) + a[None, :]
