@@ -9,7 +9,6 @@ import shlex
 import pytest
 import torch
 import transformers
-from tiny_models import build
 from tiny_text import model_folder, tokenizer, write_data
 
 from vtrans_kernels.cli import main

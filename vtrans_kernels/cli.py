@@ -20,13 +20,15 @@ def _compact(args) -> int:
     from .prune.outdir import check_not_input, prepare_out
 
     check_not_input(args.out, {"--model": args.model, "--masks": args.masks})
-    prepare_out(args.out, resume=False, overwrite=args.overwrite, ours=_compact_output)
+    settings = dict(resume=False, overwrite=args.overwrite, ours=_compact_output)
+    prepare_out(args.out, **settings, clear=False)
     plan = CompactionPlan.load(args.masks)
     model = load_model(args.model)
     _check_plan_weights(plan, model, args.force)
     before = sum(p.numel() for p in model.parameters())
     compacted = compact(model, plan, round_to=args.round_to)
     after = sum(p.numel() for p in compacted.parameters())
+    prepare_out(args.out, **settings)
     out = save_compacted(compacted, args.out)
     with staged_folder(out) as stage:  # copies land through renames, never through links planted in --out
         for name in TOKENIZER_FILES:
@@ -158,8 +160,9 @@ def _prune(args) -> int:
     data = load_text_data(args.data, args.task, num_labels=head)
     labels = head or (len(data.label_names) if data.label_names else None)
     device = _init_distributed(args.device)
-    if _is_main():
-        prepare_out(args.out, resume=args.resume, overwrite=args.overwrite, ours=_prune_output)
+    settings = dict(resume=args.resume, overwrite=args.overwrite, ours=_prune_output)
+    if _is_main():  # rank 0 alone writes --out; other ranks could see its first files and refuse
+        prepare_out(args.out, **settings, clear=False)
 
     def load():
         seed_everything(args.seed)  # a fresh classifier head is drawn the same way every time
@@ -167,6 +170,8 @@ def _prune(args) -> int:
 
     model, tokenizer = load()
     model.to(device)
+    if _is_main():
+        prepare_out(args.out, **settings)
     options = PipelineOptions(task=args.task, max_length=args.max_length, teacher_steps=args.teacher_steps,
                               resume=args.resume, progress=not args.no_progress, fsdp=args.fsdp)
     try:

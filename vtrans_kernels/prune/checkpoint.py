@@ -33,7 +33,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     truncated or corrupt file, or one holding other Python objects (old pickled checkpoints)."""
     path = Path(path)
     if not path.is_file() and not path.is_symlink():
-        raise FileNotFoundError(f"resume: no checkpoint at {path}")
+        raise FileNotFoundError(f"resume: no checkpoint at {path} (no run there, or it stopped before its first "
+                                "checkpoint: start it again with --overwrite)")
     with open_existing(path, "rb") as f:
         try:
             state = torch.load(f, map_location="cpu", weights_only=True)

@@ -30,10 +30,12 @@ def check_not_input(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLi
                              "deletes files there; keep inputs outside --out")
 
 
-def prepare_out(out: str | os.PathLike, *, resume: bool, overwrite: bool, ours: Callable[[str], bool]) -> Path:
+def prepare_out(out: str | os.PathLike, *, resume: bool, overwrite: bool, ours: Callable[[str], bool],
+                clear: bool = True) -> Path:
     """Make ``out`` ready for a run: with ``resume`` it is used as it is; otherwise it must be missing or empty,
-    or with ``overwrite`` the entries ``ours(name)`` accepts (an earlier run's files) are removed first, links
-    removed without following them. Raises ``ValueError`` naming the folder and what to pass."""
+    or with ``overwrite`` the entries ``ours(name)`` accepts (an earlier run's files) are removed, links removed
+    without following them. ``clear=False`` only checks (call it again once the inputs have loaded, so that a
+    failing input does not cost the earlier run). Raises ``ValueError`` naming the folder and what to pass."""
     out = Path(out)
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
@@ -46,7 +48,7 @@ def prepare_out(out: str | os.PathLike, *, resume: bool, overwrite: bool, ours: 
         shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
         raise ValueError(f"--out {out} is not empty ({shown}); pass --resume to continue the run there, --overwrite "
                          "to replace it, or choose another --out")
-    for name in entries:
+    for name in entries if clear else ():
         if ours(name):
             path = out / name
             if path.is_dir() and not path.is_symlink():

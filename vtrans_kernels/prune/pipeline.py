@@ -9,9 +9,9 @@ from pathlib import Path
 
 from torch import nn
 
+from ..fileio import real_folder, staged_folder, write_text
 from ..hf.compact import compact
 from ..hf.masked_eval import masked_by_plan
-from ..fileio import real_folder, staged_folder, write_text
 from ..hf.serialization import save_compacted
 from .checkpoint import load_checkpoint, save_atomic
 from .config import PruneConfig
