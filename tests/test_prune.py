@@ -10,6 +10,7 @@ from tiny_text import rows, tokenizer
 from vtrans_kernels.hf import adapter_for, compact
 from vtrans_kernels.masks import SizeMeasure
 from vtrans_kernels.prune import NonFiniteLossError, PruneConfig, Pruner, run_pruning
+from vtrans_kernels.prune.checkpoint import load_checkpoint
 from vtrans_kernels.prune.data import Batches, TextData, tokenize_classification, tokenize_lm
 from vtrans_kernels.prune.oneshot import oneshot_plan
 
@@ -110,7 +111,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, features):
     model.classifier.register_forward_hook(poison)
     with pytest.raises(NonFiniteLossError, match="step 5"):
         run_pruning(model, Batches(features, 8), config, tmp_path, progress=False)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["masks"].values())
 
