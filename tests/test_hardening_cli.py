@@ -156,8 +156,9 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path, model_dir,
     command = shlex.split(err.split("resume with: ")[1])
     assert command[0] == "vtrans" and command[-1] == "--resume"
     monkeypatch.setattr(Pruner, "train_step", original)
+    (out / "compacted" / ".staging-killed.tmp").mkdir(parents=True)  # as if a save there had been killed
     assert main(command[1:]) == 0
-    assert (out / "plan.json").is_file()
+    assert (out / "plan.json").is_file() and not (out / "compacted" / ".staging-killed.tmp").exists()
 
 
 class _Payload:
@@ -194,6 +195,7 @@ def test_links_planted_in_the_output_folder_are_not_followed(tmp_path, model_dir
     victims.mkdir()
     out = _copy(finished, tmp_path / "out")
     (out / "compacted").symlink_to(victims)  # the run's compacted model would land in the victims' folder
+    (out / ".staging-killed.tmp").mkdir()  # what a save killed midway leaves
     names = ("config.json", "plan.json", "summary.json", "masks.pt", "kept_units.png", "training.png",
              "checkpoint.pt.tmp", "plan.json.tmp")
     for name in names:
@@ -204,6 +206,7 @@ def test_links_planted_in_the_output_folder_are_not_followed(tmp_path, model_dir
     assert all((victims / name).read_text() == "keep me" for name in names)
     assert sorted(os.listdir(victims)) == sorted(names)
     assert not any((out / name).is_symlink() for name in os.listdir(out))
+    assert not [name for name in os.listdir(out) + os.listdir(out / "compacted") if name.endswith(".tmp")]
     (out / "log.jsonl").unlink()
     (out / "log.jsonl").symlink_to(victims / "plan.json")
     assert _prune(model_dir, data_file, out, "--teacher-steps", "1", "--resume") == 2

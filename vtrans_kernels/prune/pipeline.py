@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..fileio import real_folder, staged_folder, write_text
+from ..fileio import real_folder, remove_stale_temporaries, staged_folder, write_text
 from ..hf.compact import compact
 from ..hf.masked_eval import masked_by_plan
 from ..hf.serialization import save_compacted
@@ -112,7 +112,9 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
              temperature=config.temperature, progress=options.progress, desc="fine-tune compacted")
     times["compact_finetune_s"] = time.perf_counter() - start
     compacted_metrics = evaluate(compacted, dev_batches, options.task)
-    saved = save_compacted(compacted, real_folder(out / "compacted"))
+    folder = real_folder(out / "compacted")
+    remove_stale_temporaries(folder)  # what a save killed midway left
+    saved = save_compacted(compacted, folder)
     with staged_folder(saved) as stage:  # tokenizer files land through renames, never through planted links
         tokenizer.save_pretrained(stage)
 
