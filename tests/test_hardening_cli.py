@@ -233,7 +233,7 @@ def test_compact_refuses_plans_for_other_models(tmp_path, model_dir, finished, c
 
 
 @pytest.mark.parametrize("case", ["zero-byte weights", "truncated weights", "zero-byte data", "header-only data",
-                                  "plan index 1e400"])
+                                  "label outside the classifier", "plan index 1e400"])
 def test_unreadable_inputs_are_one_line_errors(tmp_path, model_dir, data_file, capsys, case):
     model, data = model_dir, data_file
     if "weights" in case:
@@ -243,6 +243,9 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path, model_dir, data_file, c
     elif "data" in case:
         data = tmp_path / "data.csv"
         data.write_text("" if "zero" in case else "text,label\n")
+    elif "classifier" in case:  # the model folder holds a trained 2-label classifier
+        data = tmp_path / "data.csv"
+        data.write_text("text,label\nw1 w2,0\nw3,1\nw4 w5,2\n")
     if case == "plan index 1e400":
         (tmp_path / "plan.json").write_text('{"ffn": {"0": [1e400]}}')
         code = main(["compact", "--model", str(model), "--masks", str(tmp_path / "plan.json"),
@@ -253,4 +256,6 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path, model_dir, data_file, c
     assert code == 2
     assert {"zero-byte weights": "--model: cannot load", "truncated weights": "--model: cannot load",
             "zero-byte data": "is empty (0 bytes)", "header-only data": "has a header (text, label) but no data rows",
+            "label outside the classifier": "row 3 (line 4), column 'label': class id 2 is outside the model's 2 "
+                                            "labels (0..1)",
             "plan index 1e400": "expected integer unit indices, got inf"}[case] in err
