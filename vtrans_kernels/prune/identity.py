@@ -22,7 +22,7 @@ def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
     tensor = tensor.detach()
     digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
     if tensor.device.type != "meta":
-        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # a buffer: no copy
 
 
 def tensors_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
