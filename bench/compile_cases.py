@@ -102,12 +102,15 @@ def _linear_cases(full):
                  ("llama7b-down", "none", "vib", True, "seed", False, "none"),
                  ("llama7b-ffn", "silu", "none", True, "none", False, "none")]
     for i, flags in enumerate(flag_sets):
-        dtypes = DTYPES if full or i == 0 else {"bf16": torch.bfloat16} if i % 2 else {"fp16": torch.float16}
+        quick = {"bf16": torch.bfloat16, "fp32": torch.float32} if i == 0 else \
+            {"fp16": torch.float16} if i == 3 else {"bf16": torch.bfloat16}
+        dtypes = DTYPES if full else quick
         for (dname, dt), backward in itertools.product(dtypes.items(), (False, True)):
             label = f"masked_linear{'_backward' if backward else ''} {dname} " + " ".join(map(str, flags))
             out.append((label, _linear_call(dt, *flags, backward)))
     for i, (gate, training) in enumerate((("vib", True), ("vib", False), ("vector", True), ("none", True))):
-        dtypes = DTYPES if full or i == 0 else {"bf16": torch.bfloat16}
+        dtypes = DTYPES if full else {"bf16": torch.bfloat16, "fp32": torch.float32} if i == 0 else \
+            {"bf16": torch.bfloat16}
         for (dname, dt), backward in itertools.product(dtypes.items(), (False, True)):
             label = f"masked_swiglu{'_backward' if backward else ''} {dname} llama7b gate={gate} train={training}"
             out.append((label, _swiglu_call(dt, "llama7b-ffn", gate, training, i == 2, backward)))
@@ -142,14 +145,18 @@ def _norm_cases(full):
     out = []
     gates = ("none", "vector", "vib-seed", "vib-eps", "vib-eval")
     for rms, (dname, dt), gate in itertools.product((False, True), DTYPES.items(), gates):
-        if not full and dname != "bf16" and gate not in ("vib-seed", "vector"):
+        # quick: every gate once (LayerNorm bf16), RMSNorm's VIB gate, and each dtype once
+        quick = (dname == "bf16" and (not rms or gate == "vib-seed")) or (not rms and gate == "vib-seed")
+        if not (full or quick):
             continue
         for backward in (False, True):
             name = f"masked_{'rms' if rms else 'layer'}_norm{'_backward' if backward else ''}"
-            out.append((f"{name} {dname} w=4096 gate={gate} residual=True",
-                        _norm_call(rms, dt, 4096, 8192, gate, True, backward)))
-    widths = (768, 5120, 8192, 16384) if full else (768, 16384)
+            out.append((f"{name} {dname} w=2048 gate={gate} residual=True",
+                        _norm_call(rms, dt, 2048, 8192, gate, True, backward)))
+    widths = (768, 4096, 5120, 8192, 16384)
     for rms, (dname, dt), width in itertools.product((False, True), DTYPES.items(), widths):
+        if not full and (dname != "bf16" or width in (5120, 8192)):
+            continue
         for backward in (False, True):
             name = f"masked_{'rms' if rms else 'layer'}_norm{'_backward' if backward else ''}"
             out.append((f"{name} {dname} w={width} gate=vib-seed residual=False",
@@ -189,7 +196,8 @@ def _attention_cases(full):
               ("bert-base", "vib-eps", "padding"), ("llama7b-gqa", "vib-eval", "causal"),
               ("llama7b-gqa", "none", "none"), ("many-heads", "vib-seed", "padding")]
     for i, (shape, gate, mask) in enumerate(combos):
-        dtypes = DTYPES if full or i < 3 else {"bf16": torch.bfloat16}
+        dtypes = DTYPES if full or i == 0 else {"bf16": torch.bfloat16} if i != 2 else \
+            {"bf16": torch.bfloat16, "fp32": torch.float32}
         for (dname, dt), backward in itertools.product(dtypes.items(), (False, True)):
             label = f"masked_attention{'_backward' if backward else ''} {dname} {shape} gate={gate} mask={mask}"
             out.append((label, _attention_call(dt, *_ATTN_SHAPES[shape], gate, mask, backward)))

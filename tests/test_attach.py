@@ -171,16 +171,18 @@ def test_default_wiring_is_fused_on_cuda_only():
         assert masks.fused is True and _fused_modules(model) > 0
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", list(BUILDERS))
-def test_fused_wiring_equals_the_hooks(name, method):
+def test_fused_wiring_equals_the_hooks(name, method, device):
     """attach routes the masks through the fused ops; the hook wiring is the oracle: same noise, same outputs
-    and the same gradients for every mask parameter and weight, in training and in evaluation."""
+    and the same gradients for every mask parameter and weight, in training and in evaluation (one fused
+    mask-training step per architecture family; on CUDA too when there is a GPU: the GPU check runs it)."""
     results = {}
     for fused in (True, False):
-        model = build(name)
+        model = build(name).to(device)
         _no_dropout(model)
-        x = inputs(model)
+        x = {k: v.to(device) for k, v in inputs(model).items()}
         torch.manual_seed(0)
         masks = vk.attach(model, method, seed=5, fused=fused)
         _randomize(masks, seed=2)

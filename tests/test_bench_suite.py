@@ -7,6 +7,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where bench/ lives
 
@@ -142,3 +143,10 @@ def test_append_rows_keeps_columns_aligned_when_a_column_is_added(tmp_path):
     with path.open() as f:
         rows = list(csv.DictReader(f))
     assert [tuple(r.values()) for r in rows] == [("1", "2", ""), ("3", "4", ""), ("5", "6", "7"), ("8", "", "")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gets")
+def test_gpu_check_needs_a_gpu_and_says_so():
+    from bench import gpu_check
+    with pytest.raises(SystemExit, match="no CUDA device is visible"):
+        gpu_check.main(["--budget", "1"])

@@ -168,7 +168,8 @@ def _by_design(name: str, op: str, device_type: str, dtype: torch.dtype) -> bool
 
 
 def _warn_fallback_once(device_type: str, op: str, name: str, reasons: list[str]) -> None:
-    key = (device_type, op, name, tuple(reasons))
+    # once per backend and reason (a missing backend warns once, not once per op), naming the first op it hit
+    key = (device_type, name, tuple(reasons))
     if key not in _warned:
         _warned.add(key)
         warnings.warn(f"vtrans_kernels: vtrans.{op} on {device_type} falls back from the {name!r} backend: "

@@ -1,19 +1,20 @@
 """Compile the package's Triton kernels for a real NVIDIA GPU on a machine without one.
 
 Triton's NVIDIA backend (TTGIR -> LLVM -> PTX -> ptxas -> cubin) runs on any machine; only loading and
-launching the cubin needs a GPU. ``stand_in_gpu(arch)`` makes Triton's active driver a stand-in for an sm_<arch>
-device: compiling works as on the real GPU, loading checks the shared-memory limit and reads registers and local
-(spill) memory from the cubin with the ``cuobjdump`` that ships in the triton wheel, and launching checks the
-grid against CUDA's limits and does nothing else. The package's own launchers then run on ``device="meta"``
+launching the cubin needs a GPU. ``activate(arch)`` makes Triton's active driver a stand-in for an sm_<arch>
+device: compiling works as on the real GPU, loading checks the shared-memory limit and reads the registers from
+the cubin (``cuobjdump``, shipped in the triton wheel) and the spill stores from ptxas' log, and launching checks
+the grid against CUDA's limits and does nothing else. The package's own launchers then run on ``device="meta"``
 tensors, so what is checked is exactly what a GPU user's call compiles, autotuner included (configs over the
 shared-memory limit raise ``OutOfResources`` and drop out, as on the GPU).
 
-Every kernel loaded is recorded as a ``KernelRecord``. A process can hold one stand-in target only: Triton
-caches compiled kernels per device index, so check sm_90 and sm_80 in separate processes
-(``python -m vtrans_kernels.triton.compile_check`` does that). Triton must not be in interpreter mode.
+Every kernel loaded is recorded as a ``KernelRecord``. A process can hold one stand-in target only (Triton
+caches compiled kernels per device index), for the rest of its life: check sm_90 and sm_80 in separate
+processes, as ``python -m bench.compile_check`` does. Triton must not be in interpreter mode.
 """
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -52,11 +53,12 @@ class _Recorder:
         self.case = ""
         self.records: list[KernelRecord] = []
         self.pending: KernelRecord | None = None
+        self.seen: dict = {}
         self.ptxas_log = ""
         self.stdout = None
 
     def write(self, text):
-        if "ptxas" in text or "spill" in text:
+        if text.lstrip().startswith("ptxas"):
             self.ptxas_log += text
         else:
             self.stdout.write(text)
@@ -102,7 +104,8 @@ class _Utils:
         record = _recorder.pending
         if record is not None:
             record.registers = regs
-        return None, None, regs, record.spill_bytes if record is not None else 0, 1024
+        # a non-None module: Triton loads a kernel once, when its module is still None
+        return name, 0, regs, record.spill_bytes if record is not None else 0, 1024
 
     def unload_module(self, module):
         pass
@@ -119,6 +122,12 @@ class _Launcher:
                               spill_bytes=_recorder.take_spills())
         if metadata.shared > MAX_SHARED[metadata.target.arch]:
             record.error = f"shared memory {metadata.shared} > {MAX_SHARED[metadata.target.arch]}"
+        key = (record.case, record.kernel, json.dumps(record.constexprs, sort_keys=True), record.num_warps,
+               record.num_stages)
+        if key in _recorder.seen:  # the autotuner's final launch of a config it already benchmarked
+            _recorder.pending = _recorder.seen[key]
+            return
+        _recorder.seen[key] = record
         _recorder.records.append(record)
         _recorder.pending = record
 
@@ -195,7 +204,7 @@ def activate(arch: int) -> list[KernelRecord]:
     if _recorder.stdout is None:
         _recorder.stdout, sys.stdout = sys.stdout, _recorder
     driver.set_active(StandInDriver(arch))
-    _recorder.records = []
+    _recorder.records, _recorder.seen = [], {}
     return _recorder.records
 
 

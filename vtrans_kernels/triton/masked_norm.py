@@ -166,7 +166,7 @@ def _backward_kernel(gy_ptr, gh_ptr, h_ptr, mean_ptr, rstd_ptr, keep_ptr, w_ptr,
         tl.store(dls2_part_ptr + part, 0.5 * sigma * dls2, mask=col_mask)
 
 
-def _tile(rows: int, hidden: int) -> tuple[int, int, int]:
+def _tile(rows: int, hidden: int, backward: bool = False) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_H, num_warps): whole rows per program; the interpreter gets bigger tiles (its cost is
     per program, not per element)."""
     if hidden > MAX_HIDDEN:  # the dispatcher falls back before this (limits.call_limits); direct calls land here
@@ -175,7 +175,10 @@ def _tile(rows: int, hidden: int) -> tuple[int, int, int]:
     block_h = max(4, triton.next_power_of_2(hidden))  # >= 4: one Philox block per 4 columns
     elems = 16384 if launch.interpreted() else 4096
     block_r = max(1, min(triton.next_power_of_2(rows), elems // block_h))
-    warps = min(16, max(4, block_r * block_h // 512))
+    # forward: 8 elements per thread (16 spill with the in-kernel noise); the backward keeps four per-column
+    # accumulators and four per-column parameters, so 16 per thread with fewer warps (more registers each:
+    # 16 warps cap a thread at 128). Rows wider than 2048 spill (bench/compile_check.py reports how much).
+    warps = min(16, max(4, block_r * block_h // (512 if backward else 256)))
     return block_r, block_h, warps
 
 
@@ -211,7 +214,7 @@ def _forward(rms, x, residual, keep, weight, bias, eps, out_gate, mu, log_sigma2
 def _backward(rms, grad_y, grad_h, h, mean, rstd, keep, weight, bias, eps, out_gate, mu, log_sigma2, noise, seed,
               training):
     rows, hidden = rows_cols(h)
-    block_r, block_h, warps = _tile(rows, hidden)
+    block_r, block_h, warps = _tile(rows, hidden, backward=True)
     gate, a = _gate_mode(out_gate, mu, training)
     # enough row programs to fill the GPU, few enough that the partial sums stay small
     progs = max(1, min(triton.cdiv(rows, block_r), 1 if launch.interpreted() else 264))
