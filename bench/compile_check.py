@@ -1,6 +1,6 @@
 """Compile every Triton kernel of the package for real GPUs (sm_90 and sm_80 by default) on a machine without one.
 
-    python -m bench.compile_check [--full] [--arch 90 80] [--out bench/results/compile]
+    python -m bench.compile_check [--full] [--arch 90 80] [--out bench/results/compile/triton-<version>]
 
 Each target compiles in its own process (vtrans_kernels.triton.compile_only: one stand-in GPU per process),
 both in parallel, with a fresh Triton cache so that ptxas reports every kernel's spills. Writes
@@ -65,7 +65,7 @@ def _worker(arch: int, full: bool, out: Path) -> None:
                                "seconds": time.time() - start, "cpu_seconds": cpu, "tunings": tunings}))
 
 
-def run(archs=(90, 80), full: bool = False, out: Path = RESULTS) -> dict:
+def run(archs=(90, 80), full: bool = False, out: Path = RESULTS / "latest") -> dict:
     """Compile for each target in parallel subprocesses; returns {"records", "failures", "seconds"} merged and
     writes the CSVs and summary under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -166,10 +166,14 @@ def summary(result: dict) -> str:
         lines.append(f"| {family} | sm_{arch} | {len(rows)} | {max((r['shared'] for r in rows), default=0)} | "
                      f"{max((r['registers'] or 0 for r in rows), default=0)} | {spill16} / {spill32} | "
                      f"{failed.get((family, arch), 0)} |")
+    import triton
+    versions = f"triton {triton.__version__}, ptxas of that wheel, CPU-only machine (stand-in driver)"
     secs = ", ".join(f"sm_{a}: {s} s wall, {result['cpu_seconds'][a]} s CPU" for a, s in result["seconds"].items())
     tunings = ", ".join(f"sm_{a}: {t['tunings']} tunings over {t['shapes']} row counts"
                         for a, t in result["tunings"].items())
-    return "\n".join(lines) + f"\n\nCompile time per target (one process each, in parallel): {secs}\nmasked_linear autotuning: {tunings}\n"
+    return (f"Compiled with {versions}.\n\n" + "\n".join(lines)
+            + f"\n\nCompile time per target (one process each, in parallel): {secs}\n"
+            + f"masked_linear autotuning: {tunings}\n")
 
 
 def _write(result: dict, out: Path) -> None:
@@ -189,14 +193,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="every dtype with every flag (slower)")
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (90 80)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for kernels.csv, failures.csv, summary.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for kernels.csv, failures.csv, summary.md "
+                             "(default: results/compile/triton-<version>)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         _worker(args.worker, args.full, args.json)
         return 0
-    result = run(tuple(args.arch), args.full, args.out)
+    import triton
+    result = run(tuple(args.arch), args.full, args.out or RESULTS / f"triton-{triton.__version__}")
     print(summary(result))
     found = problems(result)
     for line in found:

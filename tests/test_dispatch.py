@@ -36,7 +36,7 @@ def test_declined_call_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(backends, "_warned", set())
     x, keep, w = _wide_norm_inputs()
     x.requires_grad_(True)
-    with pytest.warns(RuntimeWarning, match="falls back from the 'triton' backend: hidden size 16392 exceeds"):
+    with pytest.warns(RuntimeWarning, match="falls back from the 'triton' backend to the PyTorch reference: hidden size 16392 exceeds"):
         y = ops.masked_rms_norm(x, keep, weight=w)
     y.sum().backward()
     with vtrans_kernels.use_backend("torch"):
@@ -58,7 +58,8 @@ def test_declined_call_falls_back_with_one_warning(monkeypatch):
 def test_forced_backend_raises_with_the_reason():
     x, keep, w = _wide_norm_inputs()
     with vtrans_kernels.use_backend("triton"):
-        with pytest.raises(RuntimeError, match="backend 'triton' was forced but cannot serve cpu torch.float32 tensors in this call: hidden size"):
+        with pytest.raises(RuntimeError, match="backend 'triton' was forced but cannot serve cpu torch.float32 "
+                                               "tensors in this call: hidden size"):
             ops.masked_rms_norm(x, keep, weight=w)
 
 

@@ -123,12 +123,15 @@ def select(op: str, device: torch.device, dtype: torch.dtype, args: tuple | None
                                f"{dtype} tensors in this call: {'; '.join(reasons)}")
         return BACKENDS[forced].load()
     order = _DEFAULT_ORDER.get(device.type, ("torch",))
+    declined = None  # (backend, reasons) when the preferred backend declines this call for a reason to report
     for name in order:
         reasons = BACKENDS[name].reasons(op, device.type, dtype, args)
         if not reasons:
+            if declined is not None:
+                _warn_fallback_once(device.type, op, *declined, name)
             return BACKENDS[name].load()
         if name == order[0] and not _by_design(name, op, device.type, dtype):
-            _warn_fallback_once(device.type, op, name, reasons)
+            declined = (name, reasons)
     return BACKENDS["torch"].load()
 
 
@@ -167,10 +170,11 @@ def _by_design(name: str, op: str, device_type: str, dtype: torch.dtype) -> bool
                                       _lacks(name, op) is not None)
 
 
-def _warn_fallback_once(device_type: str, op: str, name: str, reasons: list[str]) -> None:
+def _warn_fallback_once(device_type: str, op: str, name: str, reasons: list[str], used: str) -> None:
     # once per backend and reason (a missing backend warns once, not once per op), naming the first op it hit
     key = (device_type, name, tuple(reasons))
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(f"vtrans_kernels: vtrans.{op} on {device_type} falls back from the {name!r} backend: "
-                      f"{'; '.join(reasons)}", RuntimeWarning, stacklevel=4)
+        target = "the PyTorch reference" if used == "torch" else f"the {used!r} backend"
+        warnings.warn(f"vtrans_kernels: vtrans.{op} on {device_type} falls back from the {name!r} backend to "
+                      f"{target}: {'; '.join(reasons)}", RuntimeWarning, stacklevel=4)

@@ -156,7 +156,8 @@ def _forward_kernel(x_ptr, w_ptr, w2_ptr, b_ptr, b2_ptr, in_gate_ptr, gate_ptr, 
 
 
 # tuned per (row bucket, N, K, flags, dtypes); tiles that cannot fit the GPU are dropped before compiling
-_forward_tuned = triton.autotune(linear_configs.all_configs(), key=["M_BUCKET", "N", "K", "SWIGLU", "IN_GATE", "GATE", "TRAINING", "ACT"],
+_forward_tuned = triton.autotune(linear_configs.all_configs(),
+                                 key=["M_BUCKET", "N", "K", "SWIGLU", "IN_GATE", "GATE", "TRAINING", "ACT"],
                                  prune_configs_by={"early_config_prune": linear_configs.prune})(_forward_kernel)
 
 
