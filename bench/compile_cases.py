@@ -103,7 +103,7 @@ def _linear_cases(full):
                  ("llama7b-ffn", "silu", "none", True, "none", False, "none")]
     for i, flags in enumerate(flag_sets):
         quick = {"bf16": torch.bfloat16, "fp32": torch.float32} if i == 0 else \
-            {"fp16": torch.float16} if i == 3 else {"bf16": torch.bfloat16}
+            {"fp16": torch.float16, "fp32": torch.float32} if i == 3 else {"bf16": torch.bfloat16}
         dtypes = DTYPES if full else quick
         for (dname, dt), backward in itertools.product(dtypes.items(), (False, True)):
             label = f"masked_linear{'_backward' if backward else ''} {dname} " + " ".join(map(str, flags))

@@ -88,3 +88,8 @@ def test_shared_memory_estimate_matches_measured_tiles():
     cfg = triton.Config(dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8), num_warps=4, num_stages=4)
     assert linear_configs.shared_bytes(cfg, 2, 1, 80, in_gate=2) == 172032
     assert not linear_configs.fits(cfg, torch.float16, False, False, 2, 166912, 80)
+    # fp32 operands with an input gate stage the gated x tile once more: 128x64x32, 8 warps, 3 stages, per-row
+    # gate: 98304 bytes on both targets (the --full check found the estimate 16384 short before)
+    cfg = triton.Config(dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8), num_warps=8, num_stages=3)
+    assert linear_configs.shared_bytes(cfg, 4, 1, 90, in_gate=2) == 98304
+    assert linear_configs.shared_bytes(cfg, 4, 1, 80, in_gate=2) == 98304

@@ -5,7 +5,8 @@ Estimates (checked against the compiler's numbers for sm_80 and sm_90 by bench/c
 when a kept tile exceeds shared memory or a kept 16-bit tile spills):
 - shared memory: the pipeline keeps ``buffers`` copies of an x tile and one weight tile per weight (two with
   SwiGLU), plus the input gate's tile (fp32 [BLOCK_M, BLOCK_K] per row, [BLOCK_K] shared); Hopper's wgmma path
-  with 16-bit operands uses ``num_stages`` buffers, the mma path ``num_stages - 1`` (exact on sm_80);
+  with 16-bit operands uses ``num_stages`` buffers, the mma path ``num_stages - 1`` (exact on sm_80); with fp32
+  operands the gated x tile is staged once more (measured on both targets);
 - registers: the fp32 accumulators per thread and weight, ``BLOCK_M * BLOCK_N / (32 * num_warps)``, must leave
   room for the operands and the epilogue. Measured on sm_90 (bf16, 4096^3): with a plain, vector-gate or VIB
   evaluation epilogue 64 per weight fit (110-224 registers, no spills); with the VIB training epilogue (Philox
@@ -49,7 +50,8 @@ def shared_bytes(cfg, operand_bytes: int, weights: int, arch: int, in_gate: int 
     buffers = cfg.num_stages if (arch >= 90 and operand_bytes == 2) else cfg.num_stages - 1
     per_stage = (kw["BLOCK_M"] + weights * kw["BLOCK_N"]) * kw["BLOCK_K"] * operand_bytes
     gate_tile = {0: 0, 1: kw["BLOCK_K"] * 4, 2: kw["BLOCK_M"] * kw["BLOCK_K"] * 4}[in_gate]
-    return max(1, buffers) * (per_stage + gate_tile)
+    staged_x = kw["BLOCK_M"] * kw["BLOCK_K"] * 4 if in_gate and operand_bytes == 4 else 0
+    return max(1, buffers) * (per_stage + gate_tile) + staged_x
 
 
 def accumulators_per_thread(cfg) -> int:
