@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="result folder (default: results/gpu-check/<device>)")
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for all steps together (default 480)")
     args = parser.parse_args(argv)
-    out = args.out or RESULTS / device_name()
+    device = device_name()
+    out = args.out or RESULTS / device
     out.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
     steps = [_step("info", [sys.executable, "-m", "vtrans_kernels.info"], out, 60)]
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
                            min(300, deadline - time.monotonic() - 60)))
     steps.append(_step("bench", [sys.executable, "-m", "bench", "--out", str(out / "bench")], out,
                        deadline - time.monotonic()))
-    lines = [f"# GPU check on {device_name()}", "", "| step | status | seconds | log |", "|---|---|---|---|"]
+    lines = [f"# GPU check on {device}", "", "| step | status | seconds | log |", "|---|---|---|---|"]
     lines += [f"| {s['step']} | {s['status']} | {s['seconds']} | {s['log']} |" for s in steps]
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print(f"gpu_check: wrote {out / 'gpu_check.md'}")

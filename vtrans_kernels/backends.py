@@ -4,7 +4,7 @@ Defaults: CUDA tensors use Triton, then the CUDA extension, then the reference; 
 extension, then the reference. fp64 inputs always go to the reference (the kernels compute in fp32).
 A backend can also decline one call (a hidden size over its limit, a GPU too old for a dtype): its module's
 ``call_limits(op, args)`` lists the reasons, and the call falls back to the next backend with a one-time
-warning per (op, backend, reason). ``VTRANS_BACKEND=<name>`` or ``with vtrans_kernels.use_backend(<name>):``
+warning per (device type, backend, reason). ``VTRANS_BACKEND=<name>`` or ``with vtrans_kernels.use_backend(<name>):``
 forces one backend, and a forced backend that cannot serve a call raises with the reasons instead.
 """
 import contextlib

@@ -1,5 +1,7 @@
 """What the Triton backend cannot serve, per call: the dispatcher (``backends.select``) asks ``call_limits`` before
 each call and falls back to the next backend (with a one-time warning) when it lists a reason."""
+import functools
+
 import torch
 
 from .masked_norm import MAX_HIDDEN
@@ -13,6 +15,12 @@ LIMITS = {
     **{op: ["bf16 needs compute capability 8.0 or newer (tensor-core bf16 dots)"] for op in _DOT_OPS},
 }
 _MIN_CAPABILITY = (7, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    # asked on every op call (the dispatcher's hot path): one query per device
+    return torch.cuda.get_device_capability(index)
 
 
 def _first_tensor(args):
@@ -30,7 +38,7 @@ def call_limits(op: str, args: tuple) -> list[str]:
     if base in _NORM_OPS and x.shape[-1] > MAX_HIDDEN:
         reasons.append(f"hidden size {x.shape[-1]} exceeds the Triton norm's {MAX_HIDDEN}")
     if x.device.type == "cuda":
-        capability = torch.cuda.get_device_capability(x.device)
+        capability = _capability(x.device.index if x.device.index is not None else torch.cuda.current_device())
         if capability < _MIN_CAPABILITY:
             reasons.append(f"compute capability {capability[0]}.{capability[1]} is below Triton's "
                            f"{_MIN_CAPABILITY[0]}.{_MIN_CAPABILITY[1]}")
