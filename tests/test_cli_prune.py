@@ -97,3 +97,23 @@ def test_batches_are_a_function_of_the_step():
     seen = {int(v) for s in range(10) for v in subset.batch(s)["labels"]}
     assert len(seen) == 5
     assert sorted(int(v) for batch in subset.sequential(2) for v in batch["labels"]) == sorted(seen)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama-gqa"])
+def test_prune_uniform_loads_with_plain_from_pretrained(tmp_path, arch):
+    import transformers
+
+    folder = model_folder(tmp_path / arch, arch)
+    task = ("--task", "lm") if arch == "llama-gqa" else ()
+    data = write_data(tmp_path / "train.jsonl", fmt="jsonl", columns=("text",) if task else ("text", "label"))
+    out = tmp_path / "out"
+    assert main(_args(folder, data, out, "--target-sparsity", "0.5", "--uniform", "--round-to", "2", *task)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["achieved_sparsity"] - 0.5) <= 0.05
+    assert len({k for k, _ in summary["kept"]["heads"]}) == 1 and len({k for k, _ in summary["kept"]["ffn"]}) == 1
+    auto = transformers.AutoModelForCausalLM if task else transformers.AutoModelForSequenceClassification
+    plain = auto.from_pretrained(out / "compacted").eval()
+    ours = load_compacted(out / "compacted")
+    ids = torch.tensor([[2, 7, 9, 3, 11]])
+    with torch.no_grad():  # the attention implementations may differ (sdpa, eager): fp32 rounding apart
+        torch.testing.assert_close(plain(input_ids=ids).logits, ours(input_ids=ids).logits, rtol=1e-5, atol=1e-6)

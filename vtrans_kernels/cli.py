@@ -151,7 +151,7 @@ def _prune(args) -> int:
         method=args.method, variant=args.variant, structures=tuple(args.structures.split(",")),
         target_sparsity=args.target_sparsity, target=args.target, seq_len=args.seq_len, steps=args.steps,
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
-        round_to=args.round_to, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
+        round_to=args.round_to, uniform=args.uniform, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
         fold_scales=not args.no_fold_scales, checkpoint_every=args.checkpoint_every,
         mask_init=vib_mask_init(args.method, args.log_sigma2_init))
@@ -254,6 +254,9 @@ def _add_prune_parser(sub) -> None:
                    help="keep the chosen units at their original weights instead of folding the masks' learned "
                         "gate values into them (PruneConfig.fold_scales)")
     p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
+    p.add_argument("--uniform", action="store_true",
+                   help="keep the same heads and FFN width in every layer, so the compacted model loads with "
+                        "plain from_pretrained (and vLLM, TGI)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds Python, NumPy, torch and the data order: the same inputs and seed give the same plan")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")

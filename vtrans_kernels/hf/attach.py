@@ -13,6 +13,7 @@ from .adapters.base import RECORD_KEY
 from .fused import wire_fused
 from .gating import GateSource, gate_blocks, wire_gates
 from .plan import CompactionPlan
+from .uniform import uniform_decision
 
 _ATTR = "_vtrans_masks"
 
@@ -40,11 +41,22 @@ class ModelMasks(MaskSet):
         return SizeMeasure(self.spec, target, seq_len, embeddings)
 
     def plan(self, target_sparsity: float | None = None, measure: SizeMeasure | None = None,
-             tolerance: float = 0.005) -> CompactionPlan:
+             tolerance: float = 0.005, *, uniform: bool = False, round_to: int = 1) -> CompactionPlan:
         """The final masks as a :class:`CompactionPlan`: kept units by the deterministic decision (adjusted to hit
         ``target_sparsity`` under ``measure`` when given, see :meth:`MaskSet.decide`), each mask's scale to
-        fold in, and its scores for rounding."""
-        decision = self.decide(measure or self.measure(), target_sparsity, tolerance)
+        fold in, and its scores for rounding.
+
+        ``uniform=True`` keeps the same number of heads (KV groups) and FFN neurons in every layer, in shapes the
+        model's config class can express, so the compacted model loads with plain ``from_pretrained``; the counts
+        come from the scores across layers and hit ``target_sparsity`` (default: the sparsity of the masks' own
+        decision) as closely as those shapes allow; pruned FFN and hidden widths are multiples of ``round_to``
+        (see :func:`~vtrans_kernels.hf.uniform.uniform_decision`)."""
+        measure = measure or self.measure()
+        if uniform:
+            target = self.sparsity(measure) if target_sparsity is None else target_sparsity
+            decision = uniform_decision(self, measure, target, round_to)
+        else:
+            decision = self.decide(measure, target_sparsity, tolerance)
         kept = lambda keep: keep.nonzero().flatten().tolist()  # noqa: E731
         by_layer = lambda masks, keeps: {i: kept(k) for i, k in enumerate(keeps)} if masks is not None else {}  # noqa: E731
         per_layer = lambda masks, fn: {i: fn(m) for i, m in enumerate(masks)} if masks is not None else {}  # noqa: E731

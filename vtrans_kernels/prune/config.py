@@ -48,7 +48,10 @@ class PruneConfig:
     (SmolLM2's plain MSE is ~5000 against a logit KL of ~10, and drowns the size target).
     ``fold_scales`` folds the masks' deterministic gate values (VIB ``mu``, the hard-concrete gate) of the kept
     units into the compacted weights, so the compacted model is the masked model; ``False`` keeps the chosen
-    units at their original weights. Masks trained on frozen weights learn ``mu`` as a free per-unit gain under
+    units at their original weights. ``uniform`` makes the final plan keep the same number of heads (KV groups)
+    and FFN neurons in every layer, chosen from the masks' scores across layers, in widths the model's config
+    can express (multiples of ``round_to``), so the compacted model loads with plain ``from_pretrained``.
+    Masks trained on frozen weights learn ``mu`` as a free per-unit gain under
     heavy gate noise, and folded in it can cost more than the pruning itself (bench/results/quality).
     """
 
@@ -80,6 +83,7 @@ class PruneConfig:
     hidden_distill: str = "mse"
     fold_scales: bool = True
     round_to: int = 1
+    uniform: bool = False
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 50
@@ -106,8 +110,9 @@ class PruneConfig:
             raise ValueError(f"autocast: expected None, 'bf16' or 'fp16', got {self.autocast!r}")
         if self.hidden_distill not in ("mse", "relative"):
             raise ValueError(f"hidden_distill: expected 'mse' or 'relative', got {self.hidden_distill!r}")
-        if not isinstance(self.fold_scales, bool):
-            raise ValueError(f"fold_scales: expected True or False, got {self.fold_scales!r}")
+        for name in ("fold_scales", "uniform"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
 

@@ -12,7 +12,7 @@ from .config import PruneConfig
 
 # PruneConfig fields that do not change the trained masks: logging, checkpoint spacing and what happens after the
 # masks are trained (compaction and fine-tuning). Every other field must match for a checkpoint to resume.
-AFTER_MASKS = ("log_every", "checkpoint_every", "finetune_steps", "round_to", "fold_scales")
+AFTER_MASKS = ("log_every", "checkpoint_every", "finetune_steps", "round_to", "fold_scales", "uniform")
 # Config entries that vary between copies of the same model (where it was loaded from, library versions).
 _VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
                     "_attn_implementation_autoset", "attn_implementation", "_commit_hash")

@@ -218,7 +218,7 @@ class Pruner:
         """The final masks as a plan hitting ``target_sparsity`` (default: the configured target), with the
         masks' scales unless ``config.fold_scales`` is False, recording the model's type and unit counts."""
         target = self.config.target_sparsity if target_sparsity is None else target_sparsity
-        plan = self.masks.plan(target, self.measure)
+        plan = self.masks.plan(target, self.measure, uniform=self.config.uniform, round_to=self.config.round_to)
         plan.model = dict(self.model_record)  # compact() then refuses to apply it to another architecture
         return plan if self.config.fold_scales else plan.without_scales()
 
