@@ -73,7 +73,7 @@ def test_saving_replaces_planted_links_and_earlier_weights(tmp_path, saved):
                                                                                          "safetensors"}}))
     save_compacted(small, folder)
     assert victim.read_text() == "keep me" and not (folder / "config.json").is_symlink()
-    assert sorted(os.listdir(folder)) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "generation_config.json", "model.safetensors"]
     batch = inputs(small)
     assert torch.equal(output(load_compacted(folder), batch), output(small, batch))
 

@@ -42,13 +42,28 @@ def _compact(args) -> int:
     print(f"FFN neurons per layer: {list(units.ffn)}")
     for change in record["rounding"]:
         print(f"rounded (round_to={args.round_to}): {change}")
-    print(f"wrote {out} ({'loads with from_pretrained' if record['plain_loadable'] else 'load with vtrans_kernels.load_compacted'})")
+    print(f"wrote {out}: {loaded_by(out)}")
     return 0
+
+
+def loaded_by(folder) -> str:
+    """What loads the compacted model folder ``folder``, and how to export it for serving (the CLI's last line)."""
+    from pathlib import Path
+
+    from .hf.model_card import GGUF_FAMILIES
+    from .hf.serialization import read_config
+
+    config = read_config(Path(folder))
+    record = getattr(config, "vtrans_compaction", None) or {}
+    loader = "loads with from_pretrained" if record.get("plain_loadable") else \
+        "loads with vtrans_kernels.load_compacted (its layers differ in shape)"
+    formats = "onnx|gguf" if config.model_type in GGUF_FAMILIES else "onnx"
+    return f"{loader}; README.md there says how; serve it: vtrans export --model {folder} --format {formats} --out PATH"
 
 
 def _compact_output(name: str) -> bool:
     """Whether ``name`` in an output folder is a file ``vtrans compact`` writes (removed by --overwrite)."""
-    return name in TOKENIZER_FILES or name in ("config.json", "generation_config.json") or \
+    return name in TOKENIZER_FILES or name in ("config.json", "generation_config.json", "README.md") or \
         (name.startswith("model") and ".safetensors" in name)
 
 
@@ -183,8 +198,8 @@ def _prune(args) -> int:
     if summary is None:  # not rank 0
         return 0
     print(format_summary(summary))
-    print(f"wrote {args.out}: plan.json, log.jsonl, {CHECKPOINT}, masks.pt, plots, compacted/ (load with "
-          "vtrans_kernels.load_compacted)")
+    print(f"wrote {args.out}: plan.json, log.jsonl, {CHECKPOINT}, masks.pt, plots, compacted/")
+    print(f"compacted model {summary['compacted_path']}: {loaded_by(summary['compacted_path'])}")
     return 0
 
 

@@ -120,6 +120,8 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
         yield stage
         for name in sorted(os.listdir(stage)):
             target = folder / name
+            if (stage / name).is_file():  # writers such as safetensors make owner-only files
+                os.chmod(stage / name, 0o666 & ~_UMASK)
             if (stage / name).is_dir() and not target.is_symlink() and target.is_dir():
                 shutil.rmtree(target)
             os.replace(stage / name, target)

@@ -10,6 +10,7 @@ from . import slicing
 from .adapters import adapter_for
 from .adapters.base import RECORD_KEY, Adapter, get_module, set_module, unit_columns
 from .attach import copy_unmasked
+from .dequantized import drop_gguf_record
 from .plan import CompactionPlan, Kept, ResolvedPlan, plan_model_mismatch, resolve_plan
 from .rounding import round_plan
 
@@ -44,6 +45,7 @@ def compact(model: nn.Module, plan: CompactionPlan, round_to: int = 1) -> nn.Mod
         for change in changes:
             log.info("round_to=%d: %s", round_to, change)
     new_model = copy_unmasked(model)  # masks attached to the input stay there, not on the copy
+    drop_gguf_record(new_model)  # a compacted model is a plain dense model, whatever file the input came from
     apply_plan(adapter_for(new_model), resolved, rounding=changes)
     return new_model
 
@@ -81,6 +83,7 @@ def _start_record(adapter: Adapter) -> dict:
         return copy.deepcopy(previous)
     original = adapter.config.to_dict()
     original.pop(RECORD_KEY, None)
+    original.pop("_name_or_path", None)  # a path on the machine the model was loaded on
     return {"format": 1, "original": original, "sources": list(range(adapter.num_layers()))}
 
 

@@ -24,6 +24,8 @@ from ..fileio import staged_folder
 from .adapters import adapter_for, supported_classes
 from .adapters.base import RECORD_KEY
 from .compact import apply_plan
+from .dequantized import without_gguf_record
+from .model_card import model_card
 from .plan import CompactionPlan, resolve_plan
 
 try:  # transformers v5: skip the random init of a model whose weights are loaded right after
@@ -35,7 +37,10 @@ except ImportError:  # pragma: no cover - older transformers
 def save_compacted(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model`` (compacted or not) to the folder ``path`` as safetensors + config.json.
 
-    A model that was never compacted gets an identity record in its config first. Files are written to a
+    A model that was never compacted gets an identity record in its config first. A ``README.md`` says what
+    loads the folder (plain ``from_pretrained`` when every layer kept the same shape, else
+    :func:`load_compacted`) and how to export it for serving; nothing saved names an absolute path of this
+    machine. A model loaded from a GGUF file (dequantized by transformers) saves like any other. Files are written to a
     temporary folder inside ``path`` and renamed in one by one, so an interrupted save never leaves a
     half-written tensor file under its final name and a symbolic link planted in ``path`` is replaced, not
     followed; weight files of an earlier model saved there are removed. Returns the folder.
@@ -44,8 +49,9 @@ def save_compacted(model: nn.Module, path: str | os.PathLike) -> Path:
     if not getattr(model.config, RECORD_KEY, None):
         apply_plan(adapter, resolve_plan(CompactionPlan(), *_unit_args(adapter)))
     path = Path(path)
-    with staged_folder(path) as stage, _config_for_saving(adapter):
+    with staged_folder(path) as stage, _config_for_saving(adapter), without_gguf_record(model):
         model.save_pretrained(stage, safe_serialization=True)
+        (stage / "README.md").write_text(model_card(model, getattr(model.config, RECORD_KEY)))
         written = set(os.listdir(stage))
     for name in os.listdir(path):  # weights of an earlier model saved here would be read with the new index
         if name not in written and _WEIGHT_FILE.fullmatch(name):
@@ -70,6 +76,7 @@ def _config_for_saving(adapter):
     not those fields, then describes the shapes."""
     config = adapter.config
     record = getattr(config, RECORD_KEY)
+    record["original"].pop("_name_or_path", None)  # where the input model was loaded from, on this machine
     plain = adapter.plain_loadable()
     if plain and hasattr(config, "validate"):
         try:
