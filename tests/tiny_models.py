@@ -46,8 +46,20 @@ DECODERS = ("gpt2", "llama-gqa", "llama-bias", "qwen2", "mistral")
 
 
 def build(name: str, seed: int = 0) -> torch.nn.Module:
+    """The tiny model ``name`` with random weights, and random biases and norm parameters too: transformers
+    initialises biases to 0 and norms to 1, which would hide a bias or norm that compaction or an export
+    forgets to slice or scale."""
     torch.manual_seed(seed)
-    return BUILDERS[name]().eval()
+    model = BUILDERS[name]()
+    with torch.no_grad():
+        for module in model.modules():
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.nn.Parameter):
+                bias.normal_(0.0, 0.1)
+            if "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None),
+                                                                        torch.nn.Parameter):
+                module.weight.uniform_(0.5, 1.5)
+    return model.eval()
 
 
 def random_plan(model, seed: int, *, hidden=True, scales=True, removals=True) -> CompactionPlan:
