@@ -1,11 +1,14 @@
 """The ``vtrans`` command.
 
 Subcommands: ``info`` (versions, devices, backends), ``prune`` (train masks under a size target, write the
-plan, logs, plots and the compacted model), ``compact`` (apply a saved CompactionPlan to a model folder) and
+plan, logs, plots and the compacted model), ``compact`` (apply a saved CompactionPlan to a model folder),
+``export`` (a model folder as an ONNX file for ONNX Runtime or a GGUF file for llama.cpp) and
 ``bench`` (the benchmark suite of the repository's bench/ folder, the same as ``python -m bench``).
 """
 import argparse
 import sys
+
+from .export.cli import add_export_parser, run_export
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt", "tokenizer.model")
@@ -299,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--force", action="store_true",
                       help="apply a plan made for other weights of the same architecture")
     comp.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
+    add_export_parser(sub)
     sub.add_parser("bench", add_help=False, help="the benchmark suite (python -m bench; see vtrans bench --help)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the suite parses its own options
@@ -308,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         from . import info
         info.main()
         return 0
+    if args.command == "export":
+        return run_export(args)
     try:
         return _prune(args) if args.command == "prune" else _compact(args)
     except KeyboardInterrupt:
