@@ -9,7 +9,7 @@ from vtrans_kernels.latency.table import LatencyTable
 
 def _points(widths, latency):
     values = [0.0 if w == 0 else latency(w) for w in widths]
-    return {"widths": list(widths), "median_ms": values, "settled_ms": values, "samples_ms": [[] for _ in widths]}
+    return {"widths": list(widths), "median_ms": values, "estimate_ms": values, "samples_ms": [[] for _ in widths]}
 
 
 def synthetic_table(model, *, step: int = 8, grid: int = 4, hidden_sizes=None, fixed: float = 0.2,
@@ -25,7 +25,7 @@ def synthetic_table(model, *, step: int = 8, grid: int = 4, hidden_sizes=None, f
     scale = lambda h: h / hidden  # noqa: E731
     attention = {h: _points(range(max(arch["heads"]) + 1), lambda u, h=h: 0.1 * scale(h) * (1 + u)) for h in sizes}
     ffn = {h: _points(ffn_widths, lambda n, h=h: 0.3 * scale(h) * -(-n // step)) for h in sizes}
-    fixed_cost = {h: {"median_ms": fixed * scale(h), "settled_ms": fixed * scale(h), "samples_ms": []}
+    fixed_cost = {h: {"median_ms": fixed * scale(h), "estimate_ms": fixed * scale(h), "samples_ms": []}
                   for h in sizes}
     table = LatencyTable(device=device_record(torch.device(device), 1), dtype=dtype, batch_size=1, seq_len=8,
                          versions=versions(), model=arch, settings={"synthetic": True}, hidden_sizes=sizes,

@@ -5,7 +5,7 @@ import torch
 from tiny_models import build
 
 from vtrans_kernels.latency import LatencyTable, profile
-from vtrans_kernels.latency.profile import _layouts, default_hidden_sizes, profile_latency
+from vtrans_kernels.latency.profile import REFERENCE_RUNS, _layouts, default_hidden_sizes, profile_latency
 from vtrans_kernels.latency.timer import BlockTimer, Stopwatch
 
 FAST = dict(batch_size=1, seq_len=8, repeats=2, warmup=1, threads=1, progress=False)
@@ -24,11 +24,12 @@ def test_profile_measures_every_head_count_and_the_ffn_grid(name):
         assert ffn["widths"] == [0, 8, 16, 24, 32, 37]
         for points in (attention, ffn):
             assert points["median_ms"][0] == 0.0
-            assert all(v > 0 for v in points["settled_ms"][1:])
+            assert all(v > 0 for v in points["estimate_ms"][1:])
             assert all(len(s) >= 2 for s in points["samples_ms"][1:])  # one sample per round at least
-        assert table.total[hidden]["settled_ms"] > 0 and table.fixed[hidden]["settled_ms"] > 0
-        assert len(table.fixed[hidden]["samples_ms"]) == 2
-    assert table.settings["clock"] == "thread" and table.device["threads"] == 1
+        assert table.total[hidden]["estimate_ms"] > 0 and table.fixed[hidden]["estimate_ms"] > 0
+        assert len(table.fixed[hidden]["samples_ms"]) == 2 * REFERENCE_RUNS
+    assert table.settings["clock"] == "thread" and table.settings["statistic"] == "median"
+    assert table.device["threads"] == 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left untouched
 
 

@@ -8,7 +8,7 @@ from tiny_models import build
 
 from vtrans_kernels.latency import Curve, LatencyTable, isotonic
 from vtrans_kernels.latency.environment import architecture_record, device_record
-from vtrans_kernels.latency.stats import settled_ms
+from vtrans_kernels.latency.stats import estimate_ms, settled_ms, statistic_for
 
 
 def test_isotonic_pools_dips_and_keeps_monotone_input():
@@ -49,6 +49,15 @@ def test_smooth_is_exact_at_fast_widths_and_differentiable_between():
 def test_settled_ignores_stretched_samples():
     assert settled_ms([3.0, 7.1, 3.1, 6.9, 7.3, 3.2, 7.0]) == pytest.approx(3.1)  # a majority of 2x stretches
     assert settled_ms([3.0, 3.3, 3.1]) == pytest.approx(3.1)  # a quiet machine: the plain median
+
+
+def test_the_statistic_follows_the_clock():
+    assert statistic_for("wall") == "settled" and statistic_for("thread") == statistic_for("cuda") == "median"
+    samples = [3.0, 7.1, 3.1, 6.9, 7.3, 3.2, 7.0]
+    assert estimate_ms(samples, "median") == pytest.approx(6.9)
+    assert estimate_ms(samples, "settled") == pytest.approx(3.1)
+    with pytest.raises(ValueError, match="statistic: expected 'median' or 'settled'"):
+        estimate_ms(samples, "mean")
 
 
 def test_table_round_trips_through_json(tmp_path):

@@ -7,9 +7,12 @@ widths to measure, one width per layer: every attention head (KV-group) count an
 model at that hidden size with every other width unpruned, less its blocks' time in the same forward.
 
 Noise (shared machines): every model is warmed up first; then ``repeats`` rounds each run every model once in a
-new random order, so a busy spell hits a scattering of widths rather than a run of neighbours. The table keeps
-each point's samples, their median, and the settled estimate the predictions use (`stats.settled_ms`: the
-median of the samples near the fastest, immune to the 2x stretches a neighbour's job causes).
+new random order, so a busy spell hits a scattering of widths rather than a run of neighbours; the models of as
+many hidden sizes as ``memory_mb`` holds share the rounds, so one cannot be measured in a busier spell than another. The table keeps
+each point's samples and the estimate the predictions use (`stats.estimate_ms`: the median with the thread's
+CPU time or CUDA events as the clock, the median of the samples near the fastest with the wall clock). The
+reference model (fixed cost and total) runs ``REFERENCE_RUNS`` times per round: its fixed cost is a small
+difference of large numbers.
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ from torch import nn
 from ..hf.adapters import adapter_for
 from ..hf.compact import compact
 from ..hf.plan import CompactionPlan
+from ..masks.size_model import count_parameters, layer_parameters
 from .environment import DTYPES, architecture_record, device_record, dtype_name, versions
-from .stats import settled_ms
+from .stats import estimate_ms, statistic_for
 from .table import LatencyTable
 from .timer import BlockTimer, Stopwatch, default_clock, time_forward
 
@@ -39,6 +43,8 @@ HIDDEN_FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 # Token ids of the profile inputs are drawn below this (and below the vocabulary size); the models that time the
 # blocks get a vocabulary this small, so they hold little besides their layers.
 SMALL_VOCAB = 512
+# Forwards of the reference model (hooked, and without hooks) per round.
+REFERENCE_RUNS = 3
 
 
 def default_hidden_sizes(hidden: int) -> list[int]:
@@ -50,7 +56,7 @@ def default_hidden_sizes(hidden: int) -> list[int]:
 def profile_latency(model: nn.Module, *, batch_size: int = 1, seq_len: int = 128, dtype: str | None = None,
                     device: str | None = None, threads: int | None = None, repeats: int = 7, warmup: int = 2,
                     ffn_step: int = 8, hidden_sizes: Sequence[int] | None = None, seed: int = 0,
-                    clock: str | None = None, path: str | Path | None = None,
+                    clock: str | None = None, memory_mb: float = 2048, path: str | Path | None = None,
                     progress: bool = True) -> LatencyTable:
     """Measure the latency table of ``model`` (an unpruned transformers model of a supported class).
 
@@ -67,6 +73,8 @@ def profile_latency(model: nn.Module, *, batch_size: int = 1, seq_len: int = 128
         clock: "cuda" (events) on a GPU; on CPU "thread" (the CPU time of the measuring thread: the latency on a
             core of its own, blind to other jobs holding the core; needs ``threads=1``) or "wall". Default:
             :func:`~.timer.default_clock`.
+        memory_mb: weights the measuring models may hold at once; hidden sizes whose models fit together are
+            measured in the same interleaved rounds.
         path: a JSON file: when it holds a table measured with the same settings, device, versions and model,
             that table is returned without measuring; otherwise the new table is written there.
         progress: a progress bar over the forwards.
@@ -93,7 +101,8 @@ def profile_latency(model: nn.Module, *, batch_size: int = 1, seq_len: int = 128
             raise ValueError(f"clock: {clock!r} does not time {device.type} with {torch.get_num_threads()} threads "
                              "(\"cuda\" on a GPU; \"thread\" needs threads=1; \"wall\" on any CPU)")
         settings = {"repeats": repeats, "warmup": warmup, "ffn_step": ffn_step, "hidden_sizes": sizes,
-                    "seed": seed, "clock": clock}
+                    "seed": seed, "clock": clock, "statistic": statistic_for(clock),
+                    "reference_runs": REFERENCE_RUNS}
         key = {"device": device_record(device), "dtype": dtype, "batch_size": batch_size, "seq_len": seq_len,
                "versions": versions(), "model": arch, "settings": settings}
         if path is not None and Path(path).is_file():
@@ -105,7 +114,7 @@ def profile_latency(model: nn.Module, *, batch_size: int = 1, seq_len: int = 128
                 print(f"vtrans profile: reusing {path} (measured with the same settings, device, versions and model)")
                 return saved
         start = time.perf_counter()
-        table = _measure(model, key, device, DTYPES[dtype], sizes, progress)
+        table = _measure(model, key, device, DTYPES[dtype], sizes, progress, memory_mb)
         table.profile_seconds = time.perf_counter() - start
     if path is not None:
         table.save(path)
@@ -185,80 +194,123 @@ def _forward(model: nn.Module, ids: torch.Tensor):
     return lambda: model(**kwargs)
 
 
+def _memory_mb(spec, hidden: int, layouts, element_size: int) -> float:
+    """Weights of the models measuring ``hidden`` (the block models and the reference), in MiB."""
+    blocks = sum(layer_parameters(spec, hidden, u, f) for heads, ffn in layouts for u, f in zip(heads, ffn))
+    return element_size * (blocks + count_parameters(spec, hidden, embeddings=True)) / 2**20
+
+
+def _passes(sizes: list[int], memory, budget_mb: float) -> list[list[int]]:
+    """Hidden sizes grouped (largest first) so that each group's models fit ``budget_mb`` together: a group is
+    measured in interleaved rounds, so a busy spell on the machine cannot bias one hidden size alone."""
+    groups, used = [], budget_mb + 1
+    for hidden in sorted(sizes, reverse=True):
+        need = memory(hidden)
+        if used + need > budget_mb:
+            groups.append([])
+            used = 0.0
+        groups[-1].append(hidden)
+        used += need
+    return groups
+
+
+class _Job:
+    """One model forward of a round: a block model ("blocks"), the reference hooked ("reference": its blocks
+    and the fixed cost) or the reference without hooks ("total")."""
+
+    def __init__(self, hidden: int, kind: str, model: nn.Module, ids: torch.Tensor, stopwatch: Stopwatch,
+                 reference_timer: BlockTimer | None = None):
+        self.hidden, self.kind, self.stopwatch = hidden, kind, stopwatch
+        self.run = _forward(model, ids)
+        self.timer = None if kind == "total" else BlockTimer(model, stopwatch)
+        self.reference_timer = reference_timer  # "total": the hooks on the same model, paused while it runs
+
+
 def _measure(model: nn.Module, key: dict, device: torch.device, dtype: torch.dtype, sizes: list[int],
-             progress: bool) -> LatencyTable:
+             progress: bool, memory_mb: float) -> LatencyTable:
     arch, settings = key["model"], key["settings"]
     heads_grid, ffn_grid = _grids(arch, settings["ffn_step"])
-    layers = len(arch["heads"])
-    layouts = _layouts(heads_grid, ffn_grid, layers)
+    layouts = _layouts(heads_grid, ffn_grid, len(arch["heads"]))
     repeats, warmup = settings["repeats"], settings["warmup"]
     stopwatch = Stopwatch(settings["clock"])
     rng = random.Random(settings["seed"])
     gen = torch.Generator().manual_seed(settings["seed"])
     vocab = min(SMALL_VOCAB, int(model.config.vocab_size))
     ids = torch.randint(0, vocab, (key["batch_size"], key["seq_len"]), generator=gen).to(device)
-    per_hidden = len(layouts) + 2
-    bar = _bar(len(sizes) * per_hidden * (warmup + repeats), progress)
+    spec = adapter_for(model).spec()
+    element_size = torch.empty((), dtype=dtype).element_size()
+    passes = _passes(sizes, lambda h: _memory_mb(spec, h, layouts, element_size), memory_mb)
+    bar = _bar(len(sizes) * (len(layouts) + 2 * settings["reference_runs"]) * (warmup + repeats), progress)
     full = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     small = _small_vocab_copy(model).to(device=device, dtype=dtype)
-    samples = {"attention": {}, "ffn": {}, "fixed": {}, "total": {}}
+    found = {h: {"attention": {}, "ffn": {}, "fixed": [], "total": []} for h in sizes}
     try:
         with torch.inference_mode():
-            for hidden in sorted(sizes, reverse=True):
-                hidden_plan = None if hidden == arch["hidden"] else hidden
-                reference = compact(full, _plan(hidden_plan))
-                source = compact(small, _plan(hidden_plan))
-                models = [compact(source, _plan(None, h, f)) for h, f in layouts]
-                timers = [BlockTimer(m, stopwatch) for m in models] + [BlockTimer(reference, stopwatch)]
-                runs = [_forward(m, ids) for m in models + [reference]]
-                for run in runs:
+            for group in passes:
+                jobs = []
+                for hidden in group:
+                    hidden_plan = None if hidden == arch["hidden"] else hidden
+                    reference = compact(full, _plan(hidden_plan))
+                    source = compact(small, _plan(hidden_plan))
+                    jobs += [_Job(hidden, "blocks", compact(source, _plan(None, h, f)), ids, stopwatch)
+                             for h, f in layouts]
+                    hooked = _Job(hidden, "reference", reference, ids, stopwatch)
+                    unhooked = _Job(hidden, "total", reference, ids, stopwatch, hooked.timer)
+                    jobs += [hooked, unhooked] * settings["reference_runs"]
+                for job in set(jobs):
                     for _ in range(warmup):
-                        run()
-                        bar.update(1)
-                bar.update(warmup)  # the reference's untimed total forward shares its warm-up
-                blocks = {"attention": {}, "ffn": {}}
-                fixed, total = [], []
+                        job.run()
+                    bar.update(warmup * jobs.count(job))
                 for _ in range(repeats):
-                    order = list(range(len(runs) + 1))  # the last index: the reference without hooks
-                    rng.shuffle(order)
-                    for index in order:
-                        if index == len(runs):
-                            timers[-1].remove()
-                            total.append(time_forward(runs[-1], stopwatch))
-                            timers[-1] = BlockTimer(reference, stopwatch)
-                        else:
-                            forward_ms, measured = timers[index].run(runs[index])
-                            for (kind, _layer), (width, ms) in measured.items():
-                                blocks[kind].setdefault(width, []).append(ms)
-                            if index == len(runs) - 1:  # the same forward's time outside the blocks
-                                fixed.append(forward_ms - sum(ms for _, ms in measured.values()))
+                    rng.shuffle(jobs)
+                    for job in jobs:
+                        _run(job, found[job.hidden])
                         bar.update(1)
-                for timer in timers:
-                    timer.remove()
-                for kind, grid in (("attention", heads_grid), ("ffn", ffn_grid)):
-                    samples[kind][hidden] = _points(grid, blocks[kind])
-                samples["fixed"][hidden] = _point(fixed)
-                samples["total"][hidden] = _point(total)
-                del models, runs, timers, reference, source
+                for job in jobs:
+                    if job.timer is not None:
+                        job.timer.remove()
+                del jobs
     finally:
         bar.close()
+    samples = {"attention": {}, "ffn": {}, "fixed": {}, "total": {}}
+    for hidden in sizes:
+        for kind, grid in (("attention", heads_grid), ("ffn", ffn_grid)):
+            samples[kind][hidden] = _points(grid, found[hidden][kind], settings["statistic"])
+        samples["fixed"][hidden] = _point(found[hidden]["fixed"], settings["statistic"])
+        samples["total"][hidden] = _point(found[hidden]["total"], settings["statistic"])
     return LatencyTable(device=key["device"], dtype=key["dtype"], batch_size=key["batch_size"],
                         seq_len=key["seq_len"], versions=key["versions"], model=arch, settings=settings,
                         hidden_sizes=sizes, **samples)
 
 
-def _point(samples: list[float]) -> dict:
-    return {"median_ms": statistics.median(samples), "settled_ms": settled_ms(samples),
+def _run(job: _Job, found: dict) -> None:
+    """Time one forward of ``job`` and file its samples under ``found`` (one hidden size's)."""
+    if job.kind == "total":  # the reference's hooks stand still for a clean total
+        job.reference_timer.pause()
+        try:
+            found["total"].append(time_forward(job.run, job.stopwatch))
+        finally:
+            job.reference_timer.resume()
+        return
+    forward_ms, measured = job.timer.run(job.run)
+    for (kind, _layer), (width, ms) in measured.items():
+        found[kind].setdefault(width, []).append(ms)
+    if job.kind == "reference":  # the same forward's time outside the blocks
+        found["fixed"].append(forward_ms - sum(ms for _, ms in measured.values()))
+
+
+def _point(samples: list[float], statistic: str) -> dict:
+    return {"estimate_ms": estimate_ms(samples, statistic), "median_ms": statistics.median(samples),
             "samples_ms": [round(v, 5) for v in samples]}
 
 
-def _points(grid: list[int], measured: dict[int, list[float]]) -> dict:
+def _points(grid: list[int], measured: dict[int, list[float]], statistic: str) -> dict:
     missing = [w for w in grid if w not in measured]
     if missing:
         raise RuntimeError(f"latency profile: widths {missing[:8]} were not measured")
-    points = [_point(measured[w]) for w in grid]
+    points = [_point(measured[w], statistic) for w in grid]
     return {"widths": [0, *grid], **{k: [0.0 if k != "samples_ms" else [], *(p[k] for p in points)]
-                                     for k in ("median_ms", "settled_ms", "samples_ms")}}
+                                     for k in ("estimate_ms", "median_ms", "samples_ms")}}
 
 
 class _NoBar:

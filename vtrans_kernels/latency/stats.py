@@ -1,4 +1,11 @@
-"""The latency estimate of repeated timings on a machine that other jobs share."""
+"""The latency estimate of repeated timings on a machine that other jobs share.
+
+Which statistic depends on the clock. With the wall clock, a timing is either undisturbed or stretched about 2x
+while another process holds the core, in bursts: :func:`settled_ms`. With the thread's CPU time (and CUDA
+events) time spent descheduled does not count; what a busy machine still adds (caches cooled by the other
+jobs) stretches every timing a little, and the plain median of blocks, fixed cost and totals stays additive,
+where low quantiles would not (the fastest totals are slower than the sum of the fastest parts).
+"""
 from __future__ import annotations
 
 import statistics
@@ -22,3 +29,19 @@ def settled_ms(samples: Sequence[float], tolerance: float = SETTLED_TOLERANCE) -
     if values[0] <= 0:
         return statistics.median(values)
     return statistics.median([v for v in values if v <= values[0] * (1 + tolerance)])
+
+
+def statistic_for(clock: str) -> str:
+    """"settled" for the wall clock, "median" for the thread's CPU time and CUDA events (module docstring)."""
+    return "settled" if clock == "wall" else "median"
+
+
+def estimate_ms(samples: Sequence[float], statistic: str) -> float:
+    """The latency estimate of ``samples`` by ``statistic`` ("median" or "settled")."""
+    if statistic == "settled":
+        return settled_ms(samples)
+    if statistic != "median":
+        raise ValueError(f"statistic: expected 'median' or 'settled', got {statistic!r}")
+    if not samples:
+        raise ValueError("estimate_ms: no samples")
+    return statistics.median(float(v) for v in samples)

@@ -3,8 +3,8 @@
 The JSON file holds what it was measured for (device, versions, model architecture, settings) and, per measured
 hidden size, the attention block's latency at every kept head (KV-group) count, the FFN block's latency over a
 grid of kept neurons, the fixed cost (embeddings, norms, residual adds, head) and the measured total of the
-unpruned-width model. Every point keeps its raw samples next to their median and their settled estimate
-(`stats.settled_ms`), which the predictions use.
+unpruned-width model. Every point keeps its raw samples next to their median and the estimate the predictions
+use (``estimate_ms``, by the statistic the settings name: `stats.estimate_ms`).
 """
 from __future__ import annotations
 
@@ -62,19 +62,19 @@ class LatencyTable:
             points = getattr(self, block).get(int(hidden))
             if points is None:
                 raise KeyError(f"latency table: hidden size {hidden} was not measured ({self.hidden_sizes})")
-            self._curves[key] = Curve.fit(points["widths"], points["settled_ms"])
+            self._curves[key] = Curve.fit(points["widths"], points["estimate_ms"])
         return self._curves[key]
 
     def fixed_ms(self) -> dict[int, float]:
         """Fixed cost per measured hidden size, fitted non-decreasing in the hidden size."""
         if "fixed" not in self._curves:
-            fitted = isotonic([self.fixed[h]["settled_ms"] for h in self.hidden_sizes])
+            fitted = isotonic([self.fixed[h]["estimate_ms"] for h in self.hidden_sizes])
             self._curves["fixed"] = dict(zip(self.hidden_sizes, fitted))
         return self._curves["fixed"]
 
     def measured_total_ms(self, hidden: int) -> float:
-        """The measured (settled) latency of the model at ``hidden`` dims and every other width unpruned."""
-        return float(self.total[int(hidden)]["settled_ms"])
+        """The measured (estimated) latency of the model at ``hidden`` dims and every other width unpruned."""
+        return float(self.total[int(hidden)]["estimate_ms"])
 
     # ---- checks -----------------------------------------------------------------------------------------
     def reuse_key(self) -> dict:

@@ -64,7 +64,7 @@ class BlockTimer:
         self.stopwatch = stopwatch
         adapter = adapter_for(model)
         units = adapter.units()
-        self.widths, self._starts, self._ends, self._handles = {}, {}, {}, []
+        self.widths, self._starts, self._ends, self._handles, self._paused = {}, {}, {}, [], False
         for i in range(adapter.num_layers()):
             roles = adapter.layer_roles(i)
             blocks = (("attention", roles.head_producers, roles.head_consumer, units.heads[i]),
@@ -78,15 +78,23 @@ class BlockTimer:
                     self._handles.append(get_module(model, path).register_forward_pre_hook(self._start(key)))
                 self._handles.append(get_module(model, consumer).register_forward_hook(self._end(key)))
 
+    def pause(self) -> None:
+        """The hooks record nothing until :meth:`resume` (for a forward timed as a whole)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
     def _start(self, key):
         def hook(module, args):
-            if key not in self._starts:  # the first producer to run opens the block
+            if not self._paused and key not in self._starts:  # the first producer to run opens the block
                 self._starts[key] = self.stopwatch.mark()
         return hook
 
     def _end(self, key):
         def hook(module, args, output):
-            self._ends[key] = self.stopwatch.mark()
+            if not self._paused:
+                self._ends[key] = self.stopwatch.mark()
         return hook
 
     def run(self, forward) -> tuple[float, dict]:
