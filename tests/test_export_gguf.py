@@ -214,6 +214,60 @@ def test_smollm2_greedy_continuation(tmp_path):
     assert np.abs(got - expected).max() <= 2e-5 * np.abs(expected).max()  # measured: 1.8e-6
 
 
+def _sentencepiece_style_tokenizer(folder: Path) -> "tokenizers.Tokenizer":  # noqa: F821
+    """A tokenizer.json laid out as LLaMA-2's and Mistral's: BPE with byte fallback over U+2581-marked words,
+    <unk> <s> </s>, 256 byte tokens, then pieces learned from the README."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    learner = Tokenizer(models.BPE(unk_token="<unk>"))
+    learner.normalizer = normalizer
+    corpus = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8").splitlines()
+    learner.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, show_progress=False,
+                                                            special_tokens=["<unk>", "<s>", "</s>"]))
+    learned = json.loads(learner.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece, _ in sorted(learned["vocab"].items(), key=lambda item: item[1]):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizer
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                           decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
+    folder.mkdir()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}))
+    return tokenizer
+
+
+def test_sentencepiece_style_tokenizer(tmp_path):
+    """LLaMA-2 / Mistral style tokenizer.json: llama.cpp's SentencePiece tokenizer, driven by scores made from the
+    merge ranks, splits text (byte fallback included) into the same tokens, and adds the BOS the config asks for."""
+    import transformers as tf
+
+    tokenizer = _sentencepiece_style_tokenizer(tmp_path / "tok")
+    config = tf.LlamaConfig(vocab_size=tokenizer.get_vocab_size() + 5, hidden_size=24, num_hidden_layers=1,
+                            num_attention_heads=6, num_key_value_heads=2, intermediate_size=37, bos_token_id=1,
+                            eos_token_id=2)
+    path = export_gguf(tf.LlamaForCausalLM(config).eval(), tmp_path / "m.gguf", tokenizer_dir=tmp_path / "tok")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
+    text = "Pruning transformers: 12 heads \u2192 7 h\u00e9ads, \U0001d11e na\u00efve  spaces\nnew line"
+    ids = tokenizer.encode(text).ids
+    assert any(3 <= i < 259 for i in ids)  # some characters went through byte fallback
+    assert llm.tokenize(text.encode(), add_bos=False) == ids
+    assert llm.tokenize(text.encode()) == [1] + ids
+    # many merges per line: with equal scores instead of the merge ranks, most of these lines split otherwise
+    docs = Path(__file__).parent.parent / "docs" / "compaction.md"
+    lines = [line for line in docs.read_text(encoding="utf-8").splitlines() if line.strip()][:60]
+    assert [llm.tokenize(line.encode(), add_bos=False) for line in lines] == [tokenizer.encode(line).ids
+                                                                             for line in lines]
+    assert llm.n_vocab() == tokenizer.get_vocab_size() + 5  # embedding rows past the tokenizer: padding tokens
+
+
 # ---- errors -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["gpt2", "bert", "llama-cls"])
 def test_unsupported_architecture(name, tmp_path):
@@ -247,7 +301,7 @@ def test_bad_tokenizer_and_options(tmp_path):
         export_gguf(model, tmp_path / "m.gguf", tokenizer_dir=tmp_path)
     (tmp_path / "tokenizer.json").write_text(
         '{"model": {"type": "Unigram", "vocab": []}, "decoder": {"type": "Metaspace"}}')
-    with pytest.raises(ValueError, match="not a byte-level BPE tokenizer"):
+    with pytest.raises(ValueError, match="neither a byte-level BPE tokenizer nor a SentencePiece-style BPE"):
         export_gguf(model, tmp_path / "m.gguf", tokenizer_dir=tmp_path)
     with pytest.raises(ValueError, match="dtype"):
         export_gguf(model, tmp_path / "m.gguf", dtype="q4")

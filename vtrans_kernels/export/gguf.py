@@ -52,8 +52,9 @@ def export_gguf(model: nn.Module, out: Path, *, tokenizer_dir: Path | None = Non
 
     The file uses llama.cpp's ``deci`` architecture, with per-layer ``head_count``, ``head_count_kv`` and
     ``feed_forward_length`` arrays (0: removed sublayer); 2-D weights are stored as ``dtype`` ("f32" or "f16"),
-    norms and biases as f32. ``tokenizer_dir`` is a folder of Hugging Face tokenizer files (a byte-level BPE
-    ``tokenizer.json``, with ``tokenizer_config.json``); without it the file gets llama.cpp's placeholder
+    norms and biases as f32. ``tokenizer_dir`` is a folder of Hugging Face tokenizer files (a ``tokenizer.json`` of a
+    byte-level BPE, as GPT-2 / LLaMA-3 / Qwen2 / SmolLM use, or of a SentencePiece-style BPE with byte fallback, as
+    LLaMA-2 / Mistral use; with ``tokenizer_config.json``); without it the file gets llama.cpp's placeholder
     vocabulary of the model's vocabulary size (token ids in, logits out; no text). The file is written to a
     temporary file beside ``out`` and renamed, so a failure leaves no partial file. Returns ``out``.
 
@@ -257,7 +258,9 @@ def _tensors(model: nn.Module, llama3_params) -> tuple[list[tuple[str, np.ndarra
 
 # ---- tokenizer ------------------------------------------------------------------------------------------------
 def _read_tokenizer(folder: Path, vocab_size: int) -> dict:
-    """Tokens, token types and llama.cpp's pre-tokenizer name from a folder's byte-level BPE tokenizer.json."""
+    """What llama.cpp needs of a folder's tokenizer.json: its tokenizer kind ("gpt2": byte-level BPE; "llama":
+    SentencePiece-style BPE with byte fallback, as LLaMA-2 and Mistral ship), tokens, token types, scores
+    ("llama" only) and the pre-tokenizer name ("gpt2" only)."""
     import gguf
 
     path = folder / "tokenizer.json"
@@ -265,26 +268,63 @@ def _read_tokenizer(folder: Path, vocab_size: int) -> dict:
         raise ValueError(f"tokenizer_dir: {str(path)!r} does not exist (a Hugging Face tokenizer.json is needed)")
     spec = json.loads(path.read_text(encoding="utf-8"))
     bpe = spec.get("model") or {}
-    if bpe.get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
-        raise ValueError(f"tokenizer_dir: {path} is not a byte-level BPE tokenizer (model "
-                         f"{bpe.get('type')!r}, decoder {(spec.get('decoder') or {}).get('type')!r}); only "
-                         "byte-level BPE tokenizers (GPT-2 / LLaMA-3 / Qwen2 / SmolLM style) are supported")
-    pre = _pre_tokenizer_name(spec, path)
+    decoder = spec.get("decoder") or {}
+    decoders = [d.get("type") for d in decoder.get("decoders", [])] if decoder.get("type") == "Sequence" else []
+    if bpe.get("type") == "BPE" and decoder.get("type") == "ByteLevel":
+        kind, pre = "gpt2", _pre_tokenizer_name(spec, path)
+    elif bpe.get("type") == "BPE" and bpe.get("byte_fallback") and "ByteFallback" in decoders:
+        kind, pre = "llama", None
+    else:
+        raise ValueError(f"tokenizer_dir: {path} is neither a byte-level BPE tokenizer nor a SentencePiece-style BPE "
+                         f"with byte fallback (model {bpe.get('type')!r}, decoder {decoder.get('type')!r}); only "
+                         "those two kinds are supported")
     by_id: dict[int, tuple[str, int]] = {}
     for token, index in bpe["vocab"].items():
-        by_id[int(index)] = (token, gguf.TokenType.NORMAL)
+        is_byte = kind == "llama" and len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+        by_id[int(index)] = (token, gguf.TokenType.BYTE if is_byte else gguf.TokenType.NORMAL)
     for added in spec.get("added_tokens", []):
-        kind = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
-        by_id[int(added["id"])] = (added["content"], kind)
+        token_type = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+        if kind == "llama" and added["content"] == bpe.get("unk_token"):
+            token_type = gguf.TokenType.UNKNOWN
+        by_id[int(added["id"])] = (added["content"], token_type)
     if max(by_id) >= vocab_size:
         raise ValueError(f"tokenizer_dir: {path} has token id {max(by_id)}, but the model's embedding has only "
                          f"{vocab_size} rows")
     tokens, types = [], []
     for index in range(vocab_size):  # ids the tokenizer does not use are padding rows of the embedding
-        token, kind = by_id.get(index, (f"[PAD{index}]", gguf.TokenType.UNUSED))
+        token, token_type = by_id.get(index, (f"[PAD{index}]", gguf.TokenType.UNUSED))
         tokens.append(token)
-        types.append(kind)
-    return {"folder": folder, "tokens": tokens, "types": types, "pre": pre}
+        types.append(token_type)
+    result = {"folder": folder, "kind": kind, "tokens": tokens, "types": types, "pre": pre}
+    if kind == "llama":
+        result["scores"] = _merge_scores(bpe, tokens)
+        result["space_prefix"] = _adds_space_prefix(spec)
+    return result
+
+
+def _merge_scores(bpe: dict, tokens: list[str]) -> list[float]:
+    """Scores for llama.cpp's SentencePiece tokenizer, which merges the adjacent pair whose result scores highest:
+    a token made by merge rank ``r`` scores ``-r``, so the merge order is the BPE model's (earliest rank first)."""
+    rank_of: dict[str, int] = {}
+    for rank, merge in enumerate(bpe.get("merges", [])):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank_of.setdefault(left + right, rank)
+    return [-float(rank_of[token]) if token in rank_of else 0.0 for token in tokens]
+
+
+def _adds_space_prefix(spec: dict) -> bool:
+    """Whether the tokenizer puts a word boundary (U+2581) before the text, as llama.cpp's add_space_prefix does."""
+    def steps(part):
+        part = part or {}
+        return part.get("normalizers") or part.get("pretokenizers") or [part]
+
+    for step in steps(spec.get("normalizer")):
+        if step.get("type") == "Prepend" and step.get("prepend") == "\u2581":
+            return True
+    for step in steps(spec.get("pre_tokenizer")):
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") != "never" and step.get("add_prefix_space", True)
+    return False
 
 
 def _pre_tokenizer_name(spec: dict, path: Path) -> str:
@@ -310,12 +350,18 @@ def _pre_tokenizer_name(spec: dict, path: Path) -> str:
 def _add_tokenizer(writer, tokenizer: dict, config, vocab_size: int) -> None:
     import gguf
 
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(tokenizer["pre"])
+    byte_level = tokenizer["kind"] == "gpt2"
+    writer.add_tokenizer_model(tokenizer["kind"])
+    if byte_level:
+        writer.add_tokenizer_pre(tokenizer["pre"])
+    else:
+        writer.add_token_scores(tokenizer["scores"])
+        writer.add_add_space_prefix(tokenizer["space_prefix"])
     writer.add_token_list(tokenizer["tokens"])
     writer.add_token_types(tokenizer["types"])
-    special = gguf.SpecialVocab(tokenizer["folder"], load_merges=True, n_vocab=vocab_size)
-    if not special.merges:
+    # byte-level BPE is applied by merges; llama.cpp's SentencePiece tokenizer uses the scores instead
+    special = gguf.SpecialVocab(tokenizer["folder"], load_merges=byte_level, n_vocab=vocab_size)
+    if byte_level and not special.merges:
         raise ValueError(f"tokenizer_dir: {tokenizer['folder']} has no BPE merges")
     # the model's own config says which tokens start and end its sequences; the tokenizer files fill the rest
     for kind in ("bos", "eos"):
