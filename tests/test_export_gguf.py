@@ -143,12 +143,16 @@ def test_tied_embeddings_and_f16(tmp_path):
     assert np.abs(got - expected).max() <= 1e-2 * np.abs(expected).max()
 
 
-def test_llama3_rope_scaling(tmp_path):
-    """llama3 rope scaling becomes llama.cpp's rope_freqs tensor (positions past the short wavelengths)."""
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 16},
+    {"rope_type": "linear", "rope_theta": 500.0, "factor": 4.0},
+], ids=["llama3", "linear"])
+def test_rope_scaling(rope, tmp_path):
+    """llama3 rope scaling becomes llama.cpp's rope_freqs tensor, linear scaling its rope scaling keys (checked at
+    positions where the scaling changes the rotations)."""
     model = tm.build("llama-bias")
-    model.config.rope_parameters = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
-                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                    "original_max_position_embeddings": 16}
+    model.config.rope_parameters = rope
     model = type(model)(model.config).eval()  # rebuild: the rotary embedding reads the config at init
     _randomize(model, 3)
     path = export_gguf(model, tmp_path / "m.gguf")
@@ -307,6 +311,10 @@ def test_bad_tokenizer_and_options(tmp_path):
         export_gguf(model, tmp_path / "m.gguf", dtype="q4")
     model.config.hidden_act = "gelu"
     with pytest.raises(ValueError, match="hidden_act"):
+        export_gguf(model, tmp_path / "m.gguf")
+    model.config.hidden_act = "silu"
+    model.config.rope_parameters = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    with pytest.raises(ValueError, match="rope scaling 'yarn' is not supported"):
         export_gguf(model, tmp_path / "m.gguf")
     assert os.listdir(tmp_path) == ["tokenizer.json"]
     assert gguf_export.SUPPORTED_CLASSES == ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")

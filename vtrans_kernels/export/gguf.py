@@ -77,7 +77,7 @@ def export_gguf(model: nn.Module, out: Path, *, tokenizer_dir: Path | None = Non
     head_dim = adapter.head_dim()
     vocab_size = model.get_input_embeddings().num_embeddings
     tokenizer = _read_tokenizer(Path(tokenizer_dir), vocab_size) if tokenizer_dir is not None else None
-    tensors, layers = _tensors(model, rope.pop("freq_factors"))
+    tensors, layers = _tensors(model, rope["llama3"])
 
     import gguf  # optional dependency: only the export needs it
 
@@ -124,19 +124,19 @@ def export_gguf(model: nn.Module, out: Path, *, tokenizer_dir: Path | None = Non
 
 # ---- model ----------------------------------------------------------------------------------------------------
 def _rope(config) -> dict:
-    """Rope base frequency and scaling of ``config``: ``theta``, ``linear_factor`` (or None), ``freq_factors``
-    (llama3 scaling: one divisor per frequency, llama.cpp's ``rope_freqs`` tensor; or None)."""
+    """Rope base frequency and scaling of ``config``: ``theta``, ``linear_factor`` (or None) and ``llama3`` (the
+    llama3 scaling parameters, which become llama.cpp's ``rope_freqs`` tensor; or None)."""
     params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
     kind = params.get("rope_type", params.get("type", "default")) or "default"
-    rope = {"theta": theta, "linear_factor": None, "freq_factors": None}
+    rope = {"theta": theta, "linear_factor": None, "llama3": None}
     if kind == "default":
         return rope
     if kind == "linear":
         rope["linear_factor"] = float(params["factor"])
         return rope
     if kind == "llama3":
-        rope["freq_factors"] = params
+        rope["llama3"] = params
         return rope
     raise ValueError(f"model: rope scaling {kind!r} is not supported for GGUF export (default, linear and "
                      "llama3 are)")
