@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from ..fileio import TMP_SUFFIX
+from .onnx import export_onnx  # needs onnx / onnxscript only when called
 
 FORMATS = ("onnx", "gguf")
 
@@ -25,7 +26,7 @@ def export_model(source: str | os.PathLike | nn.Module, format: str, out: str | 
 
     ``source`` is a model folder (written by :func:`vtrans_kernels.save_compacted`, or any folder of a supported
     transformers class; loaded with :func:`vtrans_kernels.hf.serialization.load_model`) or an in-memory model.
-    ``options`` go to the writer: ``opset`` and ``external_data`` for ONNX (:func:`export_onnx`),
+    ``options`` go to the writer: ``opset``, ``external_data`` and ``optimize`` for ONNX (:func:`export_onnx`),
     ``tokenizer_dir`` and ``dtype`` ("f32", "f16") for GGUF (``tokenizer_dir`` defaults to the source folder
     when it holds a tokenizer.json; without a tokenizer the GGUF carries llama.cpp's placeholder vocabulary).
 
@@ -50,8 +51,6 @@ def export_model(source: str | os.PathLike | nn.Module, format: str, out: str | 
     _check_class(format, _class_name(model), "source: a")
     out.parent.mkdir(parents=True, exist_ok=True)
     if format == "onnx":
-        from .onnx import export_onnx
-
         return export_onnx(model, out, **options)
     return _export_gguf(model, out, folder, **options)
 
@@ -144,4 +143,4 @@ def _export_gguf(model: nn.Module, out: Path, folder: Path | None, *, tokenizer_
     return out
 
 
-__all__ = ["export_model", "FORMATS"]
+__all__ = ["export_model", "export_onnx", "FORMATS"]

@@ -29,6 +29,9 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--external-data", action="store_true",
                    help="ONNX: store the weights in <out>.data beside the graph (automatic above 1.5 GiB of "
                         "weights: one .onnx file cannot exceed 2 GiB)")
+    p.add_argument("--optimize", action="store_true",
+                   help="ONNX: run onnxscript's graph optimizer (smaller graph; ONNX Runtime fuses the graph itself, "
+                        "so it ran no faster there; slow for deep models)")
     p.add_argument("--dtype", default=None, choices=("f32", "f16"),
                    help="GGUF: storage type of the 2-D weights (default f32; norms and biases stay f32). ONNX "
                         "export is fp32 only")
@@ -45,12 +48,12 @@ def run_export(args: argparse.Namespace) -> int:
 
     options = {}
     if args.format == "onnx":
-        options = dict(opset=args.opset, external_data=True if args.external_data else None)
+        options = dict(opset=args.opset, external_data=True if args.external_data else None, optimize=args.optimize)
         if args.dtype is not None or args.tokenizer_dir is not None:
             return _error("--dtype and --tokenizer-dir apply to --format gguf only (ONNX export writes fp32)")
     else:
-        if args.opset is not None or args.external_data:
-            return _error("--opset and --external-data apply to --format onnx only")
+        if args.opset is not None or args.external_data or args.optimize:
+            return _error("--opset, --external-data and --optimize apply to --format onnx only")
         options = {k: v for k, v in (("dtype", args.dtype), ("tokenizer_dir", args.tokenizer_dir)) if v is not None}
     try:
         out = export_model(args.model, args.format, args.out, overwrite=args.overwrite, **options)
