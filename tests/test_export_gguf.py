@@ -281,6 +281,73 @@ def test_sentencepiece_style_tokenizer(tmp_path):
     assert llm.n_vocab() == tokenizer.get_vocab_size() + 5  # embedding rows past the tokenizer: padding tokens
 
 
+def _byte_level_tokenizers() -> dict:
+    """One byte-level BPE vocabulary (learned from the README and some numbers, so it has multi-digit and
+    space-digit tokens) under each pre-tokenizer that llama.cpp knows by name: GPT-2's, SmolLM's (single digits),
+    LLaMA-3's (up to 3 digits; whole words taken as they are) and Qwen2's (single digits)."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = byte_level
+    corpus = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8").splitlines()
+    corpus += [f"{i} {i * 37} {i ** 3}, {i}{i}" for i in range(300)]
+    learner.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=900, show_progress=False, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    learned = json.loads(learner.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    # the Split patterns of LLaMA-3's and Qwen2's tokenizer.json (written out here, not taken from the export)
+    contractions = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+    tail = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    regex = {"llama-bpe": contractions + r"\p{N}{1,3}" + tail, "qwen2": contractions + r"\p{N}" + tail}
+    tokenizers = {}
+    for name in ("gpt-2", "smollm", "llama-bpe", "qwen2"):
+        tokenizer = Tokenizer(models.BPE(learned["vocab"], merges, ignore_merges=name == "llama-bpe"))
+        if name == "gpt-2":
+            tokenizer.pre_tokenizer = byte_level
+        elif name == "smollm":
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                               byte_level])
+        else:
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(regex[name]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizers[name] = tokenizer
+    return tokenizers
+
+
+@needs_llama_cpp
+def test_byte_level_tokenizers(tmp_path):
+    """Each byte-level pre-tokenizer the export recognises splits text in llama.cpp as in the HF tokenizer (digit
+    runs, contractions, whitespace and newlines, non-ASCII), over one vocabulary in which their digit rules give
+    different tokens."""
+    import transformers as tf
+
+    docs = Path(__file__).parent.parent / "docs" / "compaction.md"
+    lines = [line for line in docs.read_text(encoding="utf-8").splitlines() if line.strip()][:60]
+    lines += ["It's 12345 o'clock, we'll see 3.14159 and 2026\n\n  indented\ttab",
+              "na\u00efve \U0001d11e \u2192 h\u00e9ads 4567"]
+    seen = {}
+    for name, tokenizer in _byte_level_tokenizers().items():
+        folder = tmp_path / name
+        folder.mkdir()
+        tokenizer.save(str(folder / "tokenizer.json"))
+        config = tf.LlamaConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=24, num_hidden_layers=1,
+                                num_attention_heads=6, num_key_value_heads=2, intermediate_size=37)
+        path = export_gguf(tf.LlamaForCausalLM(config).eval(), folder / "m.gguf", tokenizer_dir=folder)
+        assert gguf.GGUFReader(str(path)).fields["tokenizer.ggml.pre"].contents() == name
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
+        want = [tokenizer.encode(line).ids for line in lines]
+        assert [llm.tokenize(line.encode(), add_bos=False) for line in lines] == want, name
+        seen[name] = want
+    # digit runs split three ways here (whole, single digits, up to three), so swapped names would fail above
+    assert seen["gpt-2"] != seen["smollm"] and seen["gpt-2"] != seen["llama-bpe"] != seen["qwen2"]
+
+
 # ---- errors -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["gpt2", "bert", "llama-cls"])
 def test_unsupported_architecture(name, tmp_path):
