@@ -129,3 +129,21 @@ def test_lagrangian_ascends_and_ramps():
     assert lag.lambda2.item() == pytest.approx(0.16)
     with pytest.raises(ValueError, match="target_sparsity"):
         Lagrangian(1.0, 5)
+
+
+def test_vib_straight_through_count_is_the_decision_with_a_gradient_far_from_the_boundary():
+    torch.manual_seed(0)
+    soft, straight = VIBMask(50, log_sigma2=-2.0), VIBMask(50, log_sigma2=-2.0, straight_through=1.0)
+    straight.load_state_dict(soft.state_dict())
+    with torch.no_grad():
+        for mask in (soft, straight):
+            mask.mu[:20] = 0.1  # log SNR about -2.6: pruned; the other 30 sit at +2: kept
+    assert straight.soft_count().item() == straight.keep().sum().item() == 30
+    for mask in (soft, straight):
+        mask.soft_count().backward()
+    # 2 units of log SNR from the boundary sigmoid(10 x) is flat (gradient ~1e-8); the straight-through count still
+    # pulls on every unit
+    assert soft.log_sigma2.grad.abs().max().item() < 1e-6
+    assert straight.log_sigma2.grad.abs().min().item() > 1e-2
+    with pytest.raises(ValueError, match="straight_through: expected a temperature > 0"):
+        VIBMask(3, straight_through=0.0)
