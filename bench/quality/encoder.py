@@ -41,7 +41,7 @@ STEP_FRACTION = {"faster_short": 0.1}
 FINETUNE_LRS = (5e-5, 1e-4, 2e-4)
 # What makes a cell: a run that differs in any of these trains its own cell instead of skipping it as done.
 CELL_KEY = ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS + (
-    "finetune_lrs",)
+    "finetune_lrs", "uniform")
 
 
 def method_steps(args, method: str) -> int:
@@ -56,7 +56,8 @@ def cell_values(args, seed: int, sparsity: float, method: str) -> dict:
                 log_sigma2_init=init_label(mask_method, args.log_sigma2_init),
                 fold_scales=fold_label(mask_method, not args.no_fold_scales), mask_steps=method_steps(args, method),
                 finetune_steps=args.finetune_steps, batch_size=args.batch_size,
-                finetune_lrs=lr_label(args.finetune_lrs))
+                finetune_lrs=lr_label(args.finetune_lrs),
+                uniform="True" if args.uniform and mask_method is not None else "")
 
 
 def cell_key(args, seed: int, sparsity: float, method: str) -> tuple[str, ...]:
@@ -118,7 +119,7 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init,
-                      fold_scales=not args.no_fold_scales)
+                      fold_scales=not args.no_fold_scales, uniform=args.uniform)
     with masked_by_plan(model, masks.plan):
         before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
     distill_from = fresh_model(labels, teacher, args.device).eval()
@@ -162,6 +163,9 @@ def main(argv=None) -> None:
     p.add_argument("--mask-lr", type=float, default=0.1)
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
     add_fold_scales_argument(p)
+    p.add_argument("--uniform", action="store_true",
+                   help="plans keep the same heads and FFN width in every layer (PruneConfig.uniform; mask methods "
+                        "only); replays the masks of the non-uniform cell when they exist")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=40)
     p.add_argument("--device", default=default_device(), help="where models train (default: the GPU if any)")
