@@ -40,7 +40,9 @@ demo-ops: setup
 # llama.cpp it vendors, ~5 min on 2 cores); the default native build crashes on CPUs that report AVX512/AMX
 # (DESIGN 4), so it is built once without them into build/wheels (git-ignored) and installed from there.
 LLAMA_CPP_VERSION := 0.3.36
-LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
+# LLAVA_BUILD=OFF: the multimodal library (tools/mtmd) is imported only by llava chat handlers, never by the tests
+LLAMA_CPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF \
+	-DLLAVA_BUILD=OFF
 SERVING_DEPS := gguf onnx onnxruntime onnxscript
 
 serving-deps: $(VENV)/.deps
