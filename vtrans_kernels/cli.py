@@ -2,13 +2,15 @@
 
 Subcommands: ``info`` (versions, devices, backends), ``prune`` (train masks under a size target, write the
 plan, logs, plots and the compacted model), ``compact`` (apply a saved CompactionPlan to a model folder),
-``export`` (a model folder as an ONNX file for ONNX Runtime or a GGUF file for llama.cpp) and
+``export`` (a model folder as an ONNX file for ONNX Runtime or a GGUF file for llama.cpp), ``profile``
+(a model's per-layer latency table on this device, for ``prune --target latency``) and
 ``bench`` (the benchmark suite of the repository's bench/ folder, the same as ``python -m bench``).
 """
 import argparse
 import sys
 
 from .export.cli import add_export_parser, run_export
+from .latency.cli import add_profile_parser, run_profile
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt", "tokenizer.model")
@@ -126,6 +128,12 @@ def _load_for_task(path: str, task: str, num_labels: int | None):
     return model, tokenizer
 
 
+def _profile_model(path: str, task: str):
+    """The model ``vtrans profile`` times: loaded as ``vtrans prune --task`` loads it."""
+    labels = _classifier_labels(path) if task == "classification" else None
+    return _load_for_task(path, task, labels)[0]
+
+
 def _classifier_labels(path: str) -> int | None:
     """The number of labels of the model's trained classifier, or None when the folder holds no classifier (the
     head will be new, sized by the data)."""
@@ -168,6 +176,7 @@ def _prune(args) -> int:
     config = PruneConfig(
         method=args.method, variant=args.variant, structures=tuple(args.structures.split(",")),
         target_sparsity=args.target_sparsity, target=args.target, seq_len=args.seq_len, steps=args.steps,
+        target_speedup=args.target_speedup, latency_table=args.profile,
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
         round_to=args.round_to, uniform=args.uniform, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
@@ -228,7 +237,10 @@ def _interrupted(command: str, argv: list[str], out: str | None) -> int:
     from .prune.run import CHECKPOINT
 
     checkpoint = Path(out) / CHECKPOINT if out else None
-    if command != "prune":
+    if command == "profile":
+        print("vtrans profile: interrupted; nothing was written (the table is written when it is complete)",
+              file=sys.stderr)
+    elif command != "prune":
         print(f"vtrans {command}: interrupted; {out} may hold a partial model, run the command again with "
               "--overwrite", file=sys.stderr)
     elif checkpoint is not None and checkpoint.is_file():
@@ -250,8 +262,13 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--variant", choices=("vtrans", "fast", "faster"), default="faster")
     p.add_argument("--structures", default="hidden,heads,ffn", help="comma-separated subset of hidden,heads,ffn")
     p.add_argument("--target-sparsity", type=float, default=0.5, help="in (0, 1)")
-    p.add_argument("--target", choices=("params", "flops"), default="params",
-                   help="what the sparsity counts: layer parameters, or FLOPs per sequence of --seq-len tokens")
+    p.add_argument("--target", choices=("params", "flops", "latency"), default="params",
+                   help="what the sparsity counts: layer parameters, FLOPs per sequence of --seq-len tokens, or the "
+                        "latency of the --profile table (then give --target-speedup instead of --target-sparsity)")
+    p.add_argument("--target-speedup", type=float, default=None,
+                   help="with --target latency: the speedup over the unpruned model, by the table (> 1, e.g. 2.0)")
+    p.add_argument("--profile", default=None,
+                   help="with --target latency: the latency table JSON of `vtrans profile` (this device and dtype)")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length of the FLOPs target")
     p.add_argument("--steps", type=int, default=200, help="mask-training steps")
     p.add_argument("--batch-size", type=int, default=16)
@@ -303,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="apply a plan made for other weights of the same architecture")
     comp.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
     add_export_parser(sub)
+    add_profile_parser(sub)
     sub.add_parser("bench", add_help=False, help="the benchmark suite (python -m bench; see vtrans bench --help)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the suite parses its own options
@@ -315,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         return run_export(args)
     try:
+        if args.command == "profile":
+            return run_profile(args, _profile_model)
         return _prune(args) if args.command == "prune" else _compact(args)
     except KeyboardInterrupt:
         return _interrupted(args.command, argv, args.out)

@@ -148,7 +148,10 @@ class MaskSet(nn.Module):
                tolerance: float = 0.005) -> Decision:
         """The decision, or, when it misses ``target_sparsity`` by more than ``tolerance``, the one threshold on
         the mask scores (applied to every mask) whose sparsity is closest to the target. The hidden mask always
-        keeps at least one dim."""
+        keeps at least one dim. A measure with its own ``decide`` (a latency table, which admits only the widths
+        it shows are fast) makes the decision instead."""
+        if hasattr(measure, "decide"):
+            return measure.decide(self, target_sparsity, tolerance)
         decision = self.decision()
         if target_sparsity is None or abs(measure.sparsity(*decision.counts(self.spec)) - target_sparsity) \
                 <= tolerance:

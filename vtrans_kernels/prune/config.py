@@ -1,7 +1,9 @@
 """`PruneConfig`: every setting of a VTrans pruning run, with the defaults public VIB-pruning code uses."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from ..masks.mask_set import STRUCTURES
 
@@ -33,7 +35,11 @@ class PruneConfig:
     Method and target: ``method`` "vib" or "hard_concrete"; ``variant`` "vtrans" (masks and weights, full data,
     then fine-tuning), "fast" (the same on a subset) or "faster" (weights frozen, masks only, on a subset);
     ``target_sparsity`` in (0, 1) of ``target`` "params" (layers and norms, plus embeddings and head when
-    ``count_embeddings``) or "flops" (per sequence of ``seq_len`` tokens).
+    ``count_embeddings``) or "flops" (per sequence of ``seq_len`` tokens). ``target`` "latency" prunes to
+    ``target_speedup`` (> 1) by the latency table at ``latency_table`` (a JSON file of ``vtrans profile``, measured
+    on the run's device and dtype for this model): ``target_sparsity`` is then set to ``1 - 1/target_speedup`` of
+    the latency the table predicts, and the plan takes widths the table shows are fast (docs/latency.md), so
+    ``round_to`` stays 1 and ``uniform`` False.
     Schedule: ``steps`` mask-training steps, the target ramping over ``warmup_fraction`` of them;
     ``finetune_steps`` of the compacted model afterwards (default: 0 for faster, ``steps`` otherwise).
     ``grad_accumulation`` splits each batch into micro-batches; ``autocast`` ("bf16"/"fp16") runs the forward
@@ -60,6 +66,8 @@ class PruneConfig:
     structures: tuple[str, ...] = STRUCTURES
     target_sparsity: float = 0.5
     target: str = "params"
+    target_speedup: float | None = None
+    latency_table: str | None = None
     seq_len: int = 128
     count_embeddings: bool = False
     steps: int = 200
@@ -94,10 +102,11 @@ class PruneConfig:
             raise ValueError(f"method: expected 'vib' or 'hard_concrete', got {self.method!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
+        if self.target not in ("params", "flops", "latency"):
+            raise ValueError(f"target: expected 'params', 'flops' or 'latency', got {self.target!r}")
+        self._latency_settings()
         if not 0.0 < float(self.target_sparsity) < 1.0:
             raise ValueError(f"target_sparsity: expected a value in (0, 1), got {self.target_sparsity}")
-        if self.target not in ("params", "flops"):
-            raise ValueError(f"target: expected 'params' or 'flops', got {self.target!r}")
         for name in ("steps", "batch_size", "grad_accumulation", "log_every", "checkpoint_every", "round_to",
                      "seq_len"):
             if int(getattr(self, name)) < 1:
@@ -115,6 +124,27 @@ class PruneConfig:
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
+
+    def _latency_settings(self) -> None:
+        """With target "latency": the sparsity of the speedup, an existing table, widths left to the table."""
+        if self.target != "latency":
+            for name in ("target_speedup", "latency_table"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: only used with target='latency' (target is {self.target!r})")
+            return
+        from ..latency.target import check_speedup, speedup_to_sparsity
+
+        self.target_sparsity = speedup_to_sparsity(check_speedup(self.target_speedup))
+        if not isinstance(self.latency_table, (str, os.PathLike)) or not Path(self.latency_table).is_file():
+            raise ValueError("latency_table (--profile): expected the path of a latency table JSON file (made by "
+                             f"`vtrans profile`), got {self.latency_table!r}")
+        self.latency_table = str(self.latency_table)
+        if self.round_to != 1:
+            raise ValueError(f"round_to: with target='latency' the plan already takes the widths the table shows "
+                             f"are fast; leave round_to at 1 (got {self.round_to})")
+        if self.uniform:
+            raise ValueError("uniform: not supported with target='latency' (the plan picks each layer's widths from "
+                             "the latency table)")
 
     @property
     def trains_weights(self) -> bool:

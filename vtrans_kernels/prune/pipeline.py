@@ -127,6 +127,10 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
         "kept": {k: result.summary[k] for k in ("hidden", "heads", "ffn")},
         "train_rows": len(batches), "dev_rows": len(dev_batches), "times": times, "compacted_path": str(saved),
     }
+    if config.target == "latency":  # the speedup the table predicts for the plan (its sparsity is in latency)
+        summary["latency"] = {"target_speedup": config.target_speedup, "table": config.latency_table,
+                              "table_speedup": 1 / (1 - result.summary["sparsity"]),
+                              "table_dense_ms": pruner.measure.dense_ms}
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
@@ -172,6 +176,9 @@ def format_summary(summary: dict) -> str:
         (f"sparsity ({summary['target']}) target / achieved / masks' own decision",
          f"{summary['target_sparsity']:.3f} / {summary['achieved_sparsity']:.3f} / "
          f"{summary['mask_decision_sparsity']:.3f}"),
+        *([("speedup by the latency table: target / plan",
+            f"{summary['latency']['target_speedup']:.2f}x / {summary['latency']['table_speedup']:.2f}x")]
+          if "latency" in summary else []),
         ("parameters original -> compacted",
          f"{summary['parameters']['original']:,} -> {summary['parameters']['compacted']:,}"),
         ("hidden dims kept", "{} / {}".format(*kept["hidden"])),

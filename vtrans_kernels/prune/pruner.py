@@ -68,6 +68,7 @@ class Pruner:
         device = next(model.parameters()).device
         units = adapter_for(model).units()
         self.model_record = model_record(model.config.model_type, units.hidden, units.heads, units.ffn)
+        latency_record = _latency_record(model) if config.target == "latency" else None  # before masks go on
         if teacher is None and config.distill_weight > 0 and config.trains_weights and manage_weights:
             teacher = copy.deepcopy(model)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
@@ -75,7 +76,7 @@ class Pruner:
             torch.manual_seed(config.seed)
             self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed,
                                               mask_init=config.initial_mask_values)
-        self.measure = self.masks.measure(config.target, config.seq_len, config.count_embeddings)
+        self.measure = self._size_measure(model, latency_record)
         if self.dist.active and config.method == "vib":
             self.masks.reseed(mix_seed(config.seed, 1 + self.dist.rank))
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -98,6 +99,18 @@ class Pruner:
             groups.append({"params": list(model.parameters()), "lr": config.weight_lr, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups)
         self.step = 0
+
+    def _size_measure(self, model: nn.Module, latency_record: dict | None):
+        """What the target counts: parameters or FLOPs (the masks' size model), or the latency predicted by the
+        table of ``config.latency_table``, checked against the model, its device and the run's dtype."""
+        cfg = self.config
+        if cfg.target != "latency":
+            return self.masks.measure(cfg.target, cfg.seq_len, cfg.count_embeddings)
+        from ..latency.target import latency_target
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.autocast)
+        return latency_target(model, self.masks.spec, cfg.structures, cfg.latency_table, cfg.target_speedup,
+                              dtype=dtype, what="latency_table (--profile)", record=latency_record)
 
     # ---- loss -------------------------------------------------------------------------------------------
     def _teacher_outputs(self, batch: dict, hidden: bool):
@@ -255,6 +268,11 @@ class Pruner:
         if "model" in state:
             self.model.load_state_dict(state["model"])
         _set_rng_state(state["rng"][self.dist.rank])
+
+
+def _latency_record(model: nn.Module) -> dict:
+    from ..latency.environment import architecture_record
+    return architecture_record(model)
 
 
 def _rng_state() -> dict:
