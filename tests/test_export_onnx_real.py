@@ -73,6 +73,8 @@ def test_compacted_minilm_matches_in_onnx_runtime(tmp_path):
     got = session(out).run(None, {k: batch[k].numpy() for k in ("input_ids", "attention_mask")})[0]
     with torch.no_grad():
         want = compacted(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    print(f"hidden states {tuple(want.shape)}: max abs diff {(torch.from_numpy(got) - want).abs().max():.2e} "
+          f"(max |x| {want.abs().max():.1f})")
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
 
 
@@ -86,9 +88,10 @@ def test_compacted_smollm2_greedy_continuation_in_onnx_runtime(tmp_path):
     folder, gguf_file = Path(spec.submodule_search_locations[0]), "SmolLM2-135M-Instruct.Q4_1.gguf"
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file).eval()  # dequantised to fp32
-    # 8 of the 30 layers dropped: a shorter graph to export (the export's time grows with the layer count)
-    plan = uneven_plan(model, 0, hidden_keep=1.0, head_low=0.6, ffn_low=0.7, removed_attention=20, removed_ffn=25,
-                       removed_layers=range(10, 18))
+    # 8 of the 30 layers dropped: a shorter graph to export (its time grows with the layer count); with this
+    # plan the greedy continuation varies from token to token, a stronger check than a repeated token
+    plan = uneven_plan(model, 0, hidden_keep=1.0, head_low=0.67, ffn_low=0.9, removed_attention=5, removed_ffn=15,
+                       removed_layers=range(20, 28))
     compacted = compact(model, plan)
     units = adapter_for(compacted).units()
     assert len(units.heads) == 22 and set(units.heads) >= {0, 2, 3} and 0 in units.ffn and len(set(units.ffn)) > 10
@@ -101,7 +104,9 @@ def test_compacted_smollm2_greedy_continuation_in_onnx_runtime(tmp_path):
         logits = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
         ids = np.concatenate([ids, logits[:, -1].argmax(-1)[:, None]], axis=1)
     assert tokenizer.decode(ids[0]) == tokenizer.decode(want[0])
-    assert np.array_equal(ids, want.numpy())
+    assert np.array_equal(ids, want.numpy()) and len(set(ids[0, prompt.shape[1]:].tolist())) > 6
     with torch.no_grad():
         reference = compacted(input_ids=want, use_cache=False).logits
+    print(f"greedy continuation in both: {tokenizer.decode(ids[0])!r}; logits max abs diff "
+          f"{(torch.from_numpy(logits) - reference[:, :-1]).abs().max():.2e} (max |logit| {reference.abs().max():.1f})")
     torch.testing.assert_close(torch.from_numpy(logits), reference[:, :-1], rtol=1e-4, atol=5e-4)
