@@ -28,7 +28,7 @@ def test_profile_measures_every_head_count_and_the_ffn_grid(name):
             assert all(len(s) >= 2 for s in points["samples_ms"][1:])  # one sample per round at least
         assert table.total[hidden]["estimate_ms"] > 0 and table.fixed[hidden]["estimate_ms"] > 0
         assert len(table.fixed[hidden]["samples_ms"]) == 2 * REFERENCE_RUNS
-    assert table.settings["clock"] == "thread" and table.settings["statistic"] == "median"
+    assert table.settings["clock"] == "thread" and table.settings["statistic"] == "settled"
     assert table.device["threads"] == 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left untouched
 

@@ -9,8 +9,8 @@ model at that hidden size with every other width unpruned, less its blocks' time
 Noise (shared machines): every model is warmed up first; then ``repeats`` rounds each run every model once in a
 new random order, so a busy spell hits a scattering of widths rather than a run of neighbours; the models of as
 many hidden sizes as ``memory_mb`` holds share the rounds, so one cannot be measured in a busier spell than another. The table keeps
-each point's samples and the estimate the predictions use (`stats.estimate_ms`: the median with the thread's
-CPU time or CUDA events as the clock, the median of the samples near the fastest with the wall clock). The
+each point's samples and the estimate the predictions use (`stats.settled_ms`: the median of the samples near
+the fastest, an estimate of the latency on a core of its own). The
 reference model (fixed cost and total) runs ``REFERENCE_RUNS`` times per round: its fixed cost is a small
 difference of large numbers.
 """
@@ -34,7 +34,7 @@ from ..hf.compact import compact
 from ..hf.plan import CompactionPlan
 from ..masks.size_model import count_parameters, layer_parameters
 from .environment import DTYPES, architecture_record, device_record, dtype_name, versions
-from .stats import estimate_ms, statistic_for
+from .stats import STATISTIC, estimate_ms
 from .table import LatencyTable
 from .timer import BlockTimer, Stopwatch, default_clock, time_forward
 
@@ -101,7 +101,7 @@ def profile_latency(model: nn.Module, *, batch_size: int = 1, seq_len: int = 128
             raise ValueError(f"clock: {clock!r} does not time {device.type} with {torch.get_num_threads()} threads "
                              "(\"cuda\" on a GPU; \"thread\" needs threads=1; \"wall\" on any CPU)")
         settings = {"repeats": repeats, "warmup": warmup, "ffn_step": ffn_step, "hidden_sizes": sizes,
-                    "seed": seed, "clock": clock, "statistic": statistic_for(clock),
+                    "seed": seed, "clock": clock, "statistic": STATISTIC,
                     "reference_runs": REFERENCE_RUNS}
         key = {"device": device_record(device), "dtype": dtype, "batch_size": batch_size, "seq_len": seq_len,
                "versions": versions(), "model": arch, "settings": settings}
