@@ -191,3 +191,15 @@ def test_vtrans_export_is_wired_into_the_vtrans_command(compacted_folder, tmp_pa
     assert cli.main(["export", "--model", str(compacted_folder), "--format", "onnx", "--out",
                      str(compacted_folder / "x.onnx")]) == 2
     assert "lies inside the source model folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_nothing_was_written(compacted_folder, tmp_path, monkeypatch, capsys):
+    import vtrans_kernels.export as export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_model", interrupted)
+    out = tmp_path / "model.onnx"
+    assert vtrans_export("--model", str(compacted_folder), "--format", "onnx", "--out", str(out)) == 130
+    assert "interrupted; nothing was written" in capsys.readouterr().err and not out.exists()

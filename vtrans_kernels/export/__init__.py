@@ -15,7 +15,6 @@ from pathlib import Path
 from torch import nn
 
 from ..fileio import TMP_SUFFIX
-from .onnx import export_onnx  # needs onnx / onnxscript only when called
 
 FORMATS = ("onnx", "gguf")
 
@@ -51,6 +50,8 @@ def export_model(source: str | os.PathLike | nn.Module, format: str, out: str | 
     _check_class(format, _class_name(model), "source: a")
     out.parent.mkdir(parents=True, exist_ok=True)
     if format == "onnx":
+        from .onnx import export_onnx
+
         return export_onnx(model, out, **options)
     return _export_gguf(model, out, folder, **options)
 
@@ -141,6 +142,15 @@ def _export_gguf(model: nn.Module, out: Path, folder: Path | None, *, tokenizer_
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def __getattr__(name: str):
+    # export_onnx on first use: importing the package (as `vtrans --help` does) loads neither transformers nor onnx
+    if name == "export_onnx":
+        from .onnx import export_onnx
+
+        return export_onnx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["export_model", "export_onnx", "FORMATS"]

@@ -59,6 +59,10 @@ def run_export(args: argparse.Namespace) -> int:
         out = export_model(args.model, args.format, args.out, overwrite=args.overwrite, **options)
     except (FileNotFoundError, ValueError, TypeError, ImportError, OSError, RuntimeError) as err:
         return _error(err)
+    except KeyboardInterrupt:
+        print(f"vtrans export: interrupted; nothing was written to {args.out} (an earlier file there is unchanged)",
+              file=sys.stderr)
+        return 130
     print(_source_line(Path(args.model)))
     if args.format == "onnx":
         _print_onnx(out)
