@@ -8,11 +8,11 @@ model at that hidden size with every other width unpruned, less its blocks' time
 
 Noise (shared machines): every model is warmed up first; then ``repeats`` rounds each run every model once in a
 new random order, so a busy spell hits a scattering of widths rather than a run of neighbours; the models of as
-many hidden sizes as ``memory_mb`` holds share the rounds, so one cannot be measured in a busier spell than another. The table keeps
-each point's samples and the estimate the predictions use (`stats.settled_ms`: the median of the samples near
-the fastest, an estimate of the latency on a core of its own). The
-reference model (fixed cost and total) runs ``REFERENCE_RUNS`` times per round: its fixed cost is a small
-difference of large numbers.
+many hidden sizes as ``memory_mb`` holds share the rounds, so one cannot be measured in a busier spell than
+another. The table keeps each point's samples and the estimate the predictions use (`stats.settled_ms`: the
+median of the samples near the fastest, an estimate of the latency on a core of its own). The reference model
+(fixed cost and total) runs ``REFERENCE_RUNS`` times per round: its fixed cost is a small difference of large
+numbers.
 """
 from __future__ import annotations
 
