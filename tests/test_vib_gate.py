@@ -1,6 +1,7 @@
 """vib_gate against the reference on every kernel backend: outputs and all gradients, odd shapes, all dtypes,
 explicit and seeded noise, training and evaluation."""
 import math
+import zlib
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def _reference(x, mu, log_sigma2, eps, grad, training):
 
 
 def check_against_reference(device, shape, dtype, noise, training):
-    gen = torch.Generator().manual_seed(hash((shape, noise)) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, noise)).encode()))  # hash() varies per process
     x = torch.randn(shape, generator=gen).to(device, dtype)
     grad = torch.randn(shape, generator=gen).to(device, dtype)
     mu, log_sigma2 = _params(shape[-1], device)
