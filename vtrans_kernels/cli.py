@@ -55,13 +55,11 @@ def loaded_by(folder) -> str:
     """What loads the compacted model folder ``folder``, and how to export it for serving (the CLI's last line)."""
     from pathlib import Path
 
-    from .hf.model_card import GGUF_FAMILIES
+    from .hf.model_card import GGUF_FAMILIES, loader_phrase
     from .hf.serialization import read_config
 
     config = read_config(Path(folder))
-    record = getattr(config, "vtrans_compaction", None) or {}
-    loader = "loads with from_pretrained" if record.get("plain_loadable") else \
-        "loads with vtrans_kernels.load_compacted (its layers differ in shape)"
+    loader = loader_phrase(getattr(config, "vtrans_compaction", None))
     formats = "onnx|gguf" if config.model_type in GGUF_FAMILIES else "onnx"
     return f"{loader}; README.md there says how; serve it: vtrans export --model {folder} --format {formats} --out PATH"
 

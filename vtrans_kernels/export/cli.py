@@ -81,14 +81,10 @@ def _error(err) -> int:
 
 def _source_line(folder: Path) -> str:
     from ..hf.adapters.base import RECORD_KEY
+    from ..hf.model_card import loader_phrase
     from ..hf.serialization import read_config
 
-    record = getattr(read_config(folder), RECORD_KEY, None) or {}
-    if record and not record.get("plain_loadable"):
-        how = "loads with vtrans_kernels.load_compacted (per-layer shapes)"
-    else:
-        how = "loads with from_pretrained"
-    return f"source: {folder} ({how})"
+    return f"source: {folder} ({loader_phrase(getattr(read_config(folder), RECORD_KEY, None))})"
 
 
 def _print_onnx(out: Path) -> None:

@@ -9,6 +9,13 @@ from .adapters import adapter_for
 GGUF_FAMILIES = ("llama", "mistral", "qwen2")
 
 
+def loader_phrase(record: dict | None) -> str:
+    """How a model folder with the compaction ``record`` (None: a folder never compacted) loads, in a few words."""
+    if record and not record.get("plain_loadable"):
+        return "loads with vtrans_kernels.load_compacted (its layers differ in shape)"
+    return "loads with from_pretrained"
+
+
 def _widths(values: list[int]) -> str:
     return f"{values[0]} in every layer" if len(set(values)) == 1 else ", ".join(map(str, values))
 
