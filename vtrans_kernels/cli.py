@@ -246,7 +246,7 @@ def _interrupted(command: str, argv: list[str], out: str | None) -> int:
         print(f"vtrans prune: interrupted; the last checkpoint is {checkpoint}; resume with: "
               f"{shlex.join(['vtrans', *resume])}", file=sys.stderr)
     else:
-        print(f"vtrans prune: interrupted before the first checkpoint; nothing to resume: run the command again "
+        print("vtrans prune: interrupted before the first checkpoint; nothing to resume: run the command again "
               "with --overwrite", file=sys.stderr)
     return 130
 
