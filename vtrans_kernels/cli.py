@@ -198,7 +198,8 @@ def _prune(args) -> int:
     if _is_main():
         prepare_out(args.out, **settings)
     options = PipelineOptions(task=args.task, max_length=args.max_length, teacher_steps=args.teacher_steps,
-                              resume=args.resume, progress=not args.no_progress, fsdp=args.fsdp)
+                              resume=args.resume, progress=not args.no_progress, fsdp=args.fsdp,
+                              calibrate_latency=not args.no_calibrate)
     try:
         summary = prune_pipeline(model, tokenizer, data, config, args.out, options,
                                  reload=lambda: load()[0].to(device))
@@ -267,6 +268,9 @@ def _add_prune_parser(sub) -> None:
                    help="with --target latency: the speedup over the unpruned model, by the table (> 1, e.g. 2.0)")
     p.add_argument("--profile", default=None,
                    help="with --target latency: the latency table JSON of `vtrans profile` (this device and dtype)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="with --target latency: keep the table's plan; by default it is timed against the unpruned "
+                        "model here and re-planned until the measured speedup is within 3%% of the target")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length of the FLOPs target")
     p.add_argument("--steps", type=int, default=200, help="mask-training steps")
     p.add_argument("--batch-size", type=int, default=16)

@@ -29,7 +29,9 @@ TEACHER = "teacher.pt"
 @dataclass
 class PipelineOptions:
     """Settings around mask training: the task, the dev split, tokenization, a teacher fine-tune before
-    pruning and its learning rate, progress bars, and whether to resume."""
+    pruning and its learning rate, progress bars, whether to resume, and (``calibrate_latency``, latency targets
+    only) whether the plan is timed against the unpruned model and re-planned until the measured speedup meets the
+    target (:func:`vtrans_kernels.latency.calibrate.calibrate_run`)."""
 
     task: str = "classification"
     dev_fraction: float = 0.1
@@ -40,6 +42,7 @@ class PipelineOptions:
     resume: bool = False
     progress: bool = True
     fsdp: bool = False
+    calibrate_latency: bool = True
 
 
 def _features(data: TextData, tokenizer, task: str, length: int):
@@ -101,6 +104,10 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
         model = reload()
         if options.teacher_steps:
             _load_teacher(model, out)
+    calibration = None
+    if config.target == "latency" and options.calibrate_latency:  # the table's speedup checked by timing, re-planned
+        from ..latency.calibrate import calibrate_run
+        result, calibration = calibrate_run(result, model, out)
     with masked_by_plan(model, result.plan):  # the masked model of the final plan (threshold-adjusted)
         masked_metrics = evaluate(model, dev_batches, options.task)
 
@@ -130,7 +137,7 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
     if config.target == "latency":  # the speedup the table predicts for the plan (its sparsity is in latency)
         summary["latency"] = {"target_speedup": config.target_speedup, "table": config.latency_table,
                               "table_speedup": 1 / (1 - result.summary["sparsity"]),
-                              "table_dense_ms": pruner.measure.dense_ms}
+                              "table_dense_ms": pruner.measure.dense_ms, "calibration": calibration}
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
 
@@ -179,6 +186,10 @@ def format_summary(summary: dict) -> str:
         *([("speedup by the latency table: target / plan",
             f"{summary['latency']['target_speedup']:.2f}x / {summary['latency']['table_speedup']:.2f}x")]
           if "latency" in summary else []),
+        *([("measured speedup here (plans timed)",
+            "{:.2f}x ({})".format(summary["latency"]["calibration"]["measured_speedup"],
+                                  len(summary["latency"]["calibration"]["attempts"])))]
+          if (summary.get("latency") or {}).get("calibration") else []),
         ("parameters original -> compacted",
          f"{summary['parameters']['original']:,} -> {summary['parameters']['compacted']:,}"),
         ("hidden dims kept", "{} / {}".format(*kept["hidden"])),
