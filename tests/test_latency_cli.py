@@ -39,9 +39,15 @@ def test_profile_then_prune_to_a_speedup(tmp_path, folder, capsys):
     out = tmp_path / "out"
     assert main(_prune(folder, data, out, "--target", "latency", "--target-speedup", "1.5", "--profile",
                        str(table_path))) == 0
-    assert re.search(r"speedup by the latency table: target / plan +1\.50x / ", capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    assert re.search(r"speedup by the latency table: target / plan +1\.50x / ", printed)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["target"] == "latency" and summary["latency"]["table_speedup"] >= 1.5
+    calibration = summary["latency"]["calibration"]  # timed here against the unpruned model, re-planned if it missed
+    assert summary["target"] == "latency" and 1 <= len(calibration["attempts"]) <= 4
+    chosen = calibration["attempts"][calibration["chosen"]]
+    assert chosen["table_speedup"] == pytest.approx(summary["latency"]["table_speedup"])
+    assert re.search(rf"measured speedup here \(plans timed\) +{chosen['measured']:.2f}x \({len(calibration['attempts'])}\)",
+                     printed)
     model = load_compacted(out / "compacted")
     units = adapter_for(model).units()
     measure = LatencyMeasure(table, adapter_for(_profile_model(str(folder), "classification")).spec())
@@ -50,6 +56,12 @@ def test_profile_then_prune_to_a_speedup(tmp_path, folder, capsys):
     assert units.hidden in table.hidden_sizes
     for layer, width in enumerate(units.ffn):  # every FFN width is one the table shows fast
         assert width in table.curve("ffn", units.hidden).fast_widths(37), (layer, width)
+
+    assert main(_prune(folder, data, tmp_path / "kept", "--target", "latency", "--target-speedup", "1.5",
+                       "--profile", str(table_path), "--no-calibrate")) == 0
+    assert "measured speedup here" not in capsys.readouterr().out
+    summary = json.loads((tmp_path / "kept" / "summary.json").read_text())
+    assert summary["latency"]["calibration"] is None and summary["latency"]["table_speedup"] >= 1.5  # the table's plan
 
 
 @pytest.mark.parametrize("extra, message", [
