@@ -179,6 +179,7 @@ def _prune(args) -> int:
         round_to=args.round_to, uniform=args.uniform, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
         fold_scales=not args.no_fold_scales, checkpoint_every=args.checkpoint_every,
+        bias_compensation=args.bias_compensation, calibration_batches=args.calibration_batches,
         mask_init=vib_mask_init(args.method, args.log_sigma2_init))
     check_not_input(args.out, {"--model": args.model, "--data": args.data})
     head = _classifier_labels(args.model) if args.task == "classification" else None
@@ -220,8 +221,8 @@ def _is_main() -> bool:
 
 
 # What `vtrans prune` writes in --out (removed by --overwrite before a new run).
-PRUNE_OUTPUTS = ("checkpoint.pt", "log.jsonl", "plan.json", "masks.pt", "teacher.pt", "summary.json", "config.json",
-                 "kept_units.png", "training.png", "compacted")
+PRUNE_OUTPUTS = ("checkpoint.pt", "log.jsonl", "plan.json", "plan_compensated.json", "masks.pt", "teacher.pt",
+                 "summary.json", "config.json", "kept_units.png", "training.png", "compacted")
 
 
 def _prune_output(name: str) -> bool:
@@ -291,6 +292,11 @@ def _add_prune_parser(sub) -> None:
                    help="keep the chosen units at their original weights instead of folding the masks' learned "
                         "gate values into them (PruneConfig.fold_scales)")
     p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
+    p.add_argument("--bias-compensation", action="store_true",
+                   help="fold the mean contribution of each sublayer's removed units (measured on training batches) "
+                        "into its output bias before compacting; writes OUT/plan_compensated.json")
+    p.add_argument("--calibration-batches", type=int, default=8,
+                   help="training batches that --bias-compensation measures the means on")
     p.add_argument("--uniform", action="store_true",
                    help="keep the same heads and FFN width in every layer, so the compacted model loads with "
                         "plain from_pretrained (and vLLM, TGI)")

@@ -26,7 +26,10 @@ def compact(model: nn.Module, plan: CompactionPlan, round_to: int = 1) -> nn.Mod
     removed is dropped. ``round_to=k`` first rounds the kept FFN neurons and hidden dims of each structure to
     a multiple of ``k`` (nearest, by the units' scores; heads are whole units already). What rounding changed
     is logged and stored with the shapes in ``new_model.config.vtrans_compaction``. In eval mode the result
-    computes what the masked model computes (:func:`vtrans_kernels.hf.masked_by_plan`). A plan that records
+    computes what the masked model computes (:func:`vtrans_kernels.hf.masked_by_plan`). The plan's bias shifts
+    (``head_bias_shift``/``ffn_bias_shift``, see :func:`vtrans_kernels.hf.compensate_plan`) are added to the
+    output projections' biases; a LLaMA model then gets ``attention_bias``/``mlp_bias`` (zero biases on the
+    sublayer's other projections). A plan that records
     the model it was made for (``plan.model``) is refused, naming what differs, when the model type or unit
     counts of ``model`` are not the recorded ones.
     """
@@ -42,6 +45,10 @@ def compact(model: nn.Module, plan: CompactionPlan, round_to: int = 1) -> nn.Mod
     changes = []
     if round_to > 1:
         resolved, changes = round_plan(adapter, resolved, round_to, plan.scores)
+        if changes and resolved.has_shifts():  # the shifts were measured with the units before rounding
+            raise ValueError(f"round_to: rounding to multiples of {round_to} changes the kept units of a plan that "
+                             "carries bias shifts, which were measured for the units before rounding; round "
+                             f"while compensating instead: compensate_plan(model, plan, batches, round_to={round_to})")
         for change in changes:
             log.info("round_to=%d: %s", round_to, change)
     new_model = copy_unmasked(model)  # masks attached to the input stay there, not on the copy
@@ -53,6 +60,9 @@ def compact(model: nn.Module, plan: CompactionPlan, round_to: int = 1) -> nn.Mod
 def apply_plan(adapter: Adapter, plan: ResolvedPlan, rounding: list | None = None) -> None:
     """Compact ``adapter.model`` in place (callers pass a copy)."""
     record = _start_record(adapter)
+    added = _add_bias_shifts(adapter, plan)
+    if added:
+        record["added_biases"] = sorted(set(record.get("added_biases", [])) | set(added))
     if not plan.hidden.is_everything():
         _compact_hidden(adapter, plan.hidden)
     for i in range(adapter.num_layers()):
@@ -74,6 +84,27 @@ def apply_plan(adapter: Adapter, plan: ResolvedPlan, rounding: list | None = Non
     record.update(hidden=units.hidden, heads=list(units.heads), ffn=list(units.ffn),
                   rounding=list(record.get("rounding", [])) + list(rounding or []))
     setattr(adapter.config, RECORD_KEY, record)
+
+
+def _add_bias_shifts(adapter: Adapter, plan: ResolvedPlan) -> list[str]:
+    """Add the plan's bias shifts to the output projections (before any slicing: they are full hidden length).
+    Returns the config fields switched on to give the projections a bias."""
+    added = []
+    for kind, shifts in (("heads", plan.head_shift), ("ffn", plan.ffn_shift)):
+        if all(shift is None for shift in shifts):
+            continue
+        reason = adapter.output_bias_support(kind)
+        if reason:
+            raise ValueError(f"CompactionPlan.{'head' if kind == 'heads' else 'ffn'}_bias_shift: {reason}")
+        field = adapter.enable_output_bias(kind)
+        if field:
+            added.append(field)
+        for i, shift in enumerate(shifts):
+            if shift is not None:
+                roles = adapter.layer_roles(i)
+                path = roles.head_consumer if kind == "heads" else roles.ffn_consumer
+                set_module(adapter.model, path, slicing.bias_shifted(get_module(adapter.model, path), shift))
+    return added
 
 
 def _start_record(adapter: Adapter) -> dict:

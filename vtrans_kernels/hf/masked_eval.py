@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from .adapters import adapter_for
+from .adapters import Adapter, adapter_for
+from .adapters.base import get_module
 from .gating import GateSource, gate_blocks, wire_gates
 from .plan import CompactionPlan, ResolvedPlan, resolve_plan
 
@@ -45,16 +46,34 @@ class PlanGates(GateSource):
 def masked_by_plan(model: nn.Module, plan: CompactionPlan):
     """Within the ``with`` block, ``model`` computes the masked model of ``plan`` (use it in eval mode).
 
-    The hooks are removed on exit, also when the block raises.
+    The plan's bias shifts are added to the output projections' outputs, before the hidden gate (as compaction
+    adds them to the bias that the hidden dims slice and scale). The hooks are removed on exit, also when the
+    block raises.
     """
     adapter = adapter_for(model)
     units = adapter.units()
-    handles = wire_gates(model, adapter, PlanGates(resolve_plan(plan, units.hidden, units.heads, units.ffn)))
+    resolved = resolve_plan(plan, units.hidden, units.heads, units.ffn)
+    # registered first, so each shift is added before wire_gates' hidden gate scales the same output
+    handles = _shift_hooks(model, adapter, resolved)
+    handles += wire_gates(model, adapter, PlanGates(resolved))
     try:
         yield model
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _shift_hooks(model: nn.Module, adapter: Adapter, resolved: ResolvedPlan) -> list:
+    handles = []
+    for i in range(adapter.num_layers()):
+        roles = adapter.layer_roles(i)
+        for consumer, shift in ((roles.head_consumer, resolved.head_shift[i]), (roles.ffn_consumer,
+                                                                               resolved.ffn_shift[i])):
+            if shift is not None:
+                def add(mod, args, output, shift=shift):
+                    return output + shift.to(device=output.device, dtype=output.dtype)
+                handles.append(get_module(model, consumer).register_forward_hook(add))
+    return handles
 
 
 __all__ = ["masked_by_plan"]

@@ -56,27 +56,30 @@ def _check_structures(mapping, what: str) -> None:
                          "'ffn'")
 
 
-def _as_scale(values, what: str) -> torch.Tensor | None:
+def _as_scale(values, what: str, kind: str = "per-unit scales") -> torch.Tensor | None:
     if values is None:
         return None
     try:
         scale = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{what}: expected a list of numbers (per-unit scales), got {_short(values)}") from None
+        raise TypeError(f"{what}: expected a list of numbers ({kind}), got {_short(values)}") from None
     if scale.dim() != 1:
-        raise ValueError(f"{what}: expected a 1-D vector of per-unit scales, got shape {tuple(scale.shape)}")
+        raise ValueError(f"{what}: expected a 1-D vector of {kind}, got shape {tuple(scale.shape)}")
     if not torch.isfinite(scale).all():
-        raise ValueError(f"{what}: scales must be finite")
+        raise ValueError(f"{what}: {kind} must be finite")
     return scale
 
 
-def _as_scale_dict(mapping, what: str) -> dict[int, torch.Tensor]:
+def _as_scale_dict(mapping, what: str, kind: str = "per-unit scales") -> dict[int, torch.Tensor]:
     if mapping is None:
         return {}
     if not isinstance(mapping, Mapping):
-        raise TypeError(f"{what}: expected a dict {{layer: per-unit scales}}, got {type(mapping).__name__}")
-    return {layer: _as_scale(values, f"{what}[{layer}]")
+        raise TypeError(f"{what}: expected a dict {{layer: {kind}}}, got {type(mapping).__name__}")
+    return {layer: _as_scale(values, f"{what}[{layer}]", kind)
             for layer, values in _as_layer_dict(mapping, what, lambda v, _: v).items()}
+
+
+_SHIFT = "one bias shift per hidden dim"
 
 
 @dataclass
@@ -96,6 +99,11 @@ class CompactionPlan:
             {layer: vec}, "ffn": {layer: vec}}``), used by ``round_to`` to choose which units to add or drop.
         scales: the three scale arguments in one dict of the same form as ``scores`` (an alternative
             spelling; do not give both).
+        head_bias_shift, ffn_bias_shift: optional ``{layer: vector}`` added to the bias of that layer's attention
+            (resp. FFN) output projection, one value per hidden dim of the model (before ``hidden`` is applied;
+            the hidden scale multiplies it like the bias). :func:`vtrans_kernels.hf.compensate_plan` sets them to
+            the mean contribution of the sublayer's removed units on calibration data (bias compensation). A
+            shift on a sublayer the plan removes is refused: a removed sublayer adds exactly zero.
         model: optional record of the model the plan was made for (see :func:`model_record`): its model type,
             unit counts and weight fingerprint. :func:`vtrans_kernels.compact` refuses a plan whose model type or
             unit counts differ from the model's; ``vtrans compact`` also checks the fingerprint.
@@ -112,6 +120,8 @@ class CompactionPlan:
     scores: dict = field(default_factory=dict)
     scales: dict | None = None
     model: dict | None = None
+    head_bias_shift: dict[int, torch.Tensor] = field(default_factory=dict)
+    ffn_bias_shift: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.scales is not None:
@@ -129,6 +139,8 @@ class CompactionPlan:
         self.hidden_scale = _as_scale(self.hidden_scale, "CompactionPlan.hidden_scale")
         self.head_scale = _as_scale_dict(self.head_scale, "CompactionPlan.head_scale")
         self.ffn_scale = _as_scale_dict(self.ffn_scale, "CompactionPlan.ffn_scale")
+        self.head_bias_shift = _as_scale_dict(self.head_bias_shift, "CompactionPlan.head_bias_shift", _SHIFT)
+        self.ffn_bias_shift = _as_scale_dict(self.ffn_bias_shift, "CompactionPlan.ffn_bias_shift", _SHIFT)
         scores = dict(self.scores or {})
         _check_structures(scores, "CompactionPlan.scores")
         self.scores = {
@@ -167,6 +179,9 @@ class CompactionPlan:
         }
         if self.model is not None:
             out["model"] = dict(self.model)
+        for name in ("head_bias_shift", "ffn_bias_shift"):  # written only when set: older readers stay valid
+            if getattr(self, name):
+                out[name] = per_layer(getattr(self, name), vec)
         return out
 
     @classmethod
@@ -175,7 +190,7 @@ class CompactionPlan:
         if not isinstance(data, Mapping):
             raise TypeError(f"CompactionPlan.from_dict: expected a dict, got {type(data).__name__}")
         allowed = {"hidden", "heads", "ffn", "hidden_scale", "head_scale", "ffn_scale", "scores", "scales",
-                   "model"}
+                   "model", "head_bias_shift", "ffn_bias_shift"}
         unknown = set(data) - allowed
         if unknown:
             raise ValueError(f"CompactionPlan: unknown fields {sorted(unknown)}; expected among {sorted(allowed)}")
@@ -300,6 +315,12 @@ class ResolvedPlan:
     hidden: Kept
     heads: tuple[Kept, ...]
     ffn: tuple[Kept, ...]
+    # per layer: the vector added to the output projection's bias (full hidden length), or None
+    head_shift: tuple[torch.Tensor | None, ...] = ()
+    ffn_shift: tuple[torch.Tensor | None, ...] = ()
+
+    def has_shifts(self) -> bool:
+        return any(s is not None for s in self.head_shift + self.ffn_shift)
 
 
 def resolve_plan(plan: CompactionPlan, hidden: int, heads: Sequence[int], ffn: Sequence[int]) -> ResolvedPlan:
@@ -308,7 +329,8 @@ def resolve_plan(plan: CompactionPlan, hidden: int, heads: Sequence[int], ffn: S
         raise TypeError(f"plan: expected a CompactionPlan, got {type(plan).__name__}")
     n_layers = len(heads)
     for name, mapping in (("heads", plan.heads), ("ffn", plan.ffn), ("head_scale", plan.head_scale),
-                          ("ffn_scale", plan.ffn_scale)):
+                          ("ffn_scale", plan.ffn_scale), ("head_bias_shift", plan.head_bias_shift),
+                          ("ffn_bias_shift", plan.ffn_bias_shift)):
         bad = sorted(layer for layer in mapping if not 0 <= layer < n_layers)
         if bad:
             raise ValueError(f"CompactionPlan.{name}: layers {bad} do not exist; the model has {n_layers} layers")
@@ -320,4 +342,18 @@ def resolve_plan(plan: CompactionPlan, hidden: int, heads: Sequence[int], ffn: S
                        for i in range(n_layers))
     kept_ffn = tuple(_kept(plan.ffn.get(i), plan.ffn_scale.get(i), ffn[i], f"CompactionPlan.ffn[{i}]")
                      for i in range(n_layers))
-    return ResolvedPlan(kept_hidden, kept_heads, kept_ffn)
+    head_shift = _shifts(plan.head_bias_shift, kept_heads, hidden, "head_bias_shift")
+    ffn_shift = _shifts(plan.ffn_bias_shift, kept_ffn, hidden, "ffn_bias_shift")
+    return ResolvedPlan(kept_hidden, kept_heads, kept_ffn, head_shift, ffn_shift)
+
+
+def _shifts(mapping: dict, kept: tuple[Kept, ...], hidden: int, name: str) -> tuple[torch.Tensor | None, ...]:
+    """Per layer, the bias shift of ``mapping`` checked against the hidden size and the kept units."""
+    for layer, shift in mapping.items():
+        if shift.numel() != hidden:
+            raise ValueError(f"CompactionPlan.{name}[{layer}]: expected {hidden} values (one per hidden dim of the "
+                             f"model, before pruning), got {shift.numel()}")
+        if kept[layer].count == 0:
+            raise ValueError(f"CompactionPlan.{name}[{layer}]: the plan removes this sublayer, which then adds "
+                             "exactly zero; a bias shift cannot be kept on it")
+    return tuple(mapping.get(i) for i in range(len(kept)))

@@ -10,6 +10,8 @@ projection that reads it. Heads are whole units and are not rounded.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .adapters.base import Adapter, get_module
@@ -78,4 +80,4 @@ def round_plan(adapter: Adapter, plan: ResolvedPlan, multiple: int, scores: dict
         if changed:
             changes.append({"structure": "ffn", "layer": i, "from": kept.count, "to": new.count})
         ffn.append(new)
-    return ResolvedPlan(hidden, plan.heads, tuple(ffn)), changes
+    return replace(plan, hidden=hidden, ffn=tuple(ffn)), changes

@@ -117,6 +117,8 @@ def load_compacted(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
     if dtype is None:
         dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
     original = type(config).from_dict(record["original"])
+    for field in record.get("added_biases", []):  # biases that bias compensation gave the compacted model
+        setattr(original, field, True)
     attn_implementation = attn_implementation or record.get("attn_implementation")
     if attn_implementation is not None:
         original._attn_implementation = attn_implementation

@@ -91,3 +91,15 @@ def norm(module: nn.Module, index: torch.Tensor, scale: torch.Tensor | None = No
     if hasattr(module, "normalized_shape"):
         new.normalized_shape = (int(index.numel()),)
     return new
+
+
+def bias_shifted(module: nn.Module, shift: torch.Tensor) -> nn.Module:
+    """A copy of an ``nn.Linear`` or ``Conv1D`` whose bias is ``bias + shift`` (added in float64, cast back to
+    the bias dtype). The module must have a bias."""
+    if module.bias is None:
+        raise ValueError(f"bias_shifted: the {type(module).__name__} has no bias to shift")
+    new = projection(module)
+    bias = module.bias.detach()
+    new.bias = _parameter((bias.double() + shift.to(device=bias.device, dtype=torch.float64)).to(bias.dtype),
+                          module.bias)
+    return new

@@ -59,6 +59,9 @@ class PruneConfig:
     can express (multiples of ``round_to``), so the compacted model loads with plain ``from_pretrained``.
     Masks trained on frozen weights learn ``mu`` as a free per-unit gain under
     heavy gate noise, and folded in it can cost more than the pruning itself (bench/results/quality).
+    ``bias_compensation`` folds the mean contribution of each sublayer's removed units, measured on
+    ``calibration_batches`` training batches, into its output bias before compaction
+    (:func:`vtrans_kernels.hf.compensate_plan`; skipped, with a warning, where the config has no bias option).
     """
 
     method: str = "vib"
@@ -92,6 +95,8 @@ class PruneConfig:
     fold_scales: bool = True
     round_to: int = 1
     uniform: bool = False
+    bias_compensation: bool = False
+    calibration_batches: int = 8
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 50
@@ -108,7 +113,7 @@ class PruneConfig:
         if not 0.0 < float(self.target_sparsity) < 1.0:
             raise ValueError(f"target_sparsity: expected a value in (0, 1), got {self.target_sparsity}")
         for name in ("steps", "batch_size", "grad_accumulation", "log_every", "checkpoint_every", "round_to",
-                     "seq_len"):
+                     "seq_len", "calibration_batches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected a positive int, got {getattr(self, name)}")
         if not 0.0 <= self.warmup_fraction <= 1.0:
@@ -119,7 +124,7 @@ class PruneConfig:
             raise ValueError(f"autocast: expected None, 'bf16' or 'fp16', got {self.autocast!r}")
         if self.hidden_distill not in ("mse", "relative"):
             raise ValueError(f"hidden_distill: expected 'mse' or 'relative', got {self.hidden_distill!r}")
-        for name in ("fold_scales", "uniform"):
+        for name in ("fold_scales", "uniform", "bias_compensation"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.temperature <= 0:

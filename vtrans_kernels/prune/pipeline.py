@@ -11,6 +11,7 @@ from torch import nn
 
 from ..fileio import real_folder, remove_stale_temporaries, staged_folder, write_text
 from ..hf.compact import compact
+from ..hf.compensation import bias_compensation_support, compensate_plan
 from ..hf.masked_eval import masked_by_plan
 from ..hf.serialization import save_compacted
 from .checkpoint import load_checkpoint, save_atomic
@@ -24,6 +25,7 @@ from .run import run_pruning
 from .seeding import seed_everything
 
 TEACHER = "teacher.pt"
+COMPENSATED_PLAN = "plan_compensated.json"
 
 
 @dataclass
@@ -112,7 +114,10 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
         masked_metrics = evaluate(model, dev_batches, options.task)
 
     start = time.perf_counter()
-    compacted = compact(model, result.plan, round_to=config.round_to)
+    plan, compensation = result.plan, None
+    if config.bias_compensation:
+        plan, compensation = _compensate(model, plan, batches, config, out)
+    compacted = compact(model, plan, round_to=config.round_to)
     teacher = pruner.teacher if pruner.teacher is not None else model
     finetune(compacted, Batches(train_features, config.batch_size, seed=config.seed + 2), config.finetune,
              lr=options.finetune_lr, teacher=teacher if config.distill_weight > 0 else None,
@@ -134,12 +139,29 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
         "kept": {k: result.summary[k] for k in ("hidden", "heads", "ffn")},
         "train_rows": len(batches), "dev_rows": len(dev_batches), "times": times, "compacted_path": str(saved),
     }
+    if compensation is not None:
+        summary["bias_compensation"] = compensation
     if config.target == "latency":  # the speedup the table predicts for the plan (its sparsity is in latency)
         summary["latency"] = {"target_speedup": config.target_speedup, "table": config.latency_table,
                               "table_speedup": 1 / (1 - result.summary["sparsity"]),
                               "table_dense_ms": pruner.measure.dense_ms, "calibration": calibration}
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _compensate(model: nn.Module, plan, batches: Batches, config: PruneConfig, out: Path):
+    """``plan`` with bias compensation measured on the first ``config.calibration_batches`` training batches,
+    written to ``plan_compensated.json`` (``vtrans compact`` with it reproduces the compacted model), and the
+    record of what was shifted or skipped for the summary."""
+    start = time.perf_counter()
+    calibration = [batches.batch(step) for step in range(config.calibration_batches)]
+    plan = compensate_plan(model, plan, calibration, round_to=config.round_to)
+    plan.save(out / COMPENSATED_PLAN)
+    record = {"calibration_batches": config.calibration_batches, "plan": COMPENSATED_PLAN,
+              "shifted": {"heads": sorted(plan.head_bias_shift), "ffn": sorted(plan.ffn_bias_shift)},
+              "skipped": {k: why for k, why in bias_compensation_support(model).items() if why},
+              "seconds": time.perf_counter() - start}
+    return plan, record
 
 
 def _count(model: nn.Module) -> int:
@@ -190,6 +212,10 @@ def format_summary(summary: dict) -> str:
             "{:.2f}x ({})".format(summary["latency"]["calibration"]["measured_speedup"],
                                   len(summary["latency"]["calibration"]["attempts"])))]
           if (summary.get("latency") or {}).get("calibration") else []),
+        *([("bias compensation: sublayers shifted (attention / FFN)",
+            "{} / {}".format(*(len(summary["bias_compensation"]["shifted"][k]) for k in ("heads", "ffn")))
+            + "".join(f"; {k} skipped: {why}" for k, why in summary["bias_compensation"]["skipped"].items()))]
+          if "bias_compensation" in summary else []),
         ("parameters original -> compacted",
          f"{summary['parameters']['original']:,} -> {summary['parameters']['compacted']:,}"),
         ("hidden dims kept", "{} / {}".format(*kept["hidden"])),

@@ -134,6 +134,18 @@ class Adapter:
     def set_head_count(self, index: int, q_heads: int) -> None:
         """Update the attributes the attention module reads at run time for ``q_heads`` query heads."""
 
+    def output_bias_support(self, kind: str) -> str | None:
+        """``None`` when the output projection of ``kind`` ("heads": attention, "ffn") can carry a bias that the
+        config expresses, so a bias shift compacts exactly; else the reason it cannot."""
+        return None
+
+    def enable_output_bias(self, kind: str) -> str | None:
+        """Give every present output projection of ``kind`` a bias (zeros where it had none, with whatever else
+        the config then requires; extra zero biases change nothing). Returns the config field that was switched
+        on, recorded so that :func:`~vtrans_kernels.load_compacted` rebuilds it, or ``None`` when nothing
+        changed (families whose output projections always have a bias)."""
+        return None
+
     def remove_attention(self, index: int) -> None:
         raise NotImplementedError
 

@@ -1,6 +1,9 @@
 """LLaMA, Mistral and Qwen2 decoders (pre-LN RMSNorm; RoPE; SwiGLU; GQA with the KV group as the head unit)."""
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from ...masks.size_model import ArchitectureSpec
 from .base import LayerRoles, ModelUnits, get_module, uniform_or_max
 from .pre_ln import PreLNDecoderAdapter
@@ -28,6 +31,36 @@ class LlamaAdapter(PreLNDecoderAdapter):
 
     def ffn_block(self, index: int) -> tuple[str, str] | None:
         return f"{self.layer_path(index)}.{self.mlp_name}", "swiglu"
+
+    # Config field of LLaMA that adds a bias to every projection of a sublayer, and those projections.
+    _BIAS_FIELDS = {"heads": ("attention_bias", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                    "ffn": ("mlp_bias", ("gate_proj", "up_proj", "down_proj"))}
+
+    def output_bias_support(self, kind: str) -> str | None:
+        if self.config.model_type == "llama":
+            return None
+        projection = "o_proj" if kind == "heads" else "down_proj"
+        return (f"{type(self.model).__name__}: transformers builds {projection} without a bias and the config has no "
+                f"option to add one, so a bias shift cannot be expressed exactly")
+
+    def enable_output_bias(self, kind: str) -> str | None:
+        reason = self.output_bias_support(kind)
+        if reason:
+            raise ValueError(reason)
+        field, names = self._BIAS_FIELDS[kind]
+        if getattr(self.config, field, False):
+            return None
+        for i in range(self.num_layers()):
+            removed = self.attention_removed(i) if kind == "heads" else self.ffn_removed(i)
+            owner = f"{self.layer_path(i)}.{self.attention_name if kind == 'heads' else self.mlp_name}"
+            for name in () if removed else names:
+                module = get_module(self.model, f"{owner}.{name}")
+                if module.bias is None:  # the config switch adds it to all of them, so all get one (zero)
+                    module.bias = nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype,
+                                                           device=module.weight.device),
+                                               requires_grad=module.weight.requires_grad)
+        setattr(self.config, field, True)
+        return field
 
     def q_heads_per_unit(self) -> int:
         original = self.original_config()

@@ -1,0 +1,160 @@
+"""Bias compensation (FLAP-style): what a plan's removed units added on average, folded into output biases.
+
+A sublayer that loses some of its units (attention heads or KV groups, FFN neurons) loses their contribution
+``W_out[:, removed] @ a[removed]`` to the residual stream. Its mean over calibration tokens is a constant vector,
+so adding it to the output projection's bias repairs the mean exactly and costs nothing at inference. The
+shifts are stored in the plan (``head_bias_shift``/``ffn_bias_shift``), so ``compact(model, plan)`` stays a
+deterministic function of the saved plan.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .adapters import adapter_for
+from .adapters.base import Adapter, get_module, unit_columns
+from .attach import masks_of
+from .masked_eval import masked_by_plan
+from .plan import CompactionPlan, Kept, ResolvedPlan, resolve_plan
+from .rounding import round_plan
+from .slicing import weight_dims
+
+log = logging.getLogger(__name__)
+
+
+def bias_compensation_support(model: nn.Module) -> dict[str, str | None]:
+    """Per structure ("heads", "ffn"): ``None`` when bias compensation can be compacted exactly into ``model``'s
+    architecture, else why not (e.g. Qwen2 and Mistral build o_proj and down_proj without a bias and have no
+    config option for one)."""
+    adapter = adapter_for(model)
+    return {kind: adapter.output_bias_support(kind) for kind in ("heads", "ffn")}
+
+
+@torch.no_grad()
+def compensate_plan(model: nn.Module, plan: CompactionPlan, batches: Iterable[Mapping[str, torch.Tensor]], *,
+                    round_to: int = 1) -> CompactionPlan:
+    """``plan`` with bias shifts that fold the mean contribution of each sublayer's removed units into its output
+    projection's bias (FLAP's bias compensation).
+
+    For every sublayer that keeps some but not all of its units the shift is ``W_out[:, removed] @ mean(a[removed])``,
+    where ``a`` is the input of the output projection (attention: the heads' outputs, a KV group's unit being all
+    its query heads; FFN: the neurons after the activation, for SwiGLU after act(gate) * up), averaged over the
+    non-padding tokens (``attention_mask``) of ``batches``. The means are measured on the model as the plan prunes
+    it: the masked model of the plan (:func:`masked_by_plan`, kept units at their scales, removed hidden dims gone)
+    with the shifts of the sublayers before already added, sublayer by sublayer, so the compacted model sees what
+    was measured. The kept units' own (scaled) contributions are untouched. A sublayer the plan removes entirely
+    stays removed without a shift (DESIGN 2.3: its branch contributes exactly zero), and removed hidden dims need
+    none (they are gone). Shifts already in ``plan`` are replaced.
+
+    ``batches`` is an iterable of model inputs (``input_ids``, ``attention_mask``, ...; a ``labels`` entry is
+    ignored). ``round_to`` rounds the plan first as ``compact(..., round_to=k)`` would (the shifts belong to the
+    rounded units); compact the result with any ``round_to``, it then changes nothing. Architectures whose config
+    cannot express the bias (see :func:`bias_compensation_support`) get no shift for that structure, with a
+    warning logged. ``model`` is left unchanged (hooks are removed, its train/eval mode restored).
+    """
+    adapter = adapter_for(model)
+    units = adapter.units()
+    resolved = resolve_plan(plan, units.hidden, units.heads, units.ffn)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to: expected an int >= 1, got {round_to!r}")
+    if round_to > 1:
+        resolved, _ = round_plan(adapter, resolved, round_to, plan.scores)
+        plan = _explicit(plan, resolved)
+    batches = [_model_inputs(batch, i) for i, batch in enumerate(batches)]
+    if not batches:
+        raise ValueError("batches: bias compensation needs at least one calibration batch")
+    plan = replace(plan, head_bias_shift={}, ffn_bias_shift={})
+    support = bias_compensation_support(model)
+    for kind, reason in support.items():
+        if reason:
+            log.warning("bias compensation of %s skipped: %s", "attention" if kind == "heads" else "the FFN", reason)
+    shifts = {"heads": {}, "ffn": {}}
+    masks = masks_of(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with masks.unwired() if masks is not None else nullcontext():
+            for layer in range(adapter.num_layers()):
+                for kind in ("heads", "ffn"):
+                    kept = (resolved.heads if kind == "heads" else resolved.ffn)[layer]
+                    if support[kind] or kept.count in (0, kept.total):
+                        continue
+                    measured = replace(plan, head_bias_shift=shifts["heads"], ffn_bias_shift=shifts["ffn"])
+                    shifts[kind][layer] = _shift(model, adapter, measured, kind, layer, kept, batches)
+    finally:
+        model.train(was_training)
+    return replace(plan, head_bias_shift=shifts["heads"], ffn_bias_shift=shifts["ffn"])
+
+
+def _model_inputs(batch, index: int) -> dict:
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        raise TypeError(f"batches[{index}]: expected a dict of model inputs with 'input_ids', got "
+                        f"{type(batch).__name__}")
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def _explicit(plan: CompactionPlan, resolved: ResolvedPlan) -> CompactionPlan:
+    """``plan`` with the kept units and scales of ``resolved`` written out (the rounded plan as a plan)."""
+    def index(kept: Kept):
+        return kept.index.tolist()
+
+    def scales(all_kept):
+        return {i: kept.scale for i, kept in enumerate(all_kept) if kept.scale is not None}
+
+    return replace(plan, hidden=None if resolved.hidden.is_everything() else index(resolved.hidden),
+                   heads={i: index(k) for i, k in enumerate(resolved.heads)},
+                   ffn={i: index(k) for i, k in enumerate(resolved.ffn)},
+                   hidden_scale=resolved.hidden.scale, head_scale=scales(resolved.heads),
+                   ffn_scale=scales(resolved.ffn))
+
+
+class _Measured(Exception):
+    """Raised by the measuring hook: nothing after the measured sublayer needs computing."""
+
+
+def _shift(model: nn.Module, adapter: Adapter, plan: CompactionPlan, kind: str, layer: int, kept: Kept,
+           batches: list[dict]) -> torch.Tensor:
+    """``W_out[:, removed] @ mean(a[removed])`` of one sublayer, measured in the masked model of ``plan``."""
+    roles = adapter.layer_roles(layer)
+    consumer = get_module(model, roles.head_consumer if kind == "heads" else roles.ffn_consumer)
+    width = adapter.q_heads_per_unit() * adapter.head_dim() if kind == "heads" else 1
+    removed = torch.ones(kept.total, dtype=torch.bool)
+    removed[kept.index] = False
+    columns = unit_columns(removed.nonzero().view(-1), width)
+    state = {"sum": torch.zeros(columns.numel(), dtype=torch.float64), "count": 0, "tokens": None}
+
+    def measure(module, args):
+        # the consumer's input before the plan's gates (registered before them): the removed units' outputs
+        x = args[0].detach().index_select(-1, columns.to(args[0].device)).double()
+        x = x.reshape(-1, x.shape[-1])
+        if state["tokens"] is not None:
+            x = x[state["tokens"].reshape(-1)]
+        state["sum"] += x.sum(0).cpu()
+        state["count"] += x.shape[0]
+        raise _Measured
+
+    device = next(model.parameters()).device
+    handle = consumer.register_forward_pre_hook(measure)
+    try:
+        with masked_by_plan(model, plan):
+            for batch in batches:
+                mask = batch.get("attention_mask")
+                state["tokens"] = None if mask is None else mask.to(device).bool()
+                try:
+                    model(**{k: v.to(device) for k, v in batch.items()})
+                except _Measured:
+                    pass
+    finally:
+        handle.remove()
+    if state["count"] == 0:
+        raise ValueError("batches: every calibration token is padding (attention_mask is all zero)")
+    mean = state["sum"] / state["count"]
+    weight = consumer.weight.detach().double().cpu().index_select(weight_dims(consumer)[1], columns)
+    if weight_dims(consumer)[1] == 0:  # Conv1D stores (in, out)
+        weight = weight.T
+    return weight @ mean
