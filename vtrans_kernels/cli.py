@@ -180,7 +180,7 @@ def _prune(args) -> int:
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
         fold_scales=not args.no_fold_scales, checkpoint_every=args.checkpoint_every,
         bias_compensation=args.bias_compensation, calibration_batches=args.calibration_batches,
-        mask_init=vib_mask_init(args.method, args.log_sigma2_init))
+        mask_init=vib_mask_init(args.method, args.log_sigma2_init), mask_start=args.mask_start)
     check_not_input(args.out, {"--model": args.model, "--data": args.data})
     head = _classifier_labels(args.model) if args.task == "classification" else None
     data = load_text_data(args.data, args.task, num_labels=head)
@@ -285,6 +285,9 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--log-sigma2-init", type=float, default=None,
                    help="VIB initial log sigma^2 (default -1: near the decision boundary, so a few "
                         "hundred steps reach the target)")
+    p.add_argument("--mask-start", choices=("init", "oneshot"), default="init",
+                   help="oneshot: the masks start at the one-shot plan of the target (activation x weight norms "
+                        "on --calibration-batches training batches) instead of keeping every unit")
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
                    help="hidden-state distillation: plain MSE, or MSE relative to the teacher's power per layer "
                         "(for LLaMA-style residual streams, whose plain MSE drowns the size target)")
@@ -296,7 +299,7 @@ def _add_prune_parser(sub) -> None:
                    help="fold the mean contribution of each sublayer's removed units (measured on training batches) "
                         "into its output bias before compacting; writes OUT/plan_compensated.json")
     p.add_argument("--calibration-batches", type=int, default=8,
-                   help="training batches that --bias-compensation measures the means on")
+                   help="training batches that --bias-compensation and --mask-start oneshot measure on")
     p.add_argument("--uniform", action="store_true",
                    help="keep the same heads and FFN width in every layer, so the compacted model loads with "
                         "plain from_pretrained (and vLLM, TGI)")

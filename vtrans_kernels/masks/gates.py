@@ -16,6 +16,8 @@ from torch import nn
 from ..ops import masks as mask_ops
 
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-2), math.log(1e2)
+# log sigma^2 of a VIB unit that a starting plan removes (VIBMask.start_from): the pruning default's noise level.
+REMOVED_LOG_SIGMA2 = -1.0
 
 
 class UnitMask(nn.Module):
@@ -72,6 +74,19 @@ class UnitMask(nn.Module):
 
     def constrain(self) -> None:
         """Project the parameters back into their valid range after an optimizer step."""
+
+    def start_from(self, log_odds: torch.Tensor) -> None:
+        """Set the parameters so that the decision keeps exactly the units with ``log_odds`` > 0 and the score
+        ranks units as ``log_odds`` does (a one-shot plan as the starting point; see
+        :func:`vtrans_kernels.prune.calibration.start_from_calibration`). ``log_odds``: float [units], no zeros."""
+        raise NotImplementedError
+
+    def _check_log_odds(self, log_odds: torch.Tensor) -> torch.Tensor:
+        log_odds = torch.as_tensor(log_odds, dtype=torch.float32).detach().cpu()
+        if log_odds.shape != (self.units,) or not torch.isfinite(log_odds).all() or (log_odds == 0).any():
+            raise ValueError(f"log_odds: expected {self.units} finite nonzero values, got shape "
+                             f"{tuple(log_odds.shape)}")
+        return log_odds
 
     def extra_repr(self) -> str:
         return f"units={self.units}"
@@ -148,6 +163,18 @@ class VIBMask(UnitMask):
     def eval_gate(self):
         return self.mu * self.keep().to(self.mu.dtype)
 
+    def start_from(self, log_odds):
+        # log SNR = log_odds. Kept units keep mu = 1 (their weights as they are) and get less noise the safer they
+        # are; removed units get a small mu at the default noise, the state training reaches by shrinking mu (the
+        # size term's gradient on log mu^2 grows as mu falls), rather than a large variance that would inject noise
+        # into every training forward.
+        log_odds = self._check_log_odds(log_odds).to(self.mu.device)
+        kept = log_odds > 0
+        with torch.no_grad():
+            self.log_sigma2.copy_(torch.where(kept, -log_odds, torch.full_like(log_odds, REMOVED_LOG_SIGMA2)))
+            self.mu.copy_(torch.where(kept, torch.ones_like(log_odds),
+                                      torch.exp(0.5 * (log_odds + REMOVED_LOG_SIGMA2))))
+
 
 class HardConcreteMask(UnitMask):
     """Hard-concrete L0 gates (CoFi / LLM-Shearing baseline); one sample per step shared by all rows; DESIGN 2.2.
@@ -196,6 +223,20 @@ class HardConcreteMask(UnitMask):
     def constrain(self):
         with torch.no_grad():
             self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+    def start_from(self, log_odds):
+        # The deterministic mask keeps the top round(expected L0) units: shift log_odds so the expected L0 equals
+        # the number of units to keep, which then are the top ones (ranking unchanged by a shift).
+        log_odds = self._check_log_odds(log_odds).to(self.log_alpha.device)
+        kept = int((log_odds > 0).sum())
+        expected = lambda shift: float(mask_ops.hard_concrete_expected_l0(  # noqa: E731
+            (log_odds + shift).clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)).sum())
+        low, high = -2 * LOG_ALPHA_MAX - float(log_odds.max()), 2 * LOG_ALPHA_MAX - float(log_odds.min())
+        for _ in range(60):
+            mid = (low + high) / 2
+            low, high = (mid, high) if expected(mid) < kept else (low, mid)
+        with torch.no_grad():
+            self.log_alpha.copy_((log_odds + (low + high) / 2).clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX))
 
 
 METHODS = {"vib": VIBMask, "hard_concrete": HardConcreteMask}

@@ -22,6 +22,7 @@ class Lagrangian(nn.Module):
         self.target, self.warmup_steps, self.initial = float(target), int(warmup_steps), float(initial)
         self.lambda1 = nn.Parameter(torch.zeros(()))
         self.lambda2 = nn.Parameter(torch.zeros(()))
+        self.register_buffer("side", torch.zeros((), dtype=torch.int64))  # of the target, at the last step
         for param in (self.lambda1, self.lambda2):
             param.register_hook(torch.neg)
 
@@ -34,6 +35,15 @@ class Lagrangian(nn.Module):
     def forward(self, expected_sparsity: torch.Tensor, step: int) -> torch.Tensor:
         gap = expected_sparsity - self.target_at(step)
         return self.lambda1 * gap + self.lambda2 * gap.square()
+
+    def crossed(self, gap: float) -> bool:
+        """Record which side of the target the expected sparsity is on (``gap`` = sparsity - target); True when
+        it is on the other side than at the last call."""
+        side = (gap > 0) - (gap < 0)
+        crossed = bool(side * int(self.side) < 0)
+        if side:
+            self.side.fill_(side)
+        return crossed
 
     def extra_repr(self) -> str:
         return f"target={self.target}, warmup_steps={self.warmup_steps}, initial={self.initial:.4f}"

@@ -19,6 +19,7 @@ DEFAULT_SUBSET = {"vtrans": 1.0, "fast": 0.03, "faster": 0.03}
 # dimension harder (253 of 384 kept) and fine-tune to 0.77, while -4's ranking keeps 335 and fine-tunes to 0.82.
 # From 0 the noise swamps the task loss. -1 is the setting under which the method does what it says (reach the
 # target).
+MASK_STARTS = ("init", "oneshot")
 PRUNING_MASK_INIT = {"vib": {"log_sigma2": -1.0}, "hard_concrete": {}}
 
 
@@ -62,6 +63,10 @@ class PruneConfig:
     ``bias_compensation`` folds the mean contribution of each sublayer's removed units, measured on
     ``calibration_batches`` training batches, into its output bias before compaction
     (:func:`vtrans_kernels.hf.compensate_plan`; skipped, with a warning, where the config has no bias option).
+    ``mask_start`` "oneshot" sets the masks before the first step to the one-shot plan at the target (unit
+    scores of activation x weight norms on ``calibration_batches`` training batches), so training starts from
+    that plan and swaps the doubtful units (:func:`vtrans_kernels.prune.calibration.start_from_calibration`);
+    "init" starts every unit at ``mask_init``'s values.
     """
 
     method: str = "vib"
@@ -81,6 +86,7 @@ class PruneConfig:
     grad_accumulation: int = 1
     autocast: str | None = None
     mask_init: dict = field(default_factory=dict)
+    mask_start: str = "init"
     mask_lr: float = 0.05
     lambda_lr: float = 0.1
     weight_lr: float = 3e-5
@@ -127,6 +133,8 @@ class PruneConfig:
         for name in ("fold_scales", "uniform", "bias_compensation"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if self.mask_start not in MASK_STARTS:
+            raise ValueError(f"mask_start: expected one of {MASK_STARTS}, got {self.mask_start!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
 

@@ -69,14 +69,16 @@ def unit_scores(model: nn.Module, batches: Batches, steps: int = 4) -> dict:
 
 def oneshot_plan(model: nn.Module, batches: Batches, target_sparsity: float, *,
                  structures: Sequence[str] = STRUCTURES, target: str = "params", seq_len: int = 128,
-                 count_embeddings: bool = False, calibration_steps: int = 4) -> CompactionPlan:
+                 count_embeddings: bool = False, calibration_steps: int = 4, measure=None) -> CompactionPlan:
     """A plan keeping the top-scoring fraction ``r`` of every unit of ``structures`` (hidden dims, and the heads
-    and neurons of each layer), with ``r`` chosen by bisection so the sparsity is closest to the target."""
+    and neurons of each layer), with ``r`` chosen by bisection so the sparsity is closest to the target.
+    ``measure`` (anything with ``sparsity(hidden, units, ffn)``, e.g. a latency table's) replaces the size
+    measure that ``target``, ``seq_len`` and ``count_embeddings`` describe."""
     if not 0.0 < target_sparsity < 1.0:
         raise ValueError(f"target_sparsity: expected a value in (0, 1), got {target_sparsity}")
     adapter = adapter_for(model)
     spec = adapter.spec()
-    measure = SizeMeasure(spec, target, seq_len, count_embeddings)
+    measure = SizeMeasure(spec, target, seq_len, count_embeddings) if measure is None else measure
     scores = unit_scores(model, batches, calibration_steps)
 
     def counts(ratio):

@@ -85,6 +85,9 @@ def run_pruning(model: nn.Module, batches: Batches, config: PruneConfig, out_dir
         state = load_checkpoint(out / CHECKPOINT)
         check_same_run(state.get("run"), record, str(out / CHECKPOINT))
         pruner.load_state_dict(state)
+    elif config.mask_start == "oneshot":
+        from .calibration import start_from_calibration
+        start_from_calibration(pruner, batches, config.calibration_batches)
     if main:
         log = JsonLog(out / LOG, resume_step=pruner.step if resume else None)
         write_text(out / "config.json", json.dumps(config.to_dict(), indent=1))
