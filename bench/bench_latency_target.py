@@ -5,25 +5,27 @@ here, compacted, and timed against the unpruned model on the same device, batch 
    thread, saved under bench/results/latency/ and reused while the settings, device, versions and model match.
 2. A teacher: the encoder fine-tuned on movie-review sentiment for --teacher-steps (once; the runs share it).
 3. Per speedup: ``prune_pipeline`` with ``PruneConfig(target="latency", target_speedup=s, latency_table=...)``
-   (Faster-VTrans masks, --mask-steps steps, --finetune-steps of the compacted model).
+   (Faster-VTrans masks, --mask-steps steps, --finetune-steps of the compacted model). By default the pipeline
+   closes the loop (``vtrans_kernels.latency.calibrate``): it times the table's plan against the unpruned model
+   and re-plans from the same masks until the measured speedup is within 3% (--no-calibrate: the table's plan).
 4. Timing: --rounds rounds; each runs the unpruned model and every compacted one once, in a new random order
-   (after a warm-up), so a busy spell on the shared machine touches all of them alike. Clock: the thread's CPU
-   time (one torch thread), which does not count time another process held the core; the wall clock is
-   recorded beside it. Estimates: the settled median of the rounds (``vtrans_kernels.latency.stats.settled_ms``),
-   as the profile estimates every point; the plain median of the thread clock is recorded too.
+   (after a warm-up). Clock: the thread's CPU time (one torch thread), which does not count time another
+   process held the core; the wall clock is recorded beside it. The measured speedup is the median of the
+   per-round ratios dense / compacted (``calibrate.paired_speedup``, with its 95% interval); the ratio of the
+   two models' settled medians (``stats.settled_ms``, the earlier estimate) is recorded beside it.
 
 Reported per plan: requested, table-predicted and measured speedup, measured / requested - 1 (goal: within
-10%), the table's prediction error (predicted / measured latency - 1), kept widths and dev accuracy. Rows go to
-bench/results/latency/latency_target.csv with the machine; a summary table is printed.
+10%), the table's prediction error (predicted / measured latency - 1), the closed loop's plans, kept widths and
+dev accuracy. Rows go to bench/results/latency/latency_target.csv with the machine and its load average.
 
-Usage: python bench/bench_latency_target.py [--speedups 1.5 2 3] [--batch 1 --seq 128] [--rounds 60] [--retime]
+Usage: python bench/bench_latency_target.py [--speedups 1.5 2 3] [--batch 1 --seq 128] [--rounds 150] [--retime]
 """
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,9 +38,11 @@ from movie_reviews import write_csv  # noqa: E402
 
 from vtrans_kernels.hf import adapter_for, load_compacted  # noqa: E402
 from vtrans_kernels.latency import profile_latency  # noqa: E402
+from vtrans_kernels.latency.calibrate import paired_speedup, time_interleaved  # noqa: E402
 from vtrans_kernels.latency.environment import cpu_name  # noqa: E402
 from vtrans_kernels.latency.model import LatencyMeasure  # noqa: E402
 from vtrans_kernels.latency.stats import settled_ms  # noqa: E402
+from vtrans_kernels.latency.timer import Stopwatch  # noqa: E402
 
 OUT = RESULTS_DIR / "latency"
 
@@ -71,7 +75,7 @@ def prune(args, table_path: Path, speedup: float, work: Path, teacher: Path) -> 
                          seq_len=args.max_length, mask_lr=0.1, log_every=10, checkpoint_every=50, seed=args.seed)
     out = work / f"speedup-{speedup:g}"
     options = PipelineOptions(task="classification", max_length=args.max_length, teacher_steps=teacher_steps,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, calibrate_latency=not args.no_calibrate)
     summary = prune_pipeline(model, tokenizer, data, config, out, options)
     if teacher_steps:
         teacher.parent.mkdir(parents=True, exist_ok=True)
@@ -80,23 +84,12 @@ def prune(args, table_path: Path, speedup: float, work: Path, teacher: Path) -> 
 
 
 def time_models(models: dict, ids: torch.Tensor, rounds: int, warmup: int, seed: int) -> dict:
-    """{name: {"thread": [ms...], "wall": [ms...]}} over ``rounds`` interleaved rounds."""
+    """{"thread": {name: [ms...]}, "wall": {...}} over ``rounds`` interleaved rounds (sample i: round i)."""
     mask = torch.ones_like(ids)
-    samples = {name: {"thread": [], "wall": []} for name in models}
-    rng = random.Random(seed)
+    forwards = {name: (lambda m=model: m(input_ids=ids, attention_mask=mask)) for name, model in models.items()}
     with torch.inference_mode():
-        for model in models.values():
-            for _ in range(warmup):
-                model(input_ids=ids, attention_mask=mask)
-        for _ in range(rounds):
-            names = list(models)
-            rng.shuffle(names)
-            for name in names:
-                wall, cpu = time.perf_counter(), time.thread_time()
-                models[name](input_ids=ids, attention_mask=mask)
-                samples[name]["thread"].append((time.thread_time() - cpu) * 1e3)
-                samples[name]["wall"].append((time.perf_counter() - wall) * 1e3)
-    return samples
+        return time_interleaved(forwards, [Stopwatch("thread"), Stopwatch("wall")], rounds, warmup=warmup,
+                                rng=random.Random(seed))
 
 
 def main() -> None:
@@ -105,7 +98,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7, help="profile samples per point")
-    parser.add_argument("--rounds", type=int, default=60, help="interleaved timing rounds of the models")
+    parser.add_argument("--rounds", type=int, default=150, help="interleaved timing rounds of the models")
     parser.add_argument("--teacher-steps", type=int, default=60)
     parser.add_argument("--mask-steps", type=int, default=100)
     parser.add_argument("--finetune-steps", type=int, default=0)
@@ -116,6 +109,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/latency-target", help="pruning runs go here")
     parser.add_argument("--note", default="2 vCPUs shared with 3 other engineers' jobs (noisy)",
                         help="what else ran on the machine")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="keep the table's plans (no closed loop timing them against the unpruned model)")
     parser.add_argument("--retime", action="store_true",
                         help="time the compacted models of an earlier run in --work again (no pruning)")
     parser.add_argument("--no-progress", action="store_true")
@@ -142,37 +137,48 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, 512, (args.batch, args.seq), generator=gen)
     models = {"dense": dense, **{f"{s:g}x": model for s, (_, model) in runs.items()}}
+    load = os.getloadavg()[0]
     samples = time_models(models, ids, args.rounds, warmup=3, seed=args.seed)
-    base = {clock: settled_ms(samples["dense"][clock]) for clock in ("thread", "wall")}
+    load = max(load, os.getloadavg()[0])
+    base = {clock: settled_ms(samples[clock]["dense"]) for clock in ("thread", "wall")}
     env = environment("cpu")
     machine = f"{cpu_name()}, {torch.get_num_threads()} torch thread; {args.note}"
     rows = []
     for name, model in models.items():
         units = adapter_for(model).units()
         predicted = float(measure.size(units.hidden, list(units.heads), list(units.ffn)))
-        measured = {clock: settled_ms(samples[name][clock]) for clock in ("thread", "wall")}
+        measured = {clock: settled_ms(samples[clock][name]) for clock in ("thread", "wall")}
+        paired = paired_speedup(samples["thread"]["dense"], samples["thread"][name])
         requested = 1.0 if name == "dense" else float(name[:-1])
         summary = runs[requested][0] if name != "dense" else None
-        speedup = base["thread"] / measured["thread"]
+        calibration = (summary.get("latency") or {}).get("calibration") if summary else None
+        speedup = paired.speedup
         rows.append(dict(
             **env, machine=machine, model="all-MiniLM-L6-v2 (BertForSequenceClassification)", batch=args.batch,
             seq=args.seq, plan=name, requested_speedup=f"{requested:g}",
             table_speedup=f"{measure.dense_ms / predicted:.3f}", measured_speedup=f"{speedup:.3f}",
             speedup_vs_requested=f"{speedup / requested - 1:+.3f}",
+            speedup_interval=f"{paired.low:.3f}-{paired.high:.3f}",
+            settled_ratio_speedup=f"{base['thread'] / measured['thread']:.3f}",
             wall_speedup=f"{base['wall'] / measured['wall']:.3f}", predicted_ms=f"{predicted:.2f}",
             measured_ms=f"{measured['thread']:.2f}", prediction_error=f"{predicted / measured['thread'] - 1:+.3f}",
-            wall_ms=f"{measured['wall']:.2f}", median_ms=f"{statistics.median(samples[name]['thread']):.2f}",
+            wall_ms=f"{measured['wall']:.2f}", median_ms=f"{statistics.median(samples['thread'][name]):.2f}",
             rounds=args.rounds, hidden=units.hidden, heads=" ".join(map(str, units.heads)),
             ffn=" ".join(map(str, units.ffn)),
             dev_accuracy=f"{summary['compacted']['accuracy']:.4f}" if summary else "",
             teacher_dev_accuracy=f"{summary['teacher']['accuracy']:.4f}" if summary else "",
             mask_steps=args.mask_steps, finetune_steps=args.finetune_steps, table=table_path.name,
             timing="retime" if args.retime else "after pruning",
+            estimator="paired median ratio",
+            calibration=" ".join(f"{a['asked']:.3f}>{a['table_speedup']:.3f}:{a['measured']:.3f}"
+                                 for a in calibration["attempts"]) if calibration else
+            ("" if name == "dense" else "off"),
+            load_average=f"{load:.1f}",
             profile_s=f"{table.profile_seconds:.0f}"))
     append_rows(OUT / "latency_target.csv", rows)
-    columns = ("plan", "requested_speedup", "table_speedup", "measured_speedup", "speedup_vs_requested",
-               "wall_speedup", "predicted_ms", "measured_ms", "prediction_error", "hidden", "heads", "ffn",
-               "dev_accuracy")
+    columns = ("plan", "requested_speedup", "table_speedup", "measured_speedup", "speedup_interval",
+               "speedup_vs_requested", "settled_ratio_speedup", "wall_speedup", "predicted_ms", "measured_ms", "prediction_error", "hidden", "heads", "ffn",
+               "calibration", "dev_accuracy")
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row[c]) for c in columns))
