@@ -83,12 +83,14 @@ def latencies(model, batch: dict) -> dict:
 class MaskPlan:
     """The plan of one method, the wall time its mask training took, whether that time is only the part after a
     resumed checkpoint, and the sparsity of the trained masks' own decision (``None`` for the one-shot baseline):
-    when it is far from the target, the plan ranked units by score to reach it."""
+    when it is far from the target, the plan ranked units by score to reach it. ``pruner``: the finished
+    ``Pruner`` of a mask method (``None`` for the baseline), whose ``plan(sparsity)`` re-plans from the same masks."""
 
     plan: object
     seconds: float
     resumed: bool = False
     decision_sparsity: float | None = None
+    pruner: object = None
 
 
 def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, *, batch_size: int, seq_len: int,
@@ -125,7 +127,7 @@ def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, 
         timing.write_text(json.dumps({"seconds": seconds}))
     elif timing.exists():  # the checkpoint of a finished run: its own training time
         seconds, resumed = json.loads(timing.read_text())["seconds"], False
-    return MaskPlan(result.plan, seconds, resumed, round(result.summary["mask_decision_sparsity"], 4))
+    return MaskPlan(result.plan, seconds, resumed, round(result.summary["mask_decision_sparsity"], 4), result.pruner)
 
 
 def lr_label(lrs) -> str:
