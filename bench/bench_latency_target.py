@@ -177,7 +177,8 @@ def main() -> None:
             profile_s=f"{table.profile_seconds:.0f}"))
     append_rows(OUT / "latency_target.csv", rows)
     columns = ("plan", "requested_speedup", "table_speedup", "measured_speedup", "speedup_interval",
-               "speedup_vs_requested", "settled_ratio_speedup", "wall_speedup", "predicted_ms", "measured_ms", "prediction_error", "hidden", "heads", "ffn",
+               "speedup_vs_requested", "settled_ratio_speedup", "wall_speedup", "predicted_ms", "measured_ms",
+               "prediction_error", "hidden", "heads", "ffn",
                "calibration", "dev_accuracy")
     print(" | ".join(columns))
     for row in rows:

@@ -46,8 +46,8 @@ def test_profile_then_prune_to_a_speedup(tmp_path, folder, capsys):
     assert summary["target"] == "latency" and 1 <= len(calibration["attempts"]) <= 4
     chosen = calibration["attempts"][calibration["chosen"]]
     assert chosen["table_speedup"] == pytest.approx(summary["latency"]["table_speedup"])
-    assert re.search(rf"measured speedup here \(plans timed\) +{chosen['measured']:.2f}x \({len(calibration['attempts'])}\)",
-                     printed)
+    plans = len(calibration["attempts"])
+    assert re.search(rf"measured speedup here \(plans timed\) +{chosen['measured']:.2f}x \({plans}\)", printed)
     model = load_compacted(out / "compacted")
     units = adapter_for(model).units()
     measure = LatencyMeasure(table, adapter_for(_profile_model(str(folder), "classification")).spec())

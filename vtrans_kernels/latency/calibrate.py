@@ -4,10 +4,11 @@ speedup meets the request.
 A table predicts each block in isolation, on the machine as it was while profiling; the deployed models run on
 the machine as it is now, and the error is not the same for every plan (on the project's shared 2-core CPU the
 unpruned MiniLM ran 1-18% slower than its table from one timing run to the next, and a 3x plan's error differed
-from the unpruned model's by up to 16 points). So after the plan, the compacted model is timed against the unpruned one on the
-table's device, batch, sequence length, dtype and threads (:func:`measure_speedup`), and when the measured speedup
-misses the request by more than ``tolerance`` the table-level speedup asked for is rescaled and the plan made
-again from the same trained masks (:func:`closed_loop`; planning from mask scores takes milliseconds).
+from the unpruned model's by up to 16 points). So after the plan, the compacted model is timed against the
+unpruned one on the table's device, batch, sequence length, dtype and threads (:func:`measure_speedup`), and
+when the measured speedup misses the request by more than ``tolerance`` the table-level speedup asked for is
+rescaled and the plan made again from the same trained masks (:func:`closed_loop`; planning from mask scores
+takes milliseconds).
 
 The estimate (:func:`paired_speedup`): every round runs both models back to back in a random order, and the
 speedup is the median of the per-round ratios ``reference_ms / candidate_ms``. Disturbances that last longer than
