@@ -10,6 +10,7 @@ from tiny_models import BUILDERS, build, inputs, output, random_plan
 from vtrans_kernels import CompactionPlan, compact, load_compacted, masked_by_plan, save_compacted
 from vtrans_kernels.hf import adapter_for, bias_compensation_support, compensate_plan
 from vtrans_kernels.hf.adapters.base import get_module, unit_columns
+from vtrans_kernels.hf.compensation import readout_of
 
 EXPRESSIBLE = sorted(n for n in BUILDERS if n not in ("qwen2", "mistral"))
 
@@ -102,6 +103,78 @@ def test_shift_is_the_mean_over_non_padding_tokens():
     assert torch.allclose(shifted.ffn_bias_shift[0], expected, rtol=1e-9, atol=1e-12)
     wrong = weight[:, removed] @ padded[:, removed].mean(0)
     assert not torch.allclose(shifted.ffn_bias_shift[0], wrong, atol=1e-6)
+
+
+def _last_ffn_inputs(model, batches):
+    """The last layer's FFN down-projection inputs on ``batches`` (unpruned model: the plans below prune only it)."""
+    adapter = adapter_for(model)
+    layer = adapter.num_layers() - 1
+    consumer = get_module(model, adapter.layer_roles(layer).ffn_consumer)
+    seen = []
+    hook = consumer.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch)
+    hook.remove()
+    weight = consumer.weight.double()
+    return layer, seen, weight.T if weight.shape[0] != adapter.hidden_size() else weight  # Conv1D is (in, out)
+
+
+@pytest.mark.parametrize("name, readout", [("bert", "first"), ("roberta", "first"), ("gpt2-cls", "last"),
+                                           ("llama-cls", "last"), ("gpt2", "all"), ("llama-gqa", "all"),
+                                           ("bert-base", "all")])
+def test_last_layer_shift_is_the_mean_at_the_tokens_the_head_reads(name, readout):
+    """The last layer's output reaches the head only at the tokens it reads: a sequence classifier's [CLS] (BERT,
+    RoBERTa) or last non-padding token (decoders), every token for LM heads and backbones. The last layer's shift
+    is the removed neurons' mean there; a mean over all tokens (what compensation took before) fails this for the
+    classifiers, as [CLS] is far from the average token."""
+    model = build(name, 0)
+    assert readout_of(model) == readout
+    batches = calibration(model, 2)
+    layer, seen, weight = _last_ffn_inputs(model, batches)
+    width = weight.shape[1]
+    removed = [1, 4, 5, 20, width - 1]
+    plan = CompactionPlan(ffn={layer: [i for i in range(width) if i not in removed]})
+    rows = []
+    for a, batch in zip(seen, batches):
+        mask = batch["attention_mask"].bool()
+        if readout == "all":
+            rows.append(a[mask])
+        elif readout == "first":
+            rows.append(a[:, 0])
+        else:  # the last position whose mask is 1 (tiny_models left-pads decoders, so the last position here)
+            last = torch.tensor([int(m.nonzero().max()) for m in mask])
+            rows.append(a[torch.arange(a.shape[0]), last])
+    expected = weight[:, removed] @ torch.cat(rows).double()[:, removed].mean(0)
+    shifted = compensate_plan(model, plan, batches)
+    assert torch.allclose(shifted.ffn_bias_shift[layer], expected, rtol=1e-9, atol=1e-12)
+    every = compensate_plan(model, plan, batches, readout="all")  # the explicit all-token mean, for any model
+    all_tokens = torch.cat([a[b["attention_mask"].bool()] for a, b in zip(seen, batches)]).double()
+    assert torch.allclose(every.ffn_bias_shift[layer], weight[:, removed] @ all_tokens[:, removed].mean(0),
+                          rtol=1e-9, atol=1e-12)
+    if readout != "all":
+        assert (every.ffn_bias_shift[layer] - expected).norm() > 0.1 * expected.norm()
+
+
+def test_last_readout_finds_the_last_non_padding_token_of_right_padded_rows():
+    """Right padding (as a tokenizer with padding_side='right' gives): the score head's token is the last one with
+    attention_mask 1, not the last position."""
+    model = build("gpt2-cls", 0)
+    batch = inputs(model, 5, batch=3)
+    batch["attention_mask"] = torch.tensor([[1] * 11, [1] * 7 + [0] * 4, [1] * 3 + [0] * 8])
+    layer, (a,), weight = _last_ffn_inputs(model, [batch])
+    plan = CompactionPlan(ffn={layer: list(range(0, weight.shape[1], 2))})
+    removed = list(range(1, weight.shape[1], 2))
+    read = a[torch.arange(3), torch.tensor([10, 6, 2])].double()
+    shifted = compensate_plan(model, plan, [batch], readout="last")
+    assert torch.allclose(shifted.ffn_bias_shift[layer], weight[:, removed] @ read[:, removed].mean(0),
+                          rtol=1e-9, atol=1e-12)
+
+
+def test_readout_is_checked():
+    model = build("bert", 0)
+    with pytest.raises(ValueError, match="readout: expected one of 'auto', 'all', 'first', 'last', got 'cls'"):
+        compensate_plan(model, CompactionPlan(ffn={0: [1]}), calibration(model, 1), readout="cls")
 
 
 def test_gqa_unit_is_the_whole_group():

@@ -28,20 +28,23 @@ from study import cell_folder, init_label, machine, mask_plan  # noqa: E402
 CSV = RESULTS_DIR / "quality" / "bias_compensation.csv"
 
 
-def compare(model, plan, calibration: list, score) -> list[dict]:
-    """Score the compacted model of ``plan`` without and with bias compensation measured on ``calibration``."""
+def compare(model, plan, calibration: list, score, readouts) -> list[dict]:
+    """Score the compacted model of ``plan`` without bias compensation, then with it measured on ``calibration``
+    for each of ``readouts`` (``compensate_plan``'s readout: which tokens the last layer's means are taken on)."""
     from vtrans_kernels.hf import compact, compensate_plan
+    from vtrans_kernels.hf.compensation import readout_of
 
-    start = time.perf_counter()
-    shifted = compensate_plan(model, plan, calibration)
-    seconds = time.perf_counter() - start
     tokens = sum(int(b["attention_mask"].sum()) for b in calibration)
-    rows = []
-    for compensated, p in ((False, plan), (True, shifted)):
-        rows.append(dict(compensation=compensated, **score(compact(model, p)),
-                         calibration_batches=len(calibration), calibration_tokens=tokens,
+    common = dict(calibration_batches=len(calibration), calibration_tokens=tokens)
+    rows = [dict(compensation=False, readout="", **score(compact(model, plan)), **common)]
+    for readout in readouts:
+        start = time.perf_counter()
+        shifted = compensate_plan(model, plan, calibration, readout=readout)
+        seconds = time.perf_counter() - start
+        rows.append(dict(compensation=True, readout=readout_of(model) if readout == "auto" else readout,
+                         **score(compact(model, shifted)), **common,
                          shifted_sublayers=len(shifted.head_bias_shift) + len(shifted.ffn_bias_shift),
-                         compensate_s=round(seconds, 1) if compensated else ""))
+                         compensate_s=round(seconds, 1)))
     return rows
 
 
@@ -78,7 +81,7 @@ def run_encoder(args) -> None:
                                  args.seed)
             masks = mask_plan(model, feats["train"], encoder.METHODS[method], sparsity, folder, batch_size=32,
                               seq_len=40, seed=args.seed, steps=args.mask_steps, mask_lr=0.1, log_sigma2_init=-1.0)
-            for row in compare(model, masks.plan, calibration, score):
+            for row in compare(model, masks.plan, calibration, score, args.readouts):
                 write(dict(model="MiniLM-L6 sentiment", method=method, target_sparsity=sparsity,
                            mask_steps=args.mask_steps if encoder.METHODS[method][0] else "", **row))
 
@@ -100,7 +103,7 @@ def run_decoder(args) -> None:
         plan = oneshot_plan(copy.deepcopy(teacher), Batches(features["train"], study.batch_size, seed=args.seed),
                             sparsity, seq_len=study.block_size)
         for row in compare(teacher, plan, calibration,
-                           lambda m: {"perplexity": round(decoder.perplexity(m, features["test"]), 3)}):
+                           lambda m: {"perplexity": round(decoder.perplexity(m, features["test"]), 3)}, args.readouts):
             write(dict(model="SmolLM2-135M python docs", method="oneshot", target_sparsity=sparsity,
                        unpruned_perplexity=round(unpruned, 3), **row))
 
@@ -108,7 +111,7 @@ def run_decoder(args) -> None:
 def write(row: dict) -> None:
     row = {**environment("cpu"), **row, "finetune_steps": 0, "machine": machine()}
     append_rows(CSV, [row])
-    print({k: v for k, v in row.items() if k in ("model", "method", "target_sparsity", "compensation",
+    print({k: v for k, v in row.items() if k in ("model", "method", "target_sparsity", "compensation", "readout",
                                                  "test_accuracy", "perplexity", "compensate_s")})
 
 
@@ -118,6 +121,8 @@ def main(argv=None) -> None:
     p.add_argument("--sparsities", type=float, nargs="+", required=True)
     p.add_argument("--methods", nargs="+", choices=list(encoder.METHODS), default=["oneshot", "faster"],
                    help="encoder only; the decoder part runs the one-shot baseline")
+    p.add_argument("--readouts", nargs="+", choices=("auto", "all", "first", "last"), default=["auto"],
+                   help="compensate_plan readouts to score (the CSV's readout column; rows before it had 'all')")
     p.add_argument("--mask-steps", type=int, default=150, help="encoder mask-training steps (the study's budget)")
     p.add_argument("--calibration-batches", type=int, default=8, help="training batches the means are taken on")
     p.add_argument("--decoder-batch", type=int, default=4, help="blocks per decoder calibration batch")

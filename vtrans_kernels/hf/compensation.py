@@ -37,29 +37,35 @@ def bias_compensation_support(model: nn.Module) -> dict[str, str | None]:
 
 @torch.no_grad()
 def compensate_plan(model: nn.Module, plan: CompactionPlan, batches: Iterable[Mapping[str, torch.Tensor]], *,
-                    round_to: int = 1) -> CompactionPlan:
+                    round_to: int = 1, readout: str = "auto") -> CompactionPlan:
     """``plan`` with bias shifts that fold the mean contribution of each sublayer's removed units into its output
     projection's bias (FLAP's bias compensation).
 
     For every sublayer that keeps some but not all of its units the shift is ``W_out[:, removed] @ mean(a[removed])``,
     where ``a`` is the input of the output projection (attention: the heads' outputs, a KV group's unit being all
     its query heads; FFN: the neurons after the activation, for SwiGLU after act(gate) * up), averaged over the
-    non-padding tokens (``attention_mask``) of ``batches``. The means are measured on the model as the plan prunes
-    it: the masked model of the plan (:func:`masked_by_plan`, kept units at their scales, removed hidden dims gone)
+    non-padding tokens (``attention_mask``) of ``batches``; in the last layer, over the tokens the task head reads
+    (``readout``, see :func:`readout_of`), since the last layer's output elsewhere reaches nothing. The means are
+    measured on the model as the plan prunes it: the masked model of the plan (:func:`masked_by_plan`, kept units at their scales, removed hidden dims gone)
     with the shifts of the sublayers before already added, sublayer by sublayer, so the compacted model sees what
     was measured. The kept units' own (scaled) contributions are untouched. A sublayer the plan removes entirely
     stays removed without a shift (DESIGN 2.3: its branch contributes exactly zero), and removed hidden dims need
     none (they are gone). Shifts already in ``plan`` are replaced.
 
     ``batches`` is an iterable of model inputs (``input_ids``, ``attention_mask``, ...; a ``labels`` entry is
-    ignored). ``round_to`` rounds the plan first as ``compact(..., round_to=k)`` would (the shifts belong to the
-    rounded units); compact the result with any ``round_to``, it then changes nothing. Architectures whose config
-    cannot express the bias (see :func:`bias_compensation_support`) get no shift for that structure, with a
-    warning logged. ``model`` is left unchanged (hooks are removed, its train/eval mode restored).
+    ignored). ``readout``: ``"auto"`` (:func:`readout_of` the model), ``"all"`` (every non-padding token, also in
+    the last layer: for a backbone whose outputs are all used, e.g. mean-pooled), ``"first"`` (position 0) or
+    ``"last"`` (each row's last non-padding token). ``round_to`` rounds the plan first as
+    ``compact(..., round_to=k)`` would (the shifts belong to the rounded units); compact the result with any
+    ``round_to``, it then changes nothing. Architectures whose config cannot express the bias (see
+    :func:`bias_compensation_support`) get no shift for that structure, with a warning logged. ``model`` is left unchanged (hooks are removed, its train/eval mode restored).
     """
     adapter = adapter_for(model)
     units = adapter.units()
     resolved = resolve_plan(plan, units.hidden, units.heads, units.ffn)
+    if readout not in READOUTS:
+        raise ValueError(f"readout: expected one of {', '.join(map(repr, READOUTS))}, got {readout!r}")
+    readout = readout_of(model) if readout == "auto" else readout
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to: expected an int >= 1, got {round_to!r}")
     if round_to > 1:
@@ -85,10 +91,39 @@ def compensate_plan(model: nn.Module, plan: CompactionPlan, batches: Iterable[Ma
                     if support[kind] or kept.count in (0, kept.total):
                         continue
                     measured = replace(plan, head_bias_shift=shifts["heads"], ffn_bias_shift=shifts["ffn"])
-                    shifts[kind][layer] = _shift(model, adapter, measured, kind, layer, kept, batches)
+                    tokens = readout if layer == adapter.num_layers() - 1 else "all"
+                    shifts[kind][layer] = _shift(model, adapter, measured, kind, layer, kept, batches, tokens)
     finally:
         model.train(was_training)
     return replace(plan, head_bias_shift=shifts["heads"], ffn_bias_shift=shifts["ffn"])
+
+
+READOUTS = ("auto", "all", "first", "last")
+
+
+def readout_of(model: nn.Module) -> str:
+    """Which tokens' last-layer outputs ``model``'s head reads: ``"first"`` for BERT/RoBERTa sequence classifiers
+    (the [CLS]/<s> token, through the pooler or classifier), ``"last"`` for decoder sequence classifiers (the score
+    head's last non-padding token), ``"all"`` for LM heads and backbones (every token's output is used)."""
+    if not type(model).__name__.endswith("ForSequenceClassification"):
+        return "all"
+    return "last" if adapter_for(model).pre_ln else "first"
+
+
+def _token_mask(batch: Mapping[str, torch.Tensor], readout: str) -> torch.Tensor | None:
+    """Bool [batch, seq] of the tokens a mean is taken over (``None``: every token)."""
+    mask = batch.get("attention_mask")
+    if readout == "all":
+        return None if mask is None else mask.bool()
+    shape = batch["input_ids"].shape
+    chosen = torch.zeros(shape, dtype=torch.bool)
+    if readout == "first":
+        chosen[:, 0] = True
+    else:  # the last non-padding position of each row (as HF's score head finds it for right or left padding)
+        positions = torch.arange(shape[1]).expand(shape)
+        present = mask.bool() if mask is not None else torch.ones(shape, dtype=torch.bool)
+        chosen[torch.arange(shape[0]), (positions * present).argmax(-1)] = True
+    return chosen
 
 
 def _model_inputs(batch, index: int) -> dict:
@@ -118,8 +153,9 @@ class _Measured(Exception):
 
 
 def _shift(model: nn.Module, adapter: Adapter, plan: CompactionPlan, kind: str, layer: int, kept: Kept,
-           batches: list[dict]) -> torch.Tensor:
-    """``W_out[:, removed] @ mean(a[removed])`` of one sublayer, measured in the masked model of ``plan``."""
+           batches: list[dict], readout: str) -> torch.Tensor:
+    """``W_out[:, removed] @ mean(a[removed])`` of one sublayer, measured in the masked model of ``plan`` over the
+    tokens ``readout`` names."""
     roles = adapter.layer_roles(layer)
     consumer = get_module(model, roles.head_consumer if kind == "heads" else roles.ffn_consumer)
     width = adapter.q_heads_per_unit() * adapter.head_dim() if kind == "heads" else 1
@@ -143,8 +179,8 @@ def _shift(model: nn.Module, adapter: Adapter, plan: CompactionPlan, kind: str, 
     try:
         with masked_by_plan(model, plan):
             for batch in batches:
-                mask = batch.get("attention_mask")
-                state["tokens"] = None if mask is None else mask.to(device).bool()
+                tokens = _token_mask(batch, readout)
+                state["tokens"] = None if tokens is None else tokens.to(device)
                 try:
                     model(**{k: v.to(device) for k, v in batch.items()})
                 except _Measured:
