@@ -187,3 +187,10 @@ def test_a_pruning_runs_plan_is_remade_from_its_masks_until_it_measures_the_targ
     assert saved.model == calibrated.plan.model and saved.model.get("fingerprint") == result.plan.model["fingerprint"]
     assert json.dumps(record)  # the summary's record is plain JSON
     assert model.training == result.pruner.model.training
+
+    from vtrans_kernels.latency.calibrate import calibrate_plan
+    seen.clear()
+    plan, other = calibrate_plan(model, result.pruner, timer=timer, target_speedup=1.5)  # the same masks, 1.5x
+    assert other.target == 1.5 and seen[0] >= 1.5 and abs(other.best.measured / 1.5 - 1) <= 0.08
+    with pytest.raises(ValueError, match="target_speedup: expected a number > 1"):
+        calibrate_plan(model, result.pruner, timer=timer, target_speedup=0.5)

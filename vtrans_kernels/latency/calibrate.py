@@ -231,19 +231,20 @@ def closed_loop(plan_for: Callable[[float], tuple[object, float, Hashable]],
 # ---- a pruning run's plan -----------------------------------------------------------------------------------
 def calibrate_plan(model: nn.Module, pruner, *, tolerance: float = 0.03, max_plans: int = 4, min_rounds: int = 20,
                    max_rounds: int = 120, precision: float = 0.02, seed: int = 0, fingerprint: str | None = None,
-                   timer: Callable[[nn.Module, nn.Module], SpeedupEstimate] | None = None
-                   ) -> tuple[object, Calibration]:
+                   timer: Callable[[nn.Module, nn.Module], SpeedupEstimate] | None = None,
+                   target_speedup: float | None = None) -> tuple[object, Calibration]:
     """The closed loop (:func:`closed_loop`) for a latency-target ``pruner`` (after :meth:`Pruner.finish`) on
     ``model``, the unpruned model its masks were trained on: each plan is ``pruner.plan`` at the latency sparsity
     of the speedup asked, compacted and timed against ``model`` on random token ids of the table's batch and
     sequence length, in the table's dtype, with the table's CPU threads and clock. ``fingerprint`` is recorded
     in every plan's model record (as ``run_pruning`` records it). ``timer(reference, compacted)``, if given,
-    replaces the timing (tests give one that needs no clock)."""
+    replaces the timing (tests give one that needs no clock). ``target_speedup`` (default the pruner's) plans
+    the same masks for another speedup."""
     from ..hf.compact import compact
     from ..prune.run import kept_summary
     from .environment import DTYPES
     from .profile import _forward, _threads
-    from .target import speedup_to_sparsity
+    from .target import check_speedup, speedup_to_sparsity
     from .timer import Stopwatch, default_clock
 
     measure = getattr(pruner, "measure", None)
@@ -279,7 +280,8 @@ def calibrate_plan(model: nn.Module, pruner, *, tolerance: float = 0.03, max_pla
     try:
         with _threads(device, threads):
             stopwatch = Stopwatch(default_clock(device, torch.get_num_threads()))
-            return closed_loop(plan_for, time_plan, pruner.config.target_speedup,
+            target = pruner.config.target_speedup if target_speedup is None else check_speedup(target_speedup)
+            return closed_loop(plan_for, time_plan, target,
                                max_speedup=measure.max_speedup(pruner.config.structures), tolerance=tolerance,
                                max_plans=max_plans)
     finally:
