@@ -200,7 +200,8 @@ def run_speedup(args, speedup, feats, labels, teacher, teacher_acc, timing, work
                                             for a in calibration.attempts)) if kind == "latency" else
                 ("plan bisected on measured speed: " + " ".join(f"{s}:{m}" for s, m in tried)),
             mask_decision_sparsity=masks.decision_sparsity, mask_time_s=round(masks.seconds, 1),
-            mask_steps=args.mask_steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
+            log_sigma2_init=args.log_sigma2_init, mask_steps=args.mask_steps, finetune_steps=args.finetune_steps,
+            batch_size=args.batch_size,
             finetune_lrs=lr_label(args.finetune_lrs), train_at=f"{args.train_at:g}" if args.train_at else "",
             rounds=args.rounds, load_average=f"{load:.1f}",
             machine=machine(), table=TABLE.name))
