@@ -276,7 +276,7 @@ def test_plan_checks_shifts():
         compact(model, CompactionPlan(head_bias_shift={7: [0.0] * 24}))
     with pytest.raises(ValueError, match="must be finite"):
         CompactionPlan(ffn_bias_shift={0: [float("nan")] * 24})
-    with pytest.raises(ValueError, match="batches: bias compensation needs at least one"):
+    with pytest.raises(ValueError, match="batches: calibration needs at least one batch"):
         compensate_plan(model, CompactionPlan(ffn={0: [1]}), [])
     with pytest.raises(TypeError, match=r"batches\[0\]"):
         compensate_plan(model, CompactionPlan(ffn={0: [1]}), [torch.zeros(3)])

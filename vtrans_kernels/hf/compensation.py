@@ -9,7 +9,7 @@ deterministic function of the saved plan.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Iterable, Mapping
 
@@ -46,11 +46,12 @@ def compensate_plan(model: nn.Module, plan: CompactionPlan, batches: Iterable[Ma
     its query heads; FFN: the neurons after the activation, for SwiGLU after act(gate) * up), averaged over the
     non-padding tokens (``attention_mask``) of ``batches``; in the last layer, over the tokens the task head reads
     (``readout``, see :func:`readout_of`), since the last layer's output elsewhere reaches nothing. The means are
-    measured on the model as the plan prunes it: the masked model of the plan (:func:`masked_by_plan`, kept units at their scales, removed hidden dims gone)
-    with the shifts of the sublayers before already added, sublayer by sublayer, so the compacted model sees what
-    was measured. The kept units' own (scaled) contributions are untouched. A sublayer the plan removes entirely
-    stays removed without a shift (DESIGN 2.3: its branch contributes exactly zero), and removed hidden dims need
-    none (they are gone). Shifts already in ``plan`` are replaced.
+    measured on the model as the plan prunes it: the masked model of the plan (:func:`masked_by_plan`, kept units
+    at their scales, removed hidden dims gone) with the shifts of the sublayers before already added, sublayer by
+    sublayer, so the compacted model sees what was measured. The kept units' own (scaled) contributions are
+    untouched. A sublayer the plan removes entirely stays removed without a shift (DESIGN 2.3: its branch
+    contributes exactly zero), and removed hidden dims need none (they are gone). Shifts already in ``plan`` are
+    replaced.
 
     ``batches`` is an iterable of model inputs (``input_ids``, ``attention_mask``, ...; a ``labels`` entry is
     ignored). ``readout``: ``"auto"`` (:func:`readout_of` the model), ``"all"`` (every non-padding token, also in
@@ -58,8 +59,28 @@ def compensate_plan(model: nn.Module, plan: CompactionPlan, batches: Iterable[Ma
     ``"last"`` (each row's last non-padding token). ``round_to`` rounds the plan first as
     ``compact(..., round_to=k)`` would (the shifts belong to the rounded units); compact the result with any
     ``round_to``, it then changes nothing. Architectures whose config cannot express the bias (see
-    :func:`bias_compensation_support`) get no shift for that structure, with a warning logged. ``model`` is left unchanged (hooks are removed, its train/eval mode restored).
+    :func:`bias_compensation_support`) get no shift for that structure, with a warning logged. ``model`` is left
+    unchanged (hooks are removed, its train/eval mode restored).
     """
+    adapter, resolved, plan, batches, readout = prepared(model, plan, batches, round_to, readout)
+    plan = replace(plan, head_bias_shift={}, ffn_bias_shift={})
+    support = bias_compensation_support(model)
+    for kind, reason in support.items():
+        if reason:
+            log.warning("bias compensation of %s skipped: %s", "attention" if kind == "heads" else "the FFN", reason)
+    shifts = {"heads": {}, "ffn": {}}
+    with measuring(model):
+        for layer, kind, kept, tokens in partial_sublayers(adapter, resolved, readout):
+            if support[kind]:
+                continue
+            measured = replace(plan, head_bias_shift=shifts["heads"], ffn_bias_shift=shifts["ffn"])
+            shifts[kind][layer] = _shift(model, adapter, measured, kind, layer, kept, batches, tokens)
+    return replace(plan, head_bias_shift=shifts["heads"], ffn_bias_shift=shifts["ffn"])
+
+
+def prepared(model: nn.Module, plan: CompactionPlan, batches, round_to: int, readout: str):
+    """The checked arguments of a calibration pass over ``plan`` (bias compensation, the least-squares refit):
+    ``(adapter, resolved plan, plan rounded to round_to, batches as a list of input dicts, readout resolved)``."""
     adapter = adapter_for(model)
     units = adapter.units()
     resolved = resolve_plan(plan, units.hidden, units.heads, units.ffn)
@@ -73,29 +94,32 @@ def compensate_plan(model: nn.Module, plan: CompactionPlan, batches: Iterable[Ma
         plan = _explicit(plan, resolved)
     batches = [_model_inputs(batch, i) for i, batch in enumerate(batches)]
     if not batches:
-        raise ValueError("batches: bias compensation needs at least one calibration batch")
-    plan = replace(plan, head_bias_shift={}, ffn_bias_shift={})
-    support = bias_compensation_support(model)
-    for kind, reason in support.items():
-        if reason:
-            log.warning("bias compensation of %s skipped: %s", "attention" if kind == "heads" else "the FFN", reason)
-    shifts = {"heads": {}, "ffn": {}}
+        raise ValueError("batches: calibration needs at least one batch")
+    return adapter, resolved, plan, batches, readout
+
+
+@contextmanager
+def measuring(model: nn.Module):
+    """``model`` in eval mode with any attached masks unwired (the plan's gates are what is measured); its mode is
+    restored on exit."""
     masks = masks_of(model)
     was_training = model.training
     model.eval()
     try:
         with masks.unwired() if masks is not None else nullcontext():
-            for layer in range(adapter.num_layers()):
-                for kind in ("heads", "ffn"):
-                    kept = (resolved.heads if kind == "heads" else resolved.ffn)[layer]
-                    if support[kind] or kept.count in (0, kept.total):
-                        continue
-                    measured = replace(plan, head_bias_shift=shifts["heads"], ffn_bias_shift=shifts["ffn"])
-                    tokens = readout if layer == adapter.num_layers() - 1 else "all"
-                    shifts[kind][layer] = _shift(model, adapter, measured, kind, layer, kept, batches, tokens)
+            yield model
     finally:
         model.train(was_training)
-    return replace(plan, head_bias_shift=shifts["heads"], ffn_bias_shift=shifts["ffn"])
+
+
+def partial_sublayers(adapter: Adapter, resolved: ResolvedPlan, readout: str):
+    """``(layer, kind, kept, tokens)`` of every sublayer keeping some but not all of its units, in forward order;
+    ``tokens`` is the readout its calibration statistics are taken over (``readout`` in the last layer)."""
+    for layer in range(adapter.num_layers()):
+        for kind in ("heads", "ffn"):
+            kept = (resolved.heads if kind == "heads" else resolved.ffn)[layer]
+            if kept.count not in (0, kept.total):
+                yield layer, kind, kept, readout if layer == adapter.num_layers() - 1 else "all"
 
 
 READOUTS = ("auto", "all", "first", "last")
@@ -110,7 +134,7 @@ def readout_of(model: nn.Module) -> str:
     return "last" if adapter_for(model).pre_ln else "first"
 
 
-def _token_mask(batch: Mapping[str, torch.Tensor], readout: str) -> torch.Tensor | None:
+def token_mask(batch: Mapping[str, torch.Tensor], readout: str) -> torch.Tensor | None:
     """Bool [batch, seq] of the tokens a mean is taken over (``None``: every token)."""
     mask = batch.get("attention_mask")
     if readout == "all":
@@ -148,7 +172,7 @@ def _explicit(plan: CompactionPlan, resolved: ResolvedPlan) -> CompactionPlan:
                    ffn_scale=scales(resolved.ffn))
 
 
-class _Measured(Exception):
+class Measured(Exception):
     """Raised by the measuring hook: nothing after the measured sublayer needs computing."""
 
 
@@ -172,18 +196,18 @@ def _shift(model: nn.Module, adapter: Adapter, plan: CompactionPlan, kind: str, 
             x = x[state["tokens"].reshape(-1)]
         state["sum"] += x.sum(0).cpu()
         state["count"] += x.shape[0]
-        raise _Measured
+        raise Measured
 
     device = next(model.parameters()).device
     handle = consumer.register_forward_pre_hook(measure)
     try:
         with masked_by_plan(model, plan):
             for batch in batches:
-                tokens = _token_mask(batch, readout)
+                tokens = token_mask(batch, readout)
                 state["tokens"] = None if tokens is None else tokens.to(device)
                 try:
                     model(**{k: v.to(device) for k, v in batch.items()})
-                except _Measured:
+                except Measured:
                     pass
     finally:
         handle.remove()
