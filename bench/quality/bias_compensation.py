@@ -1,14 +1,16 @@
-"""Which pruning methods bias compensation (vtrans_kernels.hf.compensate_plan, issue 18 item 3) helps, before the
-fine-tune: each plan is compacted with and without the shifts and both models are scored.
+"""Which pruning methods bias compensation (vtrans_kernels.hf.compensate_plan, issue 18 item 3) and the least-squares
+refit (vtrans_kernels.hf.refit_plan) help: each plan is compacted without and with them and every model is scored,
+before the fine-tune (and, with --finetune-steps, after it).
 
     python bench/quality/bias_compensation.py encoder --sparsities 0.5 0.7 --methods oneshot faster
-    python bench/quality/bias_compensation.py decoder --sparsities 0.2 0.3
+    python bench/quality/bias_compensation.py decoder --sparsities 0.2 0.3 --refit-ridges 1e-3
 
 encoder: MiniLM-L6 movie-review sentiment through the study's own setup (bench/quality/encoder.py: splits, cached
-teacher, mask training via study.mask_plan), dev and test accuracy of the compacted model. decoder: SmolLM2-135M
-on the Python docs (bench/quality/decoder.py: corpus, held-out perplexity), one-shot plans. The calibration batches
-are training batches. Rows go to bench/results/quality/bias_compensation.csv, one per (model, method, sparsity,
-compensation). Every choice the study makes stays on dev; test numbers are only reported.
+teacher, mask training via study.mask_plan), dev and test accuracy of the compacted model, and with --finetune-steps
+after the study's distilled fine-tune too. decoder: SmolLM2-135M on the Python docs (bench/quality/decoder.py:
+corpus, held-out perplexity), one-shot plans. The calibration batches are training batches. Rows go to
+bench/results/quality/bias_compensation.csv, one per (model, method, sparsity, compensation, readout, refit ridge).
+Every choice the study makes stays on dev; test numbers are only reported.
 """
 import argparse
 import copy
@@ -28,10 +30,11 @@ from study import cell_folder, init_label, machine, mask_plan  # noqa: E402
 CSV = RESULTS_DIR / "quality" / "bias_compensation.csv"
 
 
-def compare(model, plan, calibration: list, score, readouts) -> list[dict]:
+def compare(model, plan, calibration: list, score, readouts, ridges=()) -> list[dict]:
     """Score the compacted model of ``plan`` without bias compensation, then with it measured on ``calibration``
-    for each of ``readouts`` (``compensate_plan``'s readout: which tokens the last layer's means are taken on)."""
-    from vtrans_kernels.hf import compact, compensate_plan
+    for each of ``readouts`` (``compensate_plan``'s readout: which tokens the last layer's means are taken on),
+    then refitted by least squares (``refit_plan``, default readout) for each ridge of ``ridges``."""
+    from vtrans_kernels.hf import compact, compensate_plan, refit_plan
     from vtrans_kernels.hf.compensation import readout_of
 
     tokens = sum(int(b["attention_mask"].sum()) for b in calibration)
@@ -45,6 +48,14 @@ def compare(model, plan, calibration: list, score, readouts) -> list[dict]:
                          **score(compact(model, shifted)), **common,
                          shifted_sublayers=len(shifted.head_bias_shift) + len(shifted.ffn_bias_shift),
                          compensate_s=round(seconds, 1)))
+    for ridge in ridges:
+        start = time.perf_counter()
+        refit = refit_plan(model, plan, calibration, ridge=ridge)
+        seconds = time.perf_counter() - start
+        rows.append(dict(compensation=True, readout=readout_of(model), refit_ridge=ridge,
+                         **score(compact(model, refit)), **common,
+                         shifted_sublayers=len(refit.head_bias_shift) + len(refit.ffn_bias_shift),
+                         compensate_s=round(seconds, 1)))
     return rows
 
 
@@ -54,6 +65,7 @@ def run_encoder(args) -> None:
     from minilm import model_path
     from vtrans_kernels.prune.data import Batches, tokenize_classification
     from vtrans_kernels.prune.evaluate import evaluate
+    from vtrans_kernels.prune.finetune import finetune
 
     study = argparse.Namespace(device="cpu", teacher_steps=300, teacher_lr=1e-4)  # the study's teacher settings
     work = Path(args.work) / "sentiment"
@@ -65,10 +77,20 @@ def run_encoder(args) -> None:
     teacher = encoder.teacher_state(study, "sentiment", args.seed, Batches(feats["train"], 32, seed=args.seed + 100),
                                     labels, work)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
+    distill_from = encoder.fresh_model(labels, teacher).eval()
+
+    def accuracy(model):
+        return {k: round(evaluate(model, b, "classification")["accuracy"], 4) for k, b in evaluation.items()}
 
     def score(model):
-        return {f"{k}_accuracy": round(evaluate(model, b, "classification")["accuracy"], 4)
-                for k, b in evaluation.items()}
+        row = {f"{k}_accuracy": v for k, v in accuracy(model).items()}
+        if args.finetune_steps:  # the study's fine-tune (distilled from the teacher) at one lr, then scored again
+            torch.manual_seed(args.seed)
+            finetune(model, Batches(feats["train"], 32, seed=args.seed), args.finetune_steps, lr=args.finetune_lr,
+                     teacher=distill_from)
+            row.update({f"{k}_accuracy_after": v for k, v in accuracy(model).items()},
+                       finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
+        return row
 
     train = Batches(feats["train"], 32, seed=args.seed)
     calibration = [train.batch(step) for step in range(args.calibration_batches)]
@@ -81,7 +103,7 @@ def run_encoder(args) -> None:
                                  args.seed)
             masks = mask_plan(model, feats["train"], encoder.METHODS[method], sparsity, folder, batch_size=32,
                               seq_len=40, seed=args.seed, steps=args.mask_steps, mask_lr=0.1, log_sigma2_init=-1.0)
-            for row in compare(model, masks.plan, calibration, score, args.readouts):
+            for row in compare(model, masks.plan, calibration, score, args.readouts, args.refit_ridges):
                 write(dict(model="MiniLM-L6 sentiment", method=method, target_sparsity=sparsity,
                            mask_steps=args.mask_steps if encoder.METHODS[method][0] else "", **row))
 
@@ -103,16 +125,18 @@ def run_decoder(args) -> None:
         plan = oneshot_plan(copy.deepcopy(teacher), Batches(features["train"], study.batch_size, seed=args.seed),
                             sparsity, seq_len=study.block_size)
         for row in compare(teacher, plan, calibration,
-                           lambda m: {"perplexity": round(decoder.perplexity(m, features["test"]), 3)}, args.readouts):
+                           lambda m: {"perplexity": round(decoder.perplexity(m, features["test"]), 3)}, args.readouts,
+                           args.refit_ridges):
             write(dict(model="SmolLM2-135M python docs", method="oneshot", target_sparsity=sparsity,
                        unpruned_perplexity=round(unpruned, 3), **row))
 
 
 def write(row: dict) -> None:
-    row = {**environment("cpu"), **row, "finetune_steps": 0, "machine": machine()}
+    row = {**environment("cpu"), "finetune_steps": 0, **row, "machine": machine()}
     append_rows(CSV, [row])
     print({k: v for k, v in row.items() if k in ("model", "method", "target_sparsity", "compensation", "readout",
-                                                 "test_accuracy", "perplexity", "compensate_s")})
+                                                 "refit_ridge", "test_accuracy", "test_accuracy_after", "perplexity",
+                                                 "compensate_s")})
 
 
 def main(argv=None) -> None:
@@ -123,6 +147,11 @@ def main(argv=None) -> None:
                    help="encoder only; the decoder part runs the one-shot baseline")
     p.add_argument("--readouts", nargs="+", choices=("auto", "all", "first", "last"), default=["auto"],
                    help="compensate_plan readouts to score (the CSV's readout column; rows before it had 'all')")
+    p.add_argument("--refit-ridges", type=float, nargs="*", default=[],
+                   help="also score refit_plan (least-squares scales + intercept) at these ridges (refit_ridge column)")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="encoder only: also fine-tune each compacted model this many steps and score it again")
+    p.add_argument("--finetune-lr", type=float, default=2e-4, help="the fine-tune's learning rate (the study's)")
     p.add_argument("--mask-steps", type=int, default=150, help="encoder mask-training steps (the study's budget)")
     p.add_argument("--calibration-batches", type=int, default=8, help="training batches the means are taken on")
     p.add_argument("--decoder-batch", type=int, default=4, help="blocks per decoder calibration batch")

@@ -91,7 +91,7 @@ def setup(args):
 
 
 def main(argv=None) -> None:
-    from vtrans_kernels.hf import compensate_plan
+    from vtrans_kernels.hf import compensate_plan, refit_plan
     from vtrans_kernels.prune.data import Batches
     from vtrans_kernels.prune.oneshot import oneshot_plan
 
@@ -102,6 +102,7 @@ def main(argv=None) -> None:
     p.add_argument("--readouts", nargs="+", default=["all", "first"],
                    help="compensate_plan readouts to compare ('all': every token in every layer; 'first': [CLS] "
                         "in the last layer, what readout='auto' picks for this classifier)")
+    p.add_argument("--refit-ridges", type=float, nargs="*", default=[], help="also measure refit_plan at these")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
@@ -124,6 +125,11 @@ def main(argv=None) -> None:
         shifted = compensate_plan(model, plan, calibration, readout=readout)
         print(f"compensate_plan(readout={readout!r}) {time.perf_counter() - start:.1f}s", flush=True)
         show(f"plan + compensation {readout}", errors(teacher, model, shifted, held_out, keep))
+    for ridge in args.refit_ridges:
+        start = time.perf_counter()
+        refit = refit_plan(model, plan, calibration, ridge=ridge)
+        print(f"refit_plan(ridge={ridge:g}) {time.perf_counter() - start:.1f}s", flush=True)
+        show(f"plan refit ridge {ridge:g}", errors(teacher, model, refit, held_out, keep))
 
 
 if __name__ == "__main__":
