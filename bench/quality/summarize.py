@@ -1,7 +1,10 @@
-"""Tables and plots of the quality study from its CSVs: bench/results/quality/summary.md (the encoder
-classification table from encoder_<task>.csv, the decoder language-modelling table from decoder_lm.csv), one
-accuracy-vs-sparsity PNG per encoder task and one perplexity-vs-sparsity PNG per decoder depth (mean over seeds,
-with the spread when there are several)."""
+"""Tables and figures of the quality study from its CSVs: bench/results/quality/summary.md (the encoder
+classification table from encoder_<task>*.csv, the decoder language-modelling table from decoder_lm.csv: every
+ablation, one line each) and the headline figures of figures.py (each method at the study's headline settings:
+encoder_<task>.png, accuracy vs sparsity; decoder_lm.png, perplexity vs sparsity).
+
+    python bench/quality/summarize.py [--results bench/results/quality]
+"""
 import csv
 import statistics
 import sys
@@ -11,6 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import RESULTS_DIR  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import figures  # noqa: E402
 
 QUALITY = RESULTS_DIR / "quality"
 DECODER_CSV = "decoder_lm.csv"
@@ -129,100 +134,6 @@ def summarize_decoder(path: Path) -> str:
     return "\n".join(_table(header, lines) + [""] + notes) + "\n"
 
 
-def _plot(series: dict, path: Path, xlabel: str, ylabel: str, title: str, *, styles: dict | None = None,
-          log_y: bool = False, reference: float | None = None) -> Path:
-    """One line per label of ``series`` = {label: {x: [y per seed]}} (mean with the seeds' spread; ``styles``
-    may give a label extra matplotlib keywords), plus an optional horizontal reference line; saved to ``path``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in sorted(series.items()):
-        xs = sorted(points)
-        ax.errorbar(xs, [statistics.mean(points[x]) for x in xs],
-                    yerr=[statistics.stdev(points[x]) if len(points[x]) > 1 else 0 for x in xs],
-                    marker="o", capsize=3, label=label, **(styles or {}).get(label, {}))
-    if reference is not None:
-        ax.axhline(reference, color="gray", linestyle="--", label="unpruned (teacher)")
-    if log_y:
-        ax.set_yscale("log")
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _series_labeller(rows: list[dict]):
-    """``label(row)``: the row's method, plus its step budget, VIB init, hidden distillation, mask learning rate,
-    scale folding or fine-tune learning-rate grid where ``rows`` vary them, so a plot line never mixes them."""
-    budgets = {(r["mask_steps"], r["finetune_steps"], r.get("batch_size")) for r in rows}
-    inits = {r.get("log_sigma2_init", "") for r in rows} - {""}
-    objectives = {r.get("hidden_distill", "") for r in rows} - {""}
-    folds = {r.get("fold_scales", "") for r in rows} - {""}
-    rates = {r.get("mask_lr", "") for r in rows} - {""}
-    grids = {r.get("finetune_lrs", "") for r in rows} - {""}
-
-    def label(row: dict) -> str:
-        text = row["method"]
-        if len(budgets) > 1:
-            text += f" ({row['mask_steps']}/{row['finetune_steps']} steps, batch {row.get('batch_size')})"
-        if len(inits) > 1 and row.get("log_sigma2_init"):
-            text += f" (init {row['log_sigma2_init']})"
-        if len(objectives) > 1 and row.get("hidden_distill"):
-            text += f" ({row['hidden_distill']} hidden)"
-        if len(rates) > 1 and row.get("mask_lr"):
-            text += f" (mask lr {row['mask_lr']})"
-        if len(folds) > 1 and row.get("fold_scales") == "False":
-            text += " (scales not folded)"
-        if len(grids) > 1 and row.get("finetune_lrs"):
-            text += f" (FT lr {row['finetune_lrs']})"
-        return text
-    return label
-
-
-def plot(paths: list[Path]) -> list[Path]:
-    """Test accuracy after the fine-tune against the target sparsity, one PNG per encoder CSV."""
-    written = []
-    for path in paths:
-        rows = _rows([path])
-        label = _series_labeller(rows)
-        series = defaultdict(lambda: defaultdict(list))
-        for row in rows:
-            series[label(row)][float(row["target_sparsity"])].append(float(row["test_after"]))
-        teachers = {row["seed"]: float(row["teacher_test"]) for row in rows}
-        written.append(_plot(series, path.with_suffix(".png"), "parameter sparsity (encoder layers)",
-                             "test accuracy after fine-tune", path.stem,
-                             reference=statistics.mean(teachers.values())))
-    return written
-
-
-def plot_decoder(path: Path) -> list[Path]:
-    """Held-out perplexity (log scale) against the target sparsity, before (dotted) and after (solid) the
-    fine-tune, one PNG per depth: ``decoder_lm_L<layers>.png``."""
-    by_layers = defaultdict(list)
-    for row in _rows([path]):
-        by_layers[row["layers"]].append(row)
-    written = []
-    for layers, rows in sorted(by_layers.items()):
-        series, styles = defaultdict(lambda: defaultdict(list)), {}
-        label = _series_labeller(rows)
-        colors = {name: f"C{i % 10}" for i, name in enumerate(sorted({label(row) for row in rows}))}
-        for row in rows:
-            for stage, line in (("before", ":"), ("after", "-")):
-                name = f"{label(row)} ({stage} FT)"
-                series[name][float(row["target_sparsity"])].append(float(row[f"ppl_{stage}"]))
-                styles[name] = dict(color=colors[label(row)], linestyle=line,
-                                    markerfacecolor="none" if stage == "before" else None)
-        written.append(_plot(series, path.with_name(f"{path.stem}_L{layers}.png"),
-                             "parameter sparsity (decoder layers)", "held-out perplexity",
-                             f"SmolLM2-135M, {layers} layers", styles=styles, log_y=True,
-                             reference=float(rows[0]["teacher_ppl"])))
-    return written
-
-
 def main(argv=None) -> None:
     import argparse
     p = argparse.ArgumentParser(description=__doc__)
@@ -235,10 +146,10 @@ def main(argv=None) -> None:
     sections, pngs = [], []
     if encoder_paths:
         sections.append("## Encoder classification (MiniLM-L6)\n\n" + summarize(encoder_paths))
-        pngs += plot(encoder_paths)
+        pngs += figures.encoder_figures(_rows(encoder_paths), folder)
     if decoder_path.exists():
         sections.append("## Decoder language modelling (SmolLM2-135M)\n\n" + summarize_decoder(decoder_path))
-        pngs += plot_decoder(decoder_path)
+        pngs += figures.decoder_figures(_rows([decoder_path]), folder)
     text = "# Quality study\n\n" + "\n".join(sections)
     (folder / "summary.md").write_text(text)
     print(text)
