@@ -210,9 +210,10 @@ def test_a_pruning_run_ends_with_a_plan_at_the_target(tmp_path):
     config = PruneConfig(target="latency", target_speedup=2.0, latency_table=str(tmp_path / "table.json"),
                          steps=20, batch_size=8, log_every=5, checkpoint_every=20)
     assert config.target_sparsity == pytest.approx(0.5)
-    with pytest.warns(RuntimeWarning, match="the masks ended at sparsity"):  # 20 steps: too few to converge
-        result = run_pruning(model, Batches(_features(), 8), config, tmp_path / "run", progress=False, plots=False)
+    result = run_pruning(model, Batches(_features(), 8), config, tmp_path / "run", progress=False, plots=False)
     measure = result.pruner.measure
+    # the last steps hold the masks' own decision on the table's plan (settle_fraction)
+    assert result.summary["mask_decision_sparsity"] == pytest.approx(result.summary["sparsity"], abs=0.02)
     expected = [r["expected_sparsity"] for r in result.records]
     assert expected[-1] > expected[0] + 0.2  # the latency term moved the masks
     kept = result.summary

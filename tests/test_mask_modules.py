@@ -7,6 +7,7 @@ import torch
 from vtrans_kernels.masks import (ArchitectureSpec, HardConcreteMask, Lagrangian, MaskSet, SizeMeasure, VIBMask,
                                   make_mask)
 from vtrans_kernels.masks.gates import LOG_ALPHA_MAX, LOG_ALPHA_MIN
+from vtrans_kernels.ops import hard_concrete_expected_l0
 
 SPEC = ArchitectureSpec(hidden_size=40, units_per_layer=(6, 6, 6), ffn_per_layer=(97, 97, 97), q_heads_per_unit=1,
                         kv_heads_per_unit=1, head_dim=8, qkv_bias=True, o_bias=True, ffn_inputs=1, ffn_in_bias=True,
@@ -147,3 +148,67 @@ def test_vib_straight_through_count_is_the_decision_with_a_gradient_far_from_the
     assert straight.log_sigma2.grad.abs().min().item() > 1e-2
     with pytest.raises(ValueError, match="straight_through: expected a temperature > 0"):
         VIBMask(3, straight_through=0.0)
+
+
+@pytest.mark.parametrize("method", ["vib", "hard_concrete"])
+@pytest.mark.parametrize("count", [0, 1, 20, 96, 97])
+def test_keep_top_keeps_the_best_scored_units_and_their_ranking(method, count):
+    torch.manual_seed(2)
+    mask = MaskSet(SPEC, method).ffn[0]
+    with torch.no_grad():
+        for p in mask.parameters():
+            p.normal_(0, 1.5)
+    order = torch.argsort(mask.score(), descending=True)
+    mask.keep_top(count)
+    if method == "hard_concrete":
+        # its decision keeps round(expected L0) units, which log_alpha's clamp keeps off the extremes (DESIGN 2.2)
+        reach = [round(float(hard_concrete_expected_l0(torch.full((97,), bound)).sum()))
+                 for bound in (LOG_ALPHA_MIN, LOG_ALPHA_MAX)]
+        if not reach[0] < count < reach[1]:
+            assert int(mask.keep().sum()) == min(max(count, reach[0]), reach[1])
+            return
+    assert int(mask.keep().sum()) == count
+    assert (mask.score()[order].diff() <= 0).all()  # the ranking stays (hard-concrete's clamp may tie units)
+    assert set(order[:count].tolist()) == set(torch.nonzero(mask.keep()).flatten().tolist())
+    with pytest.raises(ValueError, match="count"):
+        mask.keep_top(98)
+
+
+@pytest.mark.parametrize("method", ["vib", "hard_concrete"])
+@pytest.mark.parametrize("target", [0.25, 0.6, 0.85])
+def test_hold_puts_the_decision_on_the_target(method, target):
+    torch.manual_seed(3)
+    masks = MaskSet(SPEC, method)
+    with torch.no_grad():
+        for p in masks.mask_parameters():
+            p.normal_(0, 2)
+    measure = SizeMeasure(SPEC)
+    planned = masks.decide(measure, target)
+    masks.hold(measure, target)
+    assert abs(masks.sparsity(measure) - target) < 0.01
+    held = masks.decision()
+    assert all(torch.equal(a, b) for a, b in zip([planned.hidden, *planned.heads, *planned.ffn],
+                                                  [held.hidden, *held.heads, *held.ffn]))
+
+
+def test_lagrangian_reports_crossings_of_the_target():
+    lag = Lagrangian(0.6, warmup_steps=0)
+    assert [lag.crossed(gap) for gap in (-0.3, -0.1, 0.0, 0.02, 0.01, -0.01)] == [False, False, False, True,
+                                                                                     False, True]
+    again = Lagrangian(0.6, warmup_steps=0)
+    again.load_state_dict(lag.state_dict())
+    assert again.crossed(0.05)  # the side survives a checkpoint
+
+
+def test_hold_keeps_vib_scores_comparable_across_masks():
+    torch.manual_seed(4)
+    masks = MaskSet(SPEC, "vib")
+    with torch.no_grad():
+        for p in masks.mask_parameters():
+            p.normal_(0, 2)
+    scores = torch.cat([m.score() for _, _, m in masks.masks()])
+    measure = SizeMeasure(SPEC)
+    masks.hold(measure, 0.6)
+    held = torch.cat([m.score() for _, _, m in masks.masks()])
+    assert torch.allclose(held - scores, (held - scores)[:1].expand_as(held), atol=1e-5)  # one shift for all
+    assert masks.decide(measure, 0.6).ffn[1].tolist() == masks.decision().ffn[1].tolist()

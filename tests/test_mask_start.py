@@ -103,3 +103,20 @@ def test_a_run_from_the_oneshot_plan_resumes_exactly(tmp_path, features, monkeyp
             torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="mask_start"):
         PruneConfig(mask_start="calibration")
+
+
+@pytest.mark.parametrize("method,target", [("vib", 0.3), ("vib", 0.7), ("hard_concrete", 0.5)])
+def test_the_masks_own_decision_ends_on_the_target(features, method, target):
+    """The last settle_fraction of the steps hold the decision on the target; without them this tiny model's
+    masks swing far around it (they have almost no data loss to balance the size term)."""
+    batches = Batches(features, 8)
+    config = PruneConfig(method=method, target_sparsity=target, steps=40, batch_size=8, seq_len=16,
+                         subset_fraction=1.0, settle_fraction=0.2)
+    pruner = Pruner(build("bert"), config)
+    for step in range(config.steps):
+        metrics = pruner.train_step(batches.batch(step))
+        assert ("sparsity_before_hold" in metrics) == (step >= 32)
+    assert abs(pruner.masks.sparsity(pruner.measure) - target) <= 0.02
+    assert abs(metrics["expected_sparsity"] - target) <= 0.03 or method == "hard_concrete"
+    with pytest.raises(ValueError, match="settle_fraction"):
+        PruneConfig(warmup_fraction=0.9, settle_fraction=0.2)

@@ -26,6 +26,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
+from vtrans_kernels.prune import PruneConfig  # noqa: E402
 from study import (BUDGET_COLUMNS, add_fold_scales_argument, cell_folder, done_cells, fold_label,  # noqa: E402
                    init_label, kept_units, latencies, lr_label, machine, mask_plan, search_finetune_lr)
 
@@ -41,7 +42,7 @@ STEP_FRACTION = {"faster_short": 0.1}
 FINETUNE_LRS = (5e-5, 1e-4, 2e-4)
 # What makes a cell: a run that differs in any of these trains its own cell instead of skipping it as done.
 CELL_KEY = ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS + (
-    "finetune_lrs", "uniform")
+    "finetune_lrs", "uniform", "mask_start", "settle_fraction")
 
 
 def method_steps(args, method: str) -> int:
@@ -57,7 +58,10 @@ def cell_values(args, seed: int, sparsity: float, method: str) -> dict:
                 fold_scales=fold_label(mask_method, not args.no_fold_scales), mask_steps=method_steps(args, method),
                 finetune_steps=args.finetune_steps, batch_size=args.batch_size,
                 finetune_lrs=lr_label(args.finetune_lrs),
-                uniform="True" if args.uniform and mask_method is not None else "")
+                uniform="True" if args.uniform and mask_method is not None else "",
+                # rows from before masks could start from the one-shot plan or settle on the target have "" here
+                mask_start=args.mask_start if mask_method else "",
+                settle_fraction=str(args.settle_fraction) if mask_method else "")
 
 
 def cell_key(args, seed: int, sparsity: float, method: str) -> tuple[str, ...]:
@@ -115,11 +119,14 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     train = Batches(feats["train"], args.batch_size, seed=seed)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
     cell = cell_values(args, seed, sparsity, method)
-    folder = cell_folder(work, cell["mask_steps"], args.batch_size, method, cell["log_sigma2_init"], sparsity, seed)
+    settings = f"{cell['log_sigma2_init']}_{cell['mask_start']}_settle{cell['settle_fraction']}" \
+        if cell["mask_start"] else ""
+    folder = cell_folder(work, cell["mask_steps"], args.batch_size, method, settings, sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init,
-                      fold_scales=not args.no_fold_scales, uniform=args.uniform)
+                      fold_scales=not args.no_fold_scales, uniform=args.uniform, mask_start=args.mask_start,
+                      settle_fraction=args.settle_fraction)
     with masked_by_plan(model, masks.plan):
         before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
     distill_from = fresh_model(labels, teacher, args.device).eval()
@@ -162,6 +169,10 @@ def main(argv=None) -> None:
                         "is kept and reported (one value: no search)")
     p.add_argument("--mask-lr", type=float, default=0.1)
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
+    p.add_argument("--mask-start", choices=("init", "oneshot"), default="init",
+                   help="masks start at --log-sigma2-init, or at the one-shot plan (PruneConfig.mask_start)")
+    p.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
+                   help="last fraction of mask steps that hold the decision on the target")
     add_fold_scales_argument(p)
     p.add_argument("--uniform", action="store_true",
                    help="plans keep the same heads and FFN width in every layer (PruneConfig.uniform; mask methods "

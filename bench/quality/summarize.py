@@ -81,8 +81,10 @@ def summarize(paths: list[Path]) -> str:
     lines = []
     # budgets, VIB initialisations, scale folding and learning-rate grids never mix in a line
     keys = ("task", "target_sparsity", "method", "log_sigma2_init", "fold_scales", "finetune_lrs", "mask_steps",
-            "finetune_steps")
-    for (task, target, method, init, fold, lrs, *_), group in _groups(rows, keys).items():
+            "finetune_steps", "mask_start", "settle_fraction")
+    for (task, target, method, init, fold, lrs, _, _, start, settle), group in _groups(rows, keys).items():
+        if start:  # rows of masks that may start from the one-shot plan and settle on the target
+            method = f"{method} ({start} start, settle {settle})"
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         chosen = ", ".join(sorted({r["finetune_lr"] for r in group}, key=float))
         lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {_yes_no(fold)} "

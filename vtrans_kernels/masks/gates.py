@@ -18,6 +18,8 @@ from ..ops import masks as mask_ops
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-2), math.log(1e2)
 # log sigma^2 of a VIB unit that a starting plan removes (VIBMask.start_from): the pruning default's noise level.
 REMOVED_LOG_SIGMA2 = -1.0
+# Where VIBMask.keep_top puts the boundary when every unit (or none) is to be kept: this far past the last one.
+KEEP_TOP_MARGIN = 0.05
 
 
 class UnitMask(nn.Module):
@@ -81,6 +83,16 @@ class UnitMask(nn.Module):
         :func:`vtrans_kernels.prune.calibration.start_from_calibration`). ``log_odds``: float [units], no zeros."""
         raise NotImplementedError
 
+    def keep_top(self, count: int) -> None:
+        """Shift the parameters, the same for every unit (the ranking stays), so that the decision keeps the
+        ``count`` best-scored units: the projection that holds the decision on the target at the end of a run."""
+        raise NotImplementedError
+
+    def _check_count(self, count: int) -> int:
+        if not 0 <= int(count) <= self.units:
+            raise ValueError(f"count: expected 0..{self.units} kept units, got {count}")
+        return int(count)
+
     def _check_log_odds(self, log_odds: torch.Tensor) -> torch.Tensor:
         log_odds = torch.as_tensor(log_odds, dtype=torch.float32).detach().cpu()
         if log_odds.shape != (self.units,) or not torch.isfinite(log_odds).all() or (log_odds == 0).any():
@@ -102,12 +114,11 @@ class VIBMask(UnitMask):
     pruning runs start near the boundary (``PruneConfig`` uses ``log_sigma2=-1``).
 
     Size count (:meth:`soft_count`, what the size target pulls on): ``sum sigmoid(temperature * log SNR)`` by
-    default; with ``straight_through=T`` the decision's exact count, differentiated as the soft count at
-    temperature ``T`` (``mask_init={"straight_through": 1.0}`` in a pruning run). Measured on MiniLM-L6 sentiment
-    (Faster, target 0.9, from log sigma^2 -2): the default count reached a decision sparsity of 0.27 after 40 steps,
-    the straight-through one 0.90 after 20, then swung between 0.80 and 0.96 (Adam moves every mask by about
-    ``mask_lr`` per step whatever the multipliers' size, and lambda1 keeps pushing past the target), so it is not
-    the default yet.
+    default (DESIGN 2.1); with ``straight_through=T`` the decision's exact count, differentiated as the soft count
+    at temperature ``T``. Pruning runs use ``T = 1`` (``PRUNING_MASK_INIT``): the soft count is flat a few tenths
+    from the boundary, so a size target on it loses its grip on every clearly kept unit (MiniLM-L6 sentiment,
+    Faster, target 0.9, from log sigma^2 -2: the soft count's decision reached 0.27 after 40 steps, the
+    straight-through one 0.90 after 20).
     """
 
     method = "vib"
@@ -162,6 +173,22 @@ class VIBMask(UnitMask):
 
     def eval_gate(self):
         return self.mu * self.keep().to(self.mu.dtype)
+
+    def keep_top(self, count):
+        count = self._check_count(count)
+        if int(self.keep().sum()) == count:
+            return
+        # Move the boundary halfway between the last unit to keep and the first to drop, so neither sits on it.
+        ranked = torch.sort(self.log_snr().detach(), descending=True).values
+        above = ranked[count - 1] if count > 0 else ranked[0] + 2 * KEEP_TOP_MARGIN
+        below = ranked[count] if count < self.units else ranked[-1] - 2 * KEEP_TOP_MARGIN
+        self.shift_boundary(float(above + below) / 2)
+
+    def shift_boundary(self, log_snr: float) -> None:
+        """Move the decision boundary to ``log_snr``: every unit's log SNR falls by it (through log sigma^2, so
+        mu, the value folded into the weights, stays)."""
+        with torch.no_grad():
+            self.log_sigma2.add_(float(log_snr))
 
     def start_from(self, log_odds):
         # log SNR = log_odds. Kept units keep mu = 1 (their weights as they are) and get less noise the safer they
@@ -225,18 +252,26 @@ class HardConcreteMask(UnitMask):
             self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
 
     def start_from(self, log_odds):
-        # The deterministic mask keeps the top round(expected L0) units: shift log_odds so the expected L0 equals
-        # the number of units to keep, which then are the top ones (ranking unchanged by a shift).
         log_odds = self._check_log_odds(log_odds).to(self.log_alpha.device)
-        kept = int((log_odds > 0).sum())
+        self._set_shifted(log_odds, int((log_odds > 0).sum()))
+
+    def keep_top(self, count):
+        count = self._check_count(count)
+        if int(self.keep().sum()) != count:
+            self._set_shifted(self.log_alpha.detach().clone(), count)
+
+    def _set_shifted(self, log_alpha: torch.Tensor, count: int) -> None:
+        # The deterministic mask keeps the top round(expected L0) units: shift log_alpha so the expected L0 rounds
+        # to ``count``; the kept units are then the top ones (a shift keeps the ranking).
         expected = lambda shift: float(mask_ops.hard_concrete_expected_l0(  # noqa: E731
-            (log_odds + shift).clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)).sum())
-        low, high = -2 * LOG_ALPHA_MAX - float(log_odds.max()), 2 * LOG_ALPHA_MAX - float(log_odds.min())
+            (log_alpha + shift).clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)).sum())
+        low = LOG_ALPHA_MIN - float(log_alpha.max()) - 1
+        high = LOG_ALPHA_MAX - float(log_alpha.min()) + 1
         for _ in range(60):
             mid = (low + high) / 2
-            low, high = (mid, high) if expected(mid) < kept else (low, mid)
+            low, high = (mid, high) if expected(mid) < count else (low, mid)
         with torch.no_grad():
-            self.log_alpha.copy_((log_odds + (low + high) / 2).clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX))
+            self.log_alpha.copy_((log_alpha + (low + high) / 2).clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX))
 
 
 METHODS = {"vib": VIBMask, "hard_concrete": HardConcreteMask}

@@ -183,6 +183,27 @@ class MaskSet(nn.Module):
         best = min(candidates, key=lambda k: abs(sparsity(k) - target_sparsity))
         return keep_top(best)
 
+    def hold(self, measure: SizeMeasure, target_sparsity: float) -> None:
+        """Project the masks onto the target: shift each mask's parameters (its ranking unchanged) so that its
+        decision keeps as many units as :meth:`decide` at ``target_sparsity`` does. A run ends with a few steps
+        of training under this projection, so the masks' own decision is on the target and the last steps
+        train the model the final plan makes."""
+        decision = self.decide(measure, target_sparsity, tolerance=0.0)
+        keeps = [(mask, decision.hidden if layer is None else getattr(decision, structure)[layer])
+                 for structure, layer, mask in self.masks()]
+        if self.method == "vib":
+            # One shift for every mask where the decision is a threshold on the scores (the size measures'), so
+            # scores stay comparable across masks: the plans made from them later (another target, a latency
+            # re-plan) rank units as before. Masks it leaves off their count (the latency table's widths, the
+            # hidden dim kept against the threshold) shift on their own below.
+            kept = torch.cat([mask.score()[keep.to(mask.score().device)].cpu() for mask, keep in keeps])
+            dropped = torch.cat([mask.score()[~keep.to(mask.score().device)].cpu() for mask, keep in keeps])
+            if kept.numel() and dropped.numel() and kept.min() > dropped.max():
+                for mask, _ in keeps:
+                    mask.shift_boundary(float(kept.min() + dropped.max()) / 2)
+        for mask, keep in keeps:
+            mask.keep_top(int(keep.sum()))
+
     def sparsity(self, measure: SizeMeasure, decision: Decision | None = None) -> float:
         """Exact sparsity of ``decision`` (default: the deterministic decision) under ``measure``."""
         decision = self.decision() if decision is None else decision

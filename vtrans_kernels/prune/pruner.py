@@ -92,6 +92,7 @@ class Pruner:
         self.restart_ramp()
         self.lagrangian.to(device)
         self._gap = 0.0  # expected sparsity - target at the last penalty (the anti-windup watches its sign)
+        self.unheld_sparsity = None  # the decision's sparsity before the last hold (settling steps only)
         groups = [{"params": self.masks.mask_parameters(), "lr": config.mask_lr, "weight_decay": 0.0},
                   {"params": list(self.lagrangian.parameters()), "lr": config.lambda_lr, "weight_decay": 0.0}]
         if config.trains_weights and manage_weights:
@@ -197,6 +198,9 @@ class Pruner:
         if self.lagrangian.crossed(self._gap):
             self._reset_lambda1()
         self.step += 1
+        if self.step > self.config.steps - self.config.settle_steps:
+            self.unheld_sparsity = self.masks.sparsity(self.measure)
+            self.masks.hold(self.measure, self.lagrangian.target_at(self.step))
 
     def _reset_lambda1(self) -> None:
         """Anti-windup: lambda1 integrates the gap while the masks are short of the target, and Adam moves every
@@ -232,6 +236,8 @@ class Pruner:
         self.optimizer_step()
         totals["step"] = self.step
         totals["sparsity"] = self.masks.sparsity(self.measure)
+        if self.unheld_sparsity is not None:
+            totals["sparsity_before_hold"] = self.unheld_sparsity
         return totals
 
     def _replicated_parameters(self) -> list:

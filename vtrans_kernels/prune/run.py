@@ -36,6 +36,8 @@ def _missed_target_message(decision: float, config: PruneConfig) -> str:
     moved too slowly; past it, they overshot (pruned faster than the target ramp) and had no time to recover."""
     head = (f"the masks ended at sparsity {decision:.3f} against the target {config.target_sparsity}; the plan "
             "reaches the target by ranking units by their scores instead. ")
+    if config.settle_fraction == 0:
+        head += "settle_fraction > 0 ends the run by holding the decision on the target. "
     if decision < config.target_sparsity:
         return head + ("Train longer, raise mask_lr, or start VIB masks nearer their decision boundary (mask_init "
                        "log_sigma2 closer to 0)")
