@@ -160,7 +160,7 @@ def run_speedup(args, speedup, feats, labels, teacher, teacher_acc, timing, work
     params_model = fresh_model(labels, teacher)
     params_masks = mask_plan(params_model, feats["train"], METHODS["faster"], params_sparsity,
                              folder / f"faster_{params_sparsity}_s{args.seed}", **common)
-    params_plan, matched, _, tried = matched_parameter_plan(params_model, params_masks.pruner, timing,
+    params_plan, _, matched, tried = matched_parameter_plan(params_model, params_masks.pruner, timing,
                                                             calibration.best.measured, guess)
     params_small = compact(params_model, params_plan)
 
