@@ -42,7 +42,7 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
         dev = {lr: float(acc) for lr, acc in (item.split(":") for item in row["dev_by_lr"].split())}
         assert list(dev) == grid.split()
         assert dev[row["finetune_lr"]] == max(dev.values()) == pytest.approx(float(row["dev_after"]), abs=1e-4)
-    assert f"| trec | 0.5 | faster_short | -1.0 | yes | {grid} → " in (results / "summary.md").read_text()
+    assert f"| trec | 0.5 | faster_short [settle 0.2] | -1.0 | yes | {grid} → " in (results / "summary.md").read_text()
     encoder.main(args)  # finished cells are skipped
     for bad in (["0"], ["1e-4", "1e-4"]):
         with pytest.raises(SystemExit):

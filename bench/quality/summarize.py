@@ -83,8 +83,8 @@ def summarize(paths: list[Path]) -> str:
     keys = ("task", "target_sparsity", "method", "log_sigma2_init", "fold_scales", "finetune_lrs", "mask_steps",
             "finetune_steps", "mask_start", "settle_fraction")
     for (task, target, method, init, fold, lrs, _, _, start, settle), group in _groups(rows, keys).items():
-        if start:  # rows of masks that may start from the one-shot plan and settle on the target
-            method = f"{method} ({start} start, settle {settle})"
+        if start:  # rows of the objective that settles on the target, and may start from the one-shot plan
+            method = f"{method} [{'one-shot start, ' if start == 'oneshot' else ''}settle {settle}]"
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         chosen = ", ".join(sorted({r["finetune_lr"] for r in group}, key=float))
         lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {_yes_no(fold)} "
