@@ -65,13 +65,14 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
         ("oneshot", "5e-05", "5e-05")]
 
     heads.main(["--teacher", str(tmp_path / "work" / "trec" / "teacher_s0.pt"), "--sentences", "16",
-                "--plan", str(tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_0.5_s0" / "plan.json"), "--out", str(tmp_path)])
+                "--plan", str(tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_init_settle0.2_0.5_s0" / "plan.json"),
+                "--out", str(tmp_path)])
     assert (tmp_path / "heads.json").is_file() and (tmp_path / "heads.png").is_file()
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert f"| trec | 0.5 | faster | -2.0 | yes | {grid} → " in table
-    assert f"| trec | 0.5 | faster | -1.0 | no | {grid} → " in table
+    assert f"| trec | 0.5 | faster [settle 0.2] | -2.0 | yes | {grid} → " in table
+    assert f"| trec | 0.5 | faster [settle 0.2] | -1.0 | no | {grid} → " in table
     assert "| trec | 0.5 | oneshot | - | - | 5e-05 → 5e-05 | 1 |" in table  # a single-rate grid: its own line
     assert (results / "encoder_trec.png").is_file()
 

@@ -3,7 +3,7 @@ MiniLM teacher, the attention mass it puts on special tokens ([CLS], [SEP]) and 
 averaged over real sentences, split by whether a plan kept or pruned the head.
 
     python bench/quality/heads.py --teacher runs/quality/sentiment/teacher_s0.pt \
-        --plan runs/quality/sentiment/m150_bs32/faster_ls-1.0_0.5_s0/plan.json
+        --plan runs/quality/sentiment/m150_bs32/faster_ls-1.0_init_settle0.2_0.5_s0/plan.json
 """
 import argparse
 import json
