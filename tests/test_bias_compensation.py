@@ -5,7 +5,8 @@ import json
 
 import pytest
 import torch
-from tiny_models import BUILDERS, build, inputs, output, random_plan
+from plan_fixtures import assert_close, calibration, mean_heavy, partial_plan, unpruned_inputs
+from tiny_models import BUILDERS, build, inputs, output
 
 from vtrans_kernels import CompactionPlan, compact, load_compacted, masked_by_plan, save_compacted
 from vtrans_kernels.hf import adapter_for, bias_compensation_support, compensate_plan
@@ -13,28 +14,6 @@ from vtrans_kernels.hf.adapters.base import get_module, unit_columns
 from vtrans_kernels.hf.compensation import readout_of
 
 EXPRESSIBLE = sorted(n for n in BUILDERS if n not in ("qwen2", "mistral"))
-
-
-def calibration(model, count=3, seed=100):
-    return [inputs(model, seed + i, batch=3) for i in range(count)]
-
-
-def assert_close(actual, expected, rtol=1e-5):
-    scale = expected.abs().max().clamp_min(1e-6)
-    err = (actual - expected).abs().max()
-    assert err <= rtol * scale, f"max error {err:.3g} against output scale {scale:.3g}"
-
-
-def partial_plan(model, seed):
-    """A random plan in which every layer keeps some but not all heads and FFN neurons (so every sublayer gets
-    a shift), plus layer 1's attention removed."""
-    plan = random_plan(model, seed)
-    units = adapter_for(model).units()
-    heads = {i: sorted(set(plan.heads[i]) - {units.heads[i] - 1}) or [0] for i in range(len(units.heads))}
-    ffn = {i: sorted(set(plan.ffn[i] or [0, 1]) - {units.ffn[i] - 1}) for i in range(len(units.ffn))}
-    heads[1] = []
-    return CompactionPlan(hidden=plan.hidden, heads=heads, ffn=ffn, hidden_scale=plan.hidden_scale,
-                          head_scale=plan.head_scale, ffn_scale=plan.ffn_scale)
 
 
 def reference(model, plan, shifted, batch):
@@ -87,16 +66,10 @@ def test_shift_is_the_mean_over_non_padding_tokens():
     kept = [i for i in range(37) if i not in removed]
     plan = CompactionPlan(ffn={0: kept})
     batches = calibration(model, 2)
-    seen = []
-    hook = model.bert.encoder.layer[0].output.dense.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    with torch.no_grad():
-        for batch in batches:
-            model(**batch)
-    hook.remove()
+    seen, weight = unpruned_inputs(model, "ffn", 0, batches)  # bert.encoder.layer[0].output.dense
     tokens = torch.cat([a[b["attention_mask"].bool()] for a, b in zip(seen, batches)]).double()
     padded = torch.cat([a.reshape(-1, 37) for a in seen]).double()
     assert tokens.shape[0] < padded.shape[0]  # the calibration batches have padding
-    weight = model.bert.encoder.layer[0].output.dense.weight.double()
     expected = weight[:, removed] @ tokens[:, removed].mean(0)
     shifted = compensate_plan(model, plan, batches)
     assert set(shifted.ffn_bias_shift) == {0} and not shifted.head_bias_shift
@@ -107,17 +80,8 @@ def test_shift_is_the_mean_over_non_padding_tokens():
 
 def _last_ffn_inputs(model, batches):
     """The last layer's FFN down-projection inputs on ``batches`` (unpruned model: the plans below prune only it)."""
-    adapter = adapter_for(model)
-    layer = adapter.num_layers() - 1
-    consumer = get_module(model, adapter.layer_roles(layer).ffn_consumer)
-    seen = []
-    hook = consumer.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
-    with torch.no_grad():
-        for batch in batches:
-            model(**batch)
-    hook.remove()
-    weight = consumer.weight.double()
-    return layer, seen, weight.T if weight.shape[0] != adapter.hidden_size() else weight  # Conv1D is (in, out)
+    layer = adapter_for(model).num_layers() - 1
+    return (layer, *unpruned_inputs(model, "ffn", layer, batches))
 
 
 @pytest.mark.parametrize("name, readout", [("bert", "first"), ("roberta", "first"), ("gpt2-cls", "last"),
@@ -181,37 +145,20 @@ def test_gqa_unit_is_the_whole_group():
     """llama-gqa: 6 query heads in 2 KV groups; removing group 1 removes query heads 3..5 (all their columns)."""
     model = build("llama-gqa", 0)
     batches = calibration(model, 1)
-    seen = []
-    o_proj = model.model.layers[0].self_attn.o_proj
-    hook = o_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
-    with torch.no_grad():
-        model(**batches[0])
-    hook.remove()
+    seen, weight = unpruned_inputs(model, "heads", 0, batches)  # model.layers[0].self_attn.o_proj
     columns = unit_columns(torch.tensor([1]), 3 * adapter_for(model).head_dim())
     assert columns.tolist() == list(range(12, 24))
     tokens = seen[0][batches[0]["attention_mask"].bool()].double()
-    expected = o_proj.weight.double()[:, columns] @ tokens[:, columns].mean(0)
+    expected = weight[:, columns] @ tokens[:, columns].mean(0)
     shifted = compensate_plan(model, CompactionPlan(heads={0: [0]}), batches)
     assert torch.allclose(shifted.head_bias_shift[0], expected, rtol=1e-9, atol=1e-12)
-
-
-def _mean_heavy(name):
-    """A tiny model whose FFN neurons have a large mean activation (positive producer biases), so that the
-    removed neurons' mean is most of what pruning loses."""
-    model = build(name, 0)
-    adapter = adapter_for(model)
-    with torch.no_grad():
-        for i in range(adapter.num_layers()):
-            for path in adapter.layer_roles(i).ffn_producers:
-                get_module(model, path).bias.fill_(2.0)
-    return model
 
 
 @pytest.mark.parametrize("name", ["bert", "gpt2", "llama-bias"])
 def test_compensation_lowers_the_error_to_the_unpruned_model(name):
     """On held-out inputs of the calibration distribution the compensated model is closer to the unpruned one.
     Shifts of the wrong sign or of the kept units' columns make it worse, so this fails on either mistake."""
-    model = _mean_heavy(name)
+    model = mean_heavy(name)
     units = adapter_for(model).units()
     plan = CompactionPlan(ffn={i: list(range(0, units.ffn[i], 2)) for i in range(len(units.ffn))})
     shifted = compensate_plan(model, plan, calibration(model, 4))

@@ -3,7 +3,7 @@ solution, the refit plan compacts exactly, and it reconstructs held-out inputs b
 bias compensation."""
 import pytest
 import torch
-from test_bias_compensation import _mean_heavy, assert_close, calibration, partial_plan
+from plan_fixtures import assert_close, calibration, mean_heavy, partial_plan, unpruned_inputs
 from tiny_models import build, inputs, output
 
 from vtrans_kernels import CompactionPlan, compact, masked_by_plan
@@ -35,20 +35,9 @@ def test_refit_plan_compacts_exactly(name):
 def _contributions(model, kind, layer, kept, batches):
     """Explicit per-token contributions of one sublayer of the unpruned model: ``(c [n, k, hidden] of the kept
     units at scale 1, y [n, hidden] of every unit)``, over the non-padding tokens."""
-    adapter = adapter_for(model)
-    roles = adapter.layer_roles(layer)
-    consumer = get_module(model, roles.head_consumer if kind == "heads" else roles.ffn_consumer)
-    width = adapter.head_dim() if kind == "heads" else 1
-    seen = []
-    hook = consumer.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
-    with torch.no_grad():
-        for batch in batches:
-            model(**batch)
-    hook.remove()
+    width = adapter_for(model).head_dim() if kind == "heads" else 1
+    seen, weight = unpruned_inputs(model, kind, layer, batches)
     a = torch.cat([x[b["attention_mask"].bool()] for x, b in zip(seen, batches)]).double()
-    weight = consumer.weight.double()
-    if weight_dims(consumer)[0] == 1:  # GPT-2's Conv1D stores (in, out)
-        weight = weight.T
     units = a.shape[-1] // width
     c = torch.einsum("nuw,duw->nud", a.view(-1, units, width), weight.view(-1, units, width))
     return c[:, kept], c.sum(1)
@@ -59,7 +48,7 @@ def test_unregularised_refit_is_the_least_squares_solution(kind, kept):
     """Layer 0 of a BERT (nothing before it pruned, so its input is the unpruned model's): with ridge 0 the scales
     and shift solve min ||sum_j s_j c_j + b - y|| over the calibration tokens, as lstsq finds it on the explicit
     design matrix (one column per kept unit, one intercept column per hidden dim)."""
-    model = _mean_heavy("bert")
+    model = mean_heavy("bert")
     batches = calibration(model, 4)
     plan = CompactionPlan(**{kind: {0: kept}})
     refit = refit_plan(model, plan, batches, ridge=0.0)
@@ -81,7 +70,7 @@ def test_unregularised_refit_is_the_least_squares_solution(kind, kept):
 
 
 def test_a_very_large_ridge_gives_back_the_plan_scales_and_flap_shifts():
-    model = _mean_heavy("gpt2")
+    model = mean_heavy("gpt2")
     plan = partial_plan(model, 4)
     plan = CompactionPlan(hidden=None, heads=plan.heads, ffn=plan.ffn)  # scales 1, so FLAP is the limit
     batches = calibration(model)

@@ -9,7 +9,7 @@ deterministic function of the saved plan.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import replace
 from typing import Iterable, Mapping
 
@@ -173,48 +173,72 @@ def _explicit(plan: CompactionPlan, resolved: ResolvedPlan) -> CompactionPlan:
 
 
 class Measured(Exception):
-    """Raised by the measuring hook: nothing after the measured sublayer needs computing."""
+    """Raised by :func:`consumer_inputs`' hook: nothing after the measured sublayer needs computing."""
+
+
+def sublayer_consumer(model: nn.Module, adapter: Adapter, kind: str, layer: int) -> tuple[nn.Module, int]:
+    """``(output projection, unit width)`` of one sublayer: the module that consumes its units (attention heads or
+    KV groups, FFN neurons) and how many of its input columns one unit has."""
+    roles = adapter.layer_roles(layer)
+    consumer = get_module(model, roles.head_consumer if kind == "heads" else roles.ffn_consumer)
+    return consumer, (adapter.q_heads_per_unit() * adapter.head_dim() if kind == "heads" else 1)
+
+
+def out_in_weight(consumer: nn.Module) -> torch.Tensor:
+    """``consumer``'s weight as float64 on the CPU, laid out [out, in] (GPT-2's Conv1D stores it [in, out])."""
+    weight = consumer.weight.detach().double().cpu()
+    return weight.T if weight_dims(consumer)[0] == 1 else weight
+
+
+def consumer_inputs(model: nn.Module, consumer: nn.Module, plan: CompactionPlan, batches: list[dict], readout: str):
+    """Run the masked model of ``plan`` over ``batches`` up to ``consumer`` and yield, per batch, ``(x, tokens)``:
+    ``consumer``'s input before the plan's gates (the hook is registered before them; so every unit's output at
+    scale 1), and the bool [batch, seq] mask of the tokens ``readout`` names, on the device of ``x`` (the
+    model's; ``None``: every token). The forward pass stops at ``consumer``. Raises ``ValueError`` when no batch
+    has a token to measure. Close the generator (``contextlib.closing``) if the loop may stop early: the hook
+    and the plan's gates stay on the model until it ends."""
+    device = next(model.parameters()).device
+    seen = []
+
+    def stop(module, args):
+        seen.append(args[0].detach())
+        raise Measured
+
+    measured = 0
+    handle = consumer.register_forward_pre_hook(stop)
+    try:
+        with masked_by_plan(model, plan):
+            for batch in batches:
+                try:
+                    model(**{k: v.to(device) for k, v in batch.items()})
+                except Measured:
+                    pass
+                if seen:
+                    x, tokens = seen.pop(), token_mask(batch, readout)
+                    tokens = None if tokens is None else tokens.to(x.device)
+                    measured += x.shape[:-1].numel() if tokens is None else int(tokens.sum())
+                    yield x, tokens
+    finally:
+        handle.remove()
+    if measured == 0:
+        raise ValueError("batches: every calibration token is padding (attention_mask is all zero)")
 
 
 def _shift(model: nn.Module, adapter: Adapter, plan: CompactionPlan, kind: str, layer: int, kept: Kept,
            batches: list[dict], readout: str) -> torch.Tensor:
     """``W_out[:, removed] @ mean(a[removed])`` of one sublayer, measured in the masked model of ``plan`` over the
     tokens ``readout`` names."""
-    roles = adapter.layer_roles(layer)
-    consumer = get_module(model, roles.head_consumer if kind == "heads" else roles.ffn_consumer)
-    width = adapter.q_heads_per_unit() * adapter.head_dim() if kind == "heads" else 1
+    consumer, width = sublayer_consumer(model, adapter, kind, layer)
     removed = torch.ones(kept.total, dtype=torch.bool)
     removed[kept.index] = False
     columns = unit_columns(removed.nonzero().view(-1), width)
-    state = {"sum": torch.zeros(columns.numel(), dtype=torch.float64), "count": 0, "tokens": None}
-
-    def measure(module, args):
-        # the consumer's input before the plan's gates (registered before them): the removed units' outputs
-        x = args[0].detach().index_select(-1, columns.to(args[0].device)).double()
-        x = x.reshape(-1, x.shape[-1])
-        if state["tokens"] is not None:
-            x = x[state["tokens"].reshape(-1)]
-        state["sum"] += x.sum(0).cpu()
-        state["count"] += x.shape[0]
-        raise Measured
-
-    device = next(model.parameters()).device
-    handle = consumer.register_forward_pre_hook(measure)
-    try:
-        with masked_by_plan(model, plan):
-            for batch in batches:
-                tokens = token_mask(batch, readout)
-                state["tokens"] = None if tokens is None else tokens.to(device)
-                try:
-                    model(**{k: v.to(device) for k, v in batch.items()})
-                except Measured:
-                    pass
-    finally:
-        handle.remove()
-    if state["count"] == 0:
-        raise ValueError("batches: every calibration token is padding (attention_mask is all zero)")
-    mean = state["sum"] / state["count"]
-    weight = consumer.weight.detach().double().cpu().index_select(weight_dims(consumer)[1], columns)
-    if weight_dims(consumer)[1] == 0:  # Conv1D stores (in, out)
-        weight = weight.T
-    return weight @ mean
+    total, count = torch.zeros(columns.numel(), dtype=torch.float64), 0
+    with closing(consumer_inputs(model, consumer, plan, batches, readout)) as inputs:
+        for x, tokens in inputs:  # the removed units' outputs
+            x = x.index_select(-1, columns.to(x.device)).double()
+            x = x.reshape(-1, x.shape[-1])
+            if tokens is not None:
+                x = x[tokens.reshape(-1)]
+            total += x.sum(0).cpu()
+            count += x.shape[0]
+    return out_in_weight(consumer)[:, columns] @ (total / count)

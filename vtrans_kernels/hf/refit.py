@@ -19,18 +19,17 @@ The scales go into the plan's ``head_scale``/``ffn_scale`` and the intercept int
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from dataclasses import replace
 from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
-from .adapters.base import Adapter, get_module
-from .compensation import (Measured, bias_compensation_support, measuring, partial_sublayers, prepared,
-                           token_mask)
-from .masked_eval import masked_by_plan
+from .adapters.base import Adapter
+from .compensation import (bias_compensation_support, consumer_inputs, measuring, out_in_weight, partial_sublayers,
+                           prepared, sublayer_consumer)
 from .plan import CompactionPlan, Kept
-from .slicing import weight_dims
 
 log = logging.getLogger(__name__)
 
@@ -84,59 +83,34 @@ def _statistics(model: nn.Module, adapter: Adapter, plan: CompactionPlan, kind: 
     """Sufficient statistics of one sublayer's fit over the calibration tokens: ``n``; ``gram`` (k x k, the
     uncentred Gram matrix of the kept units' contributions at scale 1); ``cross`` (k, their inner products with the
     unpruned output ``y``); ``mean_c`` (k x kept hidden dims) and ``mean_y`` (kept hidden dims)."""
-    roles = adapter.layer_roles(layer)
-    consumer = get_module(model, roles.head_consumer if kind == "heads" else roles.ffn_consumer)
-    width = adapter.q_heads_per_unit() * adapter.head_dim() if kind == "heads" else 1
-    weight = consumer.weight.detach().double().cpu()
-    if weight_dims(consumer)[0] == 1:  # Conv1D stores (in, out)
-        weight = weight.T
-    weight = weight[hidden]  # [kept hidden dims, units * width]
+    consumer, width = sublayer_consumer(model, adapter, kind, layer)
+    weight = out_in_weight(consumer)[hidden]  # [kept hidden dims, units * width]
     k, d = kept.count, int(hidden.sum())
     blocks = weight.view(d, kept.total, width)[:, kept.index]  # [d, k, width]
-    state = {"n": 0, "gram": torch.zeros(k, k, dtype=torch.float64), "cross": torch.zeros(k, dtype=torch.float64),
-             "sum_c": torch.zeros(k, d, dtype=torch.float64), "sum_y": torch.zeros(d, dtype=torch.float64),
-             "tokens": None}
-
-    def measure(module, args):
-        # the consumer's input before the plan's gates (registered before them): every unit's output at scale 1
-        a = args[0].detach().double().cpu()
-        a = a.reshape(-1, a.shape[-1])
-        if state["tokens"] is not None:
-            a = a[state["tokens"].reshape(-1).cpu()]
-        y = a @ weight.T  # [n, d]: the unpruned sublayer's output, bias left out (it is the same on both sides)
-        a_kept = a.view(a.shape[0], kept.total, width)[:, kept.index]  # [n, k, width]
-        if width == 1:  # FFN neurons: the Gram matrix factorises, (A^T A) * (W^T W), without [n, k, d] tensors
-            a_kept = a_kept[..., 0]
-            w = blocks[..., 0]  # [d, k]
-            state["gram"] += (a_kept.T @ a_kept) * (w.T @ w)
-            state["cross"] += (a_kept * (y @ w)).sum(0)
-            state["sum_c"] += a_kept.sum(0)[:, None] * w.T
-        else:  # heads / KV groups: few units, their contributions explicitly
-            c = torch.einsum("nkw,dkw->nkd", a_kept, blocks)
-            state["gram"] += torch.einsum("nkd,njd->kj", c, c)
-            state["cross"] += torch.einsum("nkd,nd->k", c, y)
-            state["sum_c"] += c.sum(0)
-        state["sum_y"] += y.sum(0)
-        state["n"] += a.shape[0]
-        raise Measured
-
-    device = next(model.parameters()).device
-    handle = consumer.register_forward_pre_hook(measure)
-    try:
-        with masked_by_plan(model, plan):
-            for batch in batches:
-                state["tokens"] = token_mask(batch, readout)
-                try:
-                    model(**{key: v.to(device) for key, v in batch.items()})
-                except Measured:
-                    pass
-    finally:
-        handle.remove()
-    if state["n"] == 0:
-        raise ValueError("batches: every calibration token is padding (attention_mask is all zero)")
-    n = state["n"]
-    return {"n": n, "gram": state["gram"], "cross": state["cross"], "mean_c": state["sum_c"] / n,
-            "mean_y": state["sum_y"] / n}
+    n, gram, cross = 0, torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+    sum_c, sum_y = torch.zeros(k, d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+    with closing(consumer_inputs(model, consumer, plan, batches, readout)) as inputs:
+        for a, tokens in inputs:  # every unit's output at scale 1
+            a = a.reshape(-1, a.shape[-1])
+            if tokens is not None:
+                a = a[tokens.reshape(-1)]
+            a = a.double().cpu()
+            y = a @ weight.T  # [n, d]: the unpruned sublayer's output, bias left out (it is the same on both sides)
+            a_kept = a.view(a.shape[0], kept.total, width)[:, kept.index]  # [n, k, width]
+            if width == 1:  # FFN neurons: the Gram matrix factorises, (A^T A) * (W^T W), without [n, k, d] tensors
+                a_kept = a_kept[..., 0]
+                w = blocks[..., 0]  # [d, k]
+                gram += (a_kept.T @ a_kept) * (w.T @ w)
+                cross += (a_kept * (y @ w)).sum(0)
+                sum_c += a_kept.sum(0)[:, None] * w.T
+            else:  # heads / KV groups: few units, their contributions explicitly
+                c = torch.einsum("nkw,dkw->nkd", a_kept, blocks)
+                gram += torch.einsum("nkd,njd->kj", c, c)
+                cross += torch.einsum("nkd,nd->k", c, y)
+                sum_c += c.sum(0)
+            sum_y += y.sum(0)
+            n += a.shape[0]
+    return {"n": n, "gram": gram, "cross": cross, "mean_c": sum_c / n, "mean_y": sum_y / n}
 
 
 def solve(stats: dict, s0: torch.Tensor, ridge: float, *, intercept: bool = True):
