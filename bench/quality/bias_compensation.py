@@ -59,23 +59,33 @@ def compare(model, plan, calibration: list, score, readouts, ridges=()) -> list[
     return rows
 
 
-def run_encoder(args) -> None:
+def sentiment_setup(work: str, seed: int):
+    """``(features, labels, teacher)`` of the quality study's MiniLM-L6 sentiment setup (bench/quality/encoder.py):
+    the tokenized train/dev/test splits (40 tokens), the label count and the state dict of the study's fine-tuned
+    teacher (cached under ``work``/sentiment, trained there with the study's settings if absent)."""
     from transformers import AutoTokenizer
 
     from minilm import model_path
     from vtrans_kernels.prune.data import Batches, tokenize_classification
-    from vtrans_kernels.prune.evaluate import evaluate
-    from vtrans_kernels.prune.finetune import finetune
 
     study = argparse.Namespace(device="cpu", teacher_steps=300, teacher_lr=1e-4)  # the study's teacher settings
-    work = Path(args.work) / "sentiment"
-    data = encoder.task_data("sentiment", work)
+    folder = Path(work) / "sentiment"
+    data = encoder.task_data("sentiment", folder)
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     parts = dict(zip(("train", "dev", "test"), encoder.splits(data, 1234)))
     feats = {k: tokenize_classification(v, tokenizer, 40) for k, v in parts.items()}
     labels = len(data.label_names)
-    teacher = encoder.teacher_state(study, "sentiment", args.seed, Batches(feats["train"], 32, seed=args.seed + 100),
-                                    labels, work)
+    teacher = encoder.teacher_state(study, "sentiment", seed, Batches(feats["train"], 32, seed=seed + 100), labels,
+                                    folder)
+    return feats, labels, teacher
+
+
+def run_encoder(args) -> None:
+    from vtrans_kernels.prune.data import Batches
+    from vtrans_kernels.prune.evaluate import evaluate
+    from vtrans_kernels.prune.finetune import finetune
+
+    feats, labels, teacher = sentiment_setup(args.work, args.seed)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
     distill_from = encoder.fresh_model(labels, teacher).eval()
 

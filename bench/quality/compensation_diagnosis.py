@@ -21,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench"), str(ROOT / "bench" / "quality")]
 import encoder  # noqa: E402
+from bias_compensation import sentiment_setup  # noqa: E402
 
 
 @torch.no_grad()
@@ -70,21 +71,8 @@ def show(name: str, result: dict) -> None:
 
 
 def setup(args):
-    """(teacher, a fresh copy to prune, train/dev batches, label count) of the study's sentiment setup."""
-    from transformers import AutoTokenizer
-
-    from minilm import model_path
-    from vtrans_kernels.prune.data import Batches, tokenize_classification
-
-    study = argparse.Namespace(device="cpu", teacher_steps=300, teacher_lr=1e-4)
-    work = Path(args.work) / "sentiment"
-    data = encoder.task_data("sentiment", work)
-    tokenizer = AutoTokenizer.from_pretrained(model_path())
-    parts = dict(zip(("train", "dev", "test"), encoder.splits(data, 1234)))
-    feats = {k: tokenize_classification(v, tokenizer, 40) for k, v in parts.items()}
-    labels = len(data.label_names)
-    state = encoder.teacher_state(study, "sentiment", args.seed, Batches(feats["train"], 32, seed=args.seed + 100),
-                                  labels, work)
+    """(teacher, a fresh copy to prune, train/dev/test features, label count) of the study's sentiment setup."""
+    feats, labels, state = sentiment_setup(args.work, args.seed)
     teacher = encoder.fresh_model(labels, state).eval()
     model = encoder.fresh_model(labels, state).eval()
     return teacher, model, feats, labels
