@@ -7,6 +7,7 @@ from tiny_text import rows, tokenizer
 
 from vtrans_kernels.prune import PruneConfig, run_pruning
 from vtrans_kernels.prune.data import Batches, TextData, tokenize_classification
+from vtrans_kernels.prune.identity import check_same_run, mask_settings
 
 CONFIG = PruneConfig(steps=2, batch_size=8, checkpoint_every=1)
 
@@ -63,3 +64,38 @@ def test_settings_after_the_masks_may_change(run_dir, features):
     result = _resume(run_dir, _model(), Batches(features, 8), later)
     assert result.pruner.step == 2 and result.plan.hidden_scale is None
     assert result.plan.model["model_type"] == "bert" and len(result.plan.model["fingerprint"]) == 64
+
+
+@pytest.mark.parametrize("change", [{"bias_compensation": True},
+                                    {"bias_compensation": True, "calibration_batches": 3}])
+def test_bias_compensation_may_change(run_dir, features, change):
+    """Bias compensation acts at compaction, after the masks are trained; so does calibration_batches when the
+    masks start from mask_init (it shapes them only when they start from the one-shot plan)."""
+    later = PruneConfig(steps=2, batch_size=8, checkpoint_every=1, **change)
+    result = _resume(run_dir, _model(), Batches(features, 8), later)
+    assert result.pruner.step == 2
+
+
+def test_a_mask_setting_changed_with_bias_compensation_is_refused(run_dir, features):
+    later = PruneConfig(steps=2, batch_size=8, checkpoint_every=1, bias_compensation=True, mask_lr=0.1)
+    with pytest.raises(ValueError, match=r"what differs: settings\.mask_lr: 0\.05 \(checkpoint\) vs 0\.1 "
+                                         r"\(this run\)\. Resume"):
+        _resume(run_dir, _model(), Batches(features, 8), later)
+
+
+def test_calibration_batches_shape_the_masks_only_from_the_oneshot_plan():
+    def record(**settings):
+        return mask_settings(PruneConfig(**settings))
+
+    check_same_run(record(calibration_batches=2), record(calibration_batches=5), "the checkpoint")
+    with pytest.raises(ValueError, match=r"what differs: settings\.calibration_batches: 2 \(checkpoint\) vs 5 "):
+        check_same_run(record(mask_start="oneshot", calibration_batches=2),
+                       record(mask_start="oneshot", calibration_batches=5), "the checkpoint")
+
+
+def test_records_of_older_versions_with_compaction_settings_still_resume():
+    """A checkpoint written before this change records bias_compensation and calibration_batches among its mask
+    settings; a resume no longer compares them."""
+    older = {**mask_settings(CONFIG), "settings.bias_compensation": False, "settings.calibration_batches": 8}
+    check_same_run(older, mask_settings(PruneConfig(steps=2, batch_size=8, checkpoint_every=1,
+                                                    bias_compensation=True, calibration_batches=4)), "the checkpoint")

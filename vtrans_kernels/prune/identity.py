@@ -11,8 +11,11 @@ from torch import nn
 from .config import PruneConfig
 
 # PruneConfig fields that do not change the trained masks: logging, checkpoint spacing and what happens after the
-# masks are trained (compaction and fine-tuning). Every other field must match for a checkpoint to resume.
-AFTER_MASKS = ("log_every", "checkpoint_every", "finetune_steps", "round_to", "fold_scales", "uniform")
+# masks are trained (compaction, bias compensation and fine-tuning). Every other field must match for a checkpoint
+# to resume, but for ``calibration_batches``, which shapes the masks only when they start from the one-shot plan
+# (``mask_start`` "oneshot"; otherwise only bias compensation reads it).
+AFTER_MASKS = ("log_every", "checkpoint_every", "finetune_steps", "round_to", "fold_scales", "uniform",
+               "bias_compensation")
 # Config entries that vary between copies of the same model (where it was loaded from, library versions).
 _VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
                     "_attn_implementation_autoset", "attn_implementation", "_commit_hash")
@@ -74,7 +77,17 @@ def data_record(batches) -> dict:
 
 def mask_settings(config: PruneConfig) -> dict:
     """The settings of ``config`` that shape the trained masks, prefixed ``settings.``."""
-    return {f"settings.{k}": v for k, v in config.to_dict().items() if k not in AFTER_MASKS}
+    return _mask_entries({f"settings.{k}": v for k, v in config.to_dict().items()})
+
+
+def _mask_entries(record: dict) -> dict:
+    """``record`` without the ``settings.`` entries that do not shape the masks (:data:`AFTER_MASKS`, and
+    ``calibration_batches`` unless the masks start from the one-shot plan). A record written by an older
+    version may still hold some of them; they are dropped the same way."""
+    after = {f"settings.{k}" for k in AFTER_MASKS}
+    if record.get("settings.mask_start", "init") != "oneshot":
+        after.add("settings.calibration_batches")
+    return {k: v for k, v in record.items() if k not in after}
 
 
 def differences(saved: dict, current: dict) -> list[str]:
@@ -118,7 +131,7 @@ def check_same_run(saved: dict | None, current: dict, where: str) -> None:
     if saved is None:
         raise ValueError(f"resume: {where} has no record of the model, data and settings it was made with (written "
                          "by an older vtrans-kernels); start a new run (--overwrite)")
-    diff = differences(saved, current)
+    diff = differences(_mask_entries(saved), _mask_entries(current))
     if diff:
         raise ValueError(f"resume: {where} belongs to another run; what differs: " + "; ".join(diff)
                          + ". Resume with the same model, data and settings, or start a new run (--overwrite)")
