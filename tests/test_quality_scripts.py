@@ -140,23 +140,37 @@ def test_decoder_study_scales_and_summary(tmp_path):
     unfolded = rows[-1]
     assert len(rows) == 6 and (unfolded["method"], unfolded["fold_scales"]) == ("faster", "False")
     assert unfolded["mask_time_s"] == rows[0]["mask_time_s"] and rows[0]["fold_scales"] == "True"
+    assert {(r["mask_start"], r["settle_fraction"]) for r in rows if r["method"] == "faster"} == {("init", "0.2")}
+    assert (rows[1]["mask_start"], rows[1]["settle_fraction"]) == ("", "")  # one-shot trains no masks
+    decoder.main(args + ["--no-fold-scales", "--mask-start", "oneshot", "--settle-fraction", "0.5"])  # new masks
+    rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
+    started = rows[-1]
+    assert len(rows) == 7 and (started["method"], started["mask_start"], started["settle_fraction"]) == (
+        "faster", "oneshot", "0.5")
+    assert abs(float(started["mask_decision_sparsity"]) - 0.3) <= 0.02  # the last step held it on the target
+    assert started["mask_time_s"] != rows[0]["mask_time_s"]  # its own masks, not the init cell's checkpoint
 
     scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", "--csv", str(tmp_path / "scales.csv")])
     folded = {r["cell"].split("/", 1)[1]: r for r in csv.DictReader((tmp_path / "scales.csv").open())}
-    assert sorted(folded) == ["hidden_relative/lr0.05/m2_bs2/faster_ls-1.0_0.3_s0", "m2_bs2/faster_ls-1.0_0.3_s0",
+    assert sorted(folded) == ["hidden_relative/lr0.05/m2_bs2/faster_ls-1.0_init_settle0.2_0.3_s0",
+                              "m2_bs2/faster_ls-1.0_init_settle0.2_0.3_s0",
+                              "m2_bs2/faster_ls-1.0_oneshot_settle0.5_0.3_s0",
                               "m2_bs2/oneshot_0.3_s0"]  # one row per trained plan
     assert all(float(r["ppl_scaled"]) > 1 for r in folded.values())
     oneshot = folded["m2_bs2/oneshot_0.3_s0"]
     assert oneshot["ppl_scaled"] == oneshot["ppl_unscaled"]  # no gate values to fold
-    mse_cell = folded["m2_bs2/faster_ls-1.0_0.3_s0"]  # the driver's two rows of these masks: same numbers
+    mse_cell = folded["m2_bs2/faster_ls-1.0_init_settle0.2_0.3_s0"]  # the driver's two rows of these masks
     assert float(rows[0]["ppl_before"]) == pytest.approx(float(mse_cell["ppl_scaled"]), abs=0.01)
     assert float(unfolded["ppl_before"]) == pytest.approx(float(mse_cell["ppl_unscaled"]), abs=0.01)
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert "| 1 | 0.3 | faster | -1.0 | relative | 0.05 | yes | 1 |" in table
+    assert "| 1 | 0.3 | faster [settle 0.2] | -1.0 | relative | 0.05 | yes | 1 |" in table
     assert "| 1 | 0.3 | oneshot | - | - | - | - | 1 |" in table
-    assert "| 1 | 0.3 | faster | -1.0 | mse | 0.1 | no | 1 |" in table and (results / "decoder_lm.png").is_file()
+    assert "| 1 | 0.3 | faster | -1.0 | mse | 0.1 | no | 1 |" not in table  # every mask row now names its start
+    assert "| 1 | 0.3 | faster [settle 0.2] | -1.0 | mse | 0.1 | no | 1 |" in table
+    assert "| 1 | 0.3 | faster [one-shot start, settle 0.5] | -1.0 | mse | 0.1 | no | 1 |" in table
+    assert (results / "decoder_lm.png").is_file()
     assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together
 
 

@@ -17,6 +17,10 @@ the documents: no document is in both), each part joined with EOS between docume
 blocks. Perplexity is measured on --eval-blocks evenly spaced test blocks. Every method gets the same mask-training
 steps, fine-tune steps, batch size and batches (seeded); the unpruned model, truncated to --layers when given, is
 both the distillation teacher and the reference perplexity.
+
+--mask-start oneshot starts the masks from the one-shot plan at the target (PruneConfig.mask_start) and
+--settle-fraction sets how many of the last mask steps hold the decision on the target; both are part of a mask
+cell's key and of its checkpoint folder's name (rows from before they existed have "" there).
 """
 import argparse
 import copy
@@ -31,13 +35,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 import summarize  # noqa: E402
-from study import (BUDGET_COLUMNS, add_fold_scales_argument, cell_folder, done_cells, fold_label,  # noqa: E402
-                   init_label, kept_units, latencies, machine, mask_plan)
+from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments, cell_folder,  # noqa: E402
+                   done_cells, fold_label, init_label, kept_units, latencies, machine, mask_plan, settings_label,
+                   start_settings)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
-MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales")
+MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction")
 CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + BUDGET_COLUMNS
 FULL_LAYERS = 30  # SmolLM2-135M
 DEFAULT_MASK_LR = 0.1
@@ -46,13 +51,15 @@ CORPUS = "python3.11-doc reST"
 
 def mask_settings(method: str, args) -> dict:
     """The MASK_SETTINGS columns of a cell, as the CSV holds them: VIB init, hidden-state distillation ("mse" or
-    "relative"), mask learning rate and whether the gate values are folded into the compacted weights ("True" or
-    "False"). All empty for the one-shot baseline, which trains no masks."""
+    "relative"), mask learning rate, whether the gate values are folded into the compacted weights ("True" or
+    "False"), where the masks start ("init" or "oneshot") and the settling fraction. All empty for the one-shot
+    baseline, which trains no masks; rows from before --mask-start existed have "" in the last two."""
     if METHODS[method][0] is None:
         return dict.fromkeys(MASK_SETTINGS, "")
     return dict(log_sigma2_init=init_label(METHODS[method][0], args.log_sigma2_init),
                 hidden_distill=args.hidden_distill, mask_lr=str(float(args.mask_lr)),
-                fold_scales=fold_label(METHODS[method][0], not args.no_fold_scales))
+                fold_scales=fold_label(METHODS[method][0], not args.no_fold_scales),
+                **start_settings(METHODS[method][0], args))
 
 
 def masks_folder(work: Path, args) -> Path:
@@ -125,7 +132,8 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
     masks = mask_plan(model, features["train"], METHODS[method], sparsity, out, batch_size=args.batch_size,
                       seq_len=args.block_size, seed=seed, steps=args.steps, mask_lr=args.mask_lr,
                       log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)),
-                      hidden_distill=args.hidden_distill)
+                      hidden_distill=args.hidden_distill, mask_start=args.mask_start,
+                      settle_fraction=args.settle_fraction)
     out.mkdir(parents=True, exist_ok=True)
     masks.plan.save(out / "plan.json")
     record = dict(mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed,
@@ -145,7 +153,8 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     masks_work = work if METHODS[method][0] is None else masks_folder(work, args)
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
                                cell_folder(masks_work, args.steps, args.batch_size, method,
-                                           settings["log_sigma2_init"], sparsity, seed))
+                                           settings_label(settings["log_sigma2_init"], settings["mask_start"],
+                                                          settings["settle_fraction"]), sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -181,6 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
                    help="hidden-state distillation of the mask training (PruneConfig.hidden_distill): SmolLM2's "
                         "plain MSE is ~5000 and drowns the size target; 'relative' divides it by the teacher's power")
+    add_mask_start_arguments(p)
     add_fold_scales_argument(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)

@@ -106,10 +106,12 @@ def encoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
     return drawn, {"lrs": lrs, "budget": budget}
 
 
-def _settled_series(rows: list[dict], room: int) -> list[Series]:
+def _settled_series(rows: list[dict], room: int, value: str = "test_after",
+                    methods: dict = ENCODER_METHODS) -> list[Series]:
     """Rows of the newer objective (``mask_start`` set: masks that may start from the one-shot plan and settle on
-    the target), one series per method, start, settling fraction and VIB init; when there are more than
-    ``room``, the ones measured at the most sparsities are drawn (the rest are in summary.md)."""
+    the target), one series per method, start, settling fraction and VIB init, drawing column ``value`` and
+    labelled by ``methods``; when there are more than ``room``, the ones measured at the most sparsities are drawn
+    (the rest are in summary.md)."""
     groups = defaultdict(list)
     for row in rows:
         if row.get("mask_start"):
@@ -123,24 +125,30 @@ def _settled_series(rows: list[dict], room: int) -> list[Series]:
     drawn = []
     for i, key in enumerate(keys[:max(room, 0)]):
         method, start, settle, init = key
-        label = f"{ENCODER_METHODS[method]}, {start} start, settles last {float(settle or 0):.0%}"
+        label = f"{methods[method]}, {start} start, settles last {float(settle or 0):.0%}"
         if len(inits) > 1 and init:
             label += f", init {init}"
         line = Series(label, SPARE_COLORS[i % len(SPARE_COLORS)], linestyle=":")
         for row in groups[key]:
-            line.add(row, "test_after")
+            line.add(row, value)
         drawn.append(line)
     return drawn
 
 
 def decoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
     """The series of the decoder figure: one-shot, and each mask method at its best documented setting with the
-    gate values not folded (solid) and folded (dashed), on the deepest model run at the study's budget."""
+    gate values not folded (solid) and folded (dashed), on the deepest model run at the study's budget; then the
+    rows of the settling objective (``mask_start`` set) at the same mask settings with the gate values not folded,
+    one dotted series per start and settling fraction."""
     depth = max(int(r["layers"]) for r in rows)
     rows = _at_budget([r for r in rows if int(r["layers"]) == depth and r["method"] in DECODER_METHODS])
-    series = {}
+    series, settled = {}, []
     for row in rows:
         method = row["method"]
+        if row.get("mask_start"):
+            if row.get("fold_scales") == "False" and all(row.get(k) == v for k, v in DECODER_MASK_SETTINGS.items()):
+                settled.append(row)
+            continue
         if method == "oneshot":
             key, label, style = method, DECODER_METHODS[method], "-"
         else:
@@ -155,7 +163,9 @@ def decoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
             style = "--" if folded else "-"
         series.setdefault(key, Series(label, COLORS[method], style)).add(row, "ppl_after")
     order = ["oneshot"] + [(m, folded) for m in DECODER_METHODS if m != "oneshot" for folded in (False, True)]
-    return [series[k] for k in order if k in series], {"layers": depth, "budget": _study_budget(rows)}
+    drawn = [series[k] for k in order if k in series]
+    drawn += _settled_series(settled, MAX_SERIES - len(drawn), "ppl_after", DECODER_METHODS)
+    return drawn, {"layers": depth, "budget": _study_budget(rows)}
 
 
 def _seed_counts(series: list[Series]) -> set[int]:

@@ -53,6 +53,33 @@ def add_fold_scales_argument(parser) -> None:
                              "(PruneConfig.fold_scales); replays the masks of the folded cell when they exist")
 
 
+def add_mask_start_arguments(parser) -> None:
+    """The drivers' --mask-start and --settle-fraction options (``PruneConfig.mask_start`` and
+    ``PruneConfig.settle_fraction``, the same defaults)."""
+    from vtrans_kernels.prune import PruneConfig
+    from vtrans_kernels.prune.config import MASK_STARTS
+
+    parser.add_argument("--mask-start", choices=MASK_STARTS, default=PruneConfig.mask_start,
+                        help="masks start at --log-sigma2-init, or at the one-shot plan (PruneConfig.mask_start)")
+    parser.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
+                        help="last fraction of mask steps that hold the decision on the target")
+
+
+def start_settings(mask_method: str | None, args) -> dict:
+    """A cell's ``mask_start`` and ``settle_fraction`` columns as the CSV holds them: "" for the one-shot baseline,
+    which trains no masks (and in rows from before masks could start from the one-shot plan or settle)."""
+    if mask_method is None:
+        return {"mask_start": "", "settle_fraction": ""}
+    return {"mask_start": args.mask_start, "settle_fraction": str(float(args.settle_fraction))}
+
+
+def settings_label(init: str, mask_start: str, settle_fraction: str) -> str:
+    """The part of a mask cell's folder name that ``cell_folder`` takes as ``init``: the VIB init, the start and
+    the settling (``-1.0_oneshot_settle0.2``), so cells of the settling objective never resume the checkpoints
+    of the cells that predate it; just ``init`` when ``mask_start`` is ""."""
+    return f"{init}_{mask_start}_settle{settle_fraction}" if mask_start else init
+
+
 def cell_folder(work: Path, mask_steps: int, batch_size: int, method: str, init: str, sparsity: float,
                 seed: int) -> Path:
     """A cell's checkpoint folder under ``work``, named by what its masks depend on: cells of another mask budget

@@ -112,8 +112,10 @@ def summarize_decoder(path: Path) -> str:
     teachers = {r["layers"]: float(r["teacher_ppl"]) for r in rows}
     lines = []
     keys = ("layers", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales",
-            "mask_steps", "finetune_steps", "batch_size")
-    for (layers, target, method, init, hidden, lr, fold, *_), group in _groups(rows, keys).items():
+            "mask_start", "settle_fraction", "mask_steps", "finetune_steps", "batch_size")
+    for (layers, target, method, init, hidden, lr, fold, start, settle, *_), group in _groups(rows, keys).items():
+        if start:  # rows of the objective that settles on the target, and may start from the one-shot plan
+            method = f"{method} [{'one-shot start, ' if start == 'oneshot' else ''}settle {settle}]"
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
                      f"| {lr if lr != '' else '-'} | {_yes_no(fold)} "
