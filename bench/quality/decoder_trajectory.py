@@ -1,0 +1,125 @@
+"""Diagnosis for the decoder study: how the plan of Faster-VTrans masks changes while they train, measured on a dev
+split carved from the training documents (never on the held-out test documents).
+
+The decoder study (decoder.py) has no dev split. This script splits the study's training documents once more
+(--dev-fraction of them, by --dev-seed; no document in both), trains the masks of one cell on the rest exactly as
+decoder.py does (same PruneConfig settings, same seeded 3% subset rule), and every --every steps compacts the
+model by the masks' plan at the target (gate values not folded, the study's headline setting) and measures its
+perplexity on --dev-blocks evenly spaced dev blocks. Step 0 is the plan the masks start from: with
+--mask-start oneshot, the one-shot plan. A row per measured step goes to
+bench/results/quality/decoder_trajectory.csv:
+
+    python bench/quality/decoder_trajectory.py --sparsity 0.2 --mask-start oneshot
+"""
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
+from common import RESULTS_DIR, append_rows, environment  # noqa: E402
+import decoder  # noqa: E402
+from study import add_mask_start_arguments, machine  # noqa: E402
+
+
+def dev_features(args, tokenizer) -> dict:
+    """``{"train": features, "dev": features}``: the study's training documents split by document into a part the
+    masks train on and a dev part, thinned to --dev-blocks evenly spaced blocks."""
+    import python_docs
+
+    from vtrans_kernels.prune.data import TextData, tokenize_lm
+
+    train, _ = TextData(python_docs.documents(args.docs)).split(args.test_fraction, args.split_seed)
+    train, dev = train.split(args.dev_fraction, args.dev_seed)
+    features = {"train": tokenize_lm(train, tokenizer, args.block_size),
+                "dev": tokenize_lm(dev, tokenizer, args.block_size)}
+    blocks = features["dev"]["input_ids"].shape[0]
+    pick = torch.linspace(0, blocks - 1, min(args.dev_blocks, blocks)).round().long().unique()
+    features["dev"] = {k: v[pick] for k, v in features["dev"].items()}
+    return features
+
+
+def changed_units(plan, start) -> int:
+    """How many units (hidden dims, KV groups, FFN neurons) ``plan`` keeps that ``start`` removes or the reverse."""
+    changed = len(set(plan.hidden or []) ^ set(start.hidden or []))
+    for structure in ("heads", "ffn"):
+        a, b = getattr(plan, structure), getattr(start, structure)
+        changed += sum(len(set(a.get(i, [])) ^ set(b.get(i, []))) for i in set(a) | set(b))
+    return changed
+
+
+def main(argv=None) -> None:
+    from prune_smollm2_lm import load_smollm2
+
+    from vtrans_kernels.hf import compact
+    from vtrans_kernels.prune import PruneConfig, Pruner
+    from vtrans_kernels.prune.calibration import start_from_calibration
+    from vtrans_kernels.prune.config import vib_mask_init
+    from vtrans_kernels.prune.data import Batches
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sparsity", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--every", type=int, default=10, help="measure the plan every N steps (and at step 0)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--mask-lr", type=float, default=decoder.DEFAULT_MASK_LR)
+    p.add_argument("--log-sigma2-init", type=float, default=-1.0)
+    p.add_argument("--hidden-distill", choices=("mse", "relative"), default="relative")
+    add_mask_start_arguments(p)
+    p.add_argument("--dev-fraction", type=float, default=0.1, help="fraction of the training documents for dev")
+    p.add_argument("--dev-seed", type=int, default=4321)
+    p.add_argument("--dev-blocks", type=int, default=32)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=1234)
+    p.add_argument("--docs", type=int, default=None)
+    p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_trajectory.csv"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    teacher, tokenizer = load_smollm2(min(args.layers or decoder.FULL_LAYERS, decoder.FULL_LAYERS))
+    teacher.eval().requires_grad_(False)
+    features = dev_features(args, tokenizer)
+    dev_teacher = decoder.perplexity(teacher, features["dev"])
+    cfg = PruneConfig(method="vib", variant="faster", target_sparsity=args.sparsity, steps=args.steps,
+                      batch_size=args.batch_size, seq_len=args.block_size, seed=args.seed, mask_lr=args.mask_lr,
+                      mask_init=vib_mask_init("vib", args.log_sigma2_init), hidden_distill=args.hidden_distill,
+                      mask_start=args.mask_start, settle_fraction=args.settle_fraction, fold_scales=False)
+    torch.manual_seed(args.seed)
+    pruner = Pruner(copy.deepcopy(teacher), cfg)
+    batches = Batches(features["train"], args.batch_size, seed=args.seed, fraction=cfg.data_fraction)
+    if args.mask_start == "oneshot":
+        start_from_calibration(pruner, batches, cfg.calibration_batches)
+    start_plan, rows, began = None, [], time.perf_counter()
+    print(f"dev: {features['dev']['input_ids'].shape[0]} blocks, unpruned perplexity {dev_teacher:.3f}")
+    while True:
+        if pruner.step % args.every == 0 or pruner.step == args.steps:
+            plan = pruner.plan()
+            start_plan = start_plan or plan
+            row = dict(target_sparsity=args.sparsity, seed=args.seed, step=pruner.step,
+                       decision_sparsity=round(float(pruner.masks.sparsity(pruner.measure)), 4),
+                       units_changed_from_start=changed_units(plan, start_plan),
+                       dev_ppl=round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
+                       dev_teacher_ppl=round(dev_teacher, 3), mask_start=args.mask_start,
+                       settle_fraction=args.settle_fraction, mask_lr=args.mask_lr, hidden_distill=args.hidden_distill,
+                       log_sigma2_init=args.log_sigma2_init, mask_steps=args.steps, batch_size=args.batch_size,
+                       dev_blocks=features["dev"]["input_ids"].shape[0],
+                       elapsed_s=round(time.perf_counter() - began, 1), machine=machine())
+            rows.append(row)
+            print({k: row[k] for k in ("step", "decision_sparsity", "units_changed_from_start", "dev_ppl")},
+                  flush=True)
+        if pruner.step >= args.steps:
+            break
+        pruner.train_step(batches.batch(pruner.step))
+    append_rows(Path(args.csv), [{**environment("cpu"), **row} for row in rows])
+
+
+if __name__ == "__main__":
+    main()
