@@ -80,10 +80,15 @@ def corpus_features(args, tokenizer) -> dict:
     train, test = TextData(python_docs.documents(args.docs)).split(args.test_fraction, args.split_seed)
     features = {"train": tokenize_lm(train, tokenizer, args.block_size),
                 "test": tokenize_lm(test, tokenizer, args.block_size)}
-    blocks = features["test"]["input_ids"].shape[0]
-    pick = torch.linspace(0, blocks - 1, min(args.eval_blocks, blocks)).round().long().unique()
-    features["test"] = {k: v[pick] for k, v in features["test"].items()}
+    features["test"] = evenly_spaced(features["test"], args.eval_blocks)
     return features
+
+
+def evenly_spaced(features: dict, count: int) -> dict:
+    """``count`` evenly spaced blocks of ``features`` (all of them when there are fewer)."""
+    blocks = features["input_ids"].shape[0]
+    pick = torch.linspace(0, blocks - 1, min(count, blocks)).round().long().unique()
+    return {k: v[pick] for k, v in features.items()}
 
 
 def perplexity(model, features: dict) -> float:

@@ -37,9 +37,7 @@ def dev_features(args, tokenizer) -> dict:
     train, dev = train.split(args.dev_fraction, args.dev_seed)
     features = {"train": tokenize_lm(train, tokenizer, args.block_size),
                 "dev": tokenize_lm(dev, tokenizer, args.block_size)}
-    blocks = features["dev"]["input_ids"].shape[0]
-    pick = torch.linspace(0, blocks - 1, min(args.dev_blocks, blocks)).round().long().unique()
-    features["dev"] = {k: v[pick] for k, v in features["dev"].items()}
+    features["dev"] = decoder.evenly_spaced(features["dev"], args.dev_blocks)
     return features
 
 

@@ -26,9 +26,9 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
-from vtrans_kernels.prune import PruneConfig  # noqa: E402
-from study import (BUDGET_COLUMNS, add_fold_scales_argument, cell_folder, done_cells, fold_label,  # noqa: E402
-                   init_label, kept_units, latencies, lr_label, machine, mask_plan, search_finetune_lr)
+from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments, cell_folder,  # noqa: E402
+                   done_cells, fold_label, init_label, kept_units, latencies, lr_label, machine, mask_plan,
+                   search_finetune_lr)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -169,10 +169,7 @@ def main(argv=None) -> None:
                         "is kept and reported (one value: no search)")
     p.add_argument("--mask-lr", type=float, default=0.1)
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
-    p.add_argument("--mask-start", choices=("init", "oneshot"), default="init",
-                   help="masks start at --log-sigma2-init, or at the one-shot plan (PruneConfig.mask_start)")
-    p.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
-                   help="last fraction of mask steps that hold the decision on the target")
+    add_mask_start_arguments(p)
     add_fold_scales_argument(p)
     p.add_argument("--uniform", action="store_true",
                    help="plans keep the same heads and FFN width in every layer (PruneConfig.uniform; mask methods "
