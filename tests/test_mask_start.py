@@ -120,3 +120,19 @@ def test_the_masks_own_decision_ends_on_the_target(features, method, target):
     assert abs(metrics["expected_sparsity"] - target) <= 0.03 or method == "hard_concrete"
     with pytest.raises(ValueError, match="settle_fraction"):
         PruneConfig(warmup_fraction=0.9, settle_fraction=0.2)
+
+
+def test_from_the_oneshot_plan_every_step_can_end_on_the_target(features):
+    """settle_fraction 1 with the default warmup is allowed only from the one-shot start (the masks begin on the
+    target); then every step ends holding the decision there."""
+    with pytest.raises(ValueError, match="settle_fraction"):
+        PruneConfig(settle_fraction=1.0)
+    batches = Batches(features, 8)
+    config = PruneConfig(target_sparsity=0.5, steps=6, batch_size=8, seq_len=16, subset_fraction=1.0,
+                         mask_start="oneshot", settle_fraction=1.0, calibration_batches=2)
+    pruner = Pruner(build("bert"), config)
+    start_from_calibration(pruner, batches, config.calibration_batches)
+    for step in range(config.steps):
+        metrics = pruner.train_step(batches.batch(step))
+        assert "sparsity_before_hold" in metrics
+        assert abs(pruner.masks.sparsity(pruner.measure) - 0.5) <= 0.02

@@ -183,11 +183,14 @@ def test_decoder_trajectory_starts_at_the_oneshot_plan(tmp_path):
     out = tmp_path / "trajectory.csv"
     decoder_trajectory.main(["--layers", "1", "--docs", "12", "--dev-fraction", "0.3", "--steps", "4", "--every", "2",
                              "--batch-size", "2", "--block-size", "32", "--dev-blocks", "4", "--mask-start", "oneshot",
-                             "--settle-fraction", "0.5", "--csv", str(out)])
+                             "--settle-fraction", "1.0", "--finetune-steps", "2", "--csv", str(out)])
     rows = list(csv.DictReader(out.open()))
     assert [r["step"] for r in rows] == ["0", "2", "4"]
     assert rows[0]["units_changed_from_start"] == "0" and abs(float(rows[0]["decision_sparsity"]) - 0.2) < 0.02
     assert all(float(r["dev_ppl"]) > 1 for r in rows)
+    # the start and the final plan are fine-tuned and measured again; the fine-tune changes the model
+    assert [r["dev_ppl_after"] != "" for r in rows] == [True, False, True]
+    assert all(float(r["dev_ppl_after"]) != float(r["dev_ppl"]) for r in (rows[0], rows[2]))
 
 
 def _synthetic_encoder_rows() -> list[dict]:

@@ -181,12 +181,23 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     )
 
 
+def add_corpus_arguments(parser) -> None:
+    """The corpus and machine options this study shares with decoder_trajectory.py: --layers, --test-fraction,
+    --split-seed, --docs and --threads."""
+    parser.add_argument("--layers", type=int, default=None, help="keep only the first N of the 30 layers (smoke runs)")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="fraction of the documents held out")
+    parser.add_argument("--split-seed", type=int, default=1234)
+    parser.add_argument("--docs", type=int, default=None, help="use only the first N documents (smoke runs)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; keep it at most the idle cores: on 2 cores shared with another job, "
+                             "2 threads made a step 20x slower than 1")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.2, 0.3, 0.5])
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--layers", type=int, default=None, help="keep only the first N of the 30 layers (smoke runs)")
     p.add_argument("--steps", type=int, default=200, help="mask-training steps (faster, hard_concrete)")
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--finetune-lr", type=float, default=5e-5)
@@ -200,12 +211,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=128, help="held-out blocks the perplexity is measured on")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="fraction of the documents held out")
-    p.add_argument("--split-seed", type=int, default=1234)
-    p.add_argument("--docs", type=int, default=None, help="use only the first N documents (smoke runs)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads; keep it at most the idle cores: on 2 cores shared with another job, 2 "
-                        "threads made a step 20x slower than 1")
+    add_corpus_arguments(p)
     p.add_argument("--device", default=default_device(), help="where models train (default: the GPU if any)")
     p.add_argument("--work", default=str(ROOT / "runs" / "quality" / "decoder"))
     p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_lm.csv"))

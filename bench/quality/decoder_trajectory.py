@@ -6,7 +6,9 @@ The decoder study (decoder.py) has no dev split. This script splits the study's 
 decoder.py does (same PruneConfig settings, same seeded 3% subset rule), and every --every steps compacts the
 model by the masks' plan at the target (gate values not folded, the study's headline setting) and measures its
 perplexity on --dev-blocks evenly spaced dev blocks. Step 0 is the plan the masks start from: with
---mask-start oneshot, the one-shot plan. A row per measured step goes to
+--mask-start oneshot, the one-shot plan. With --finetune-steps, the start plan and the final plan are also
+fine-tuned as decoder.py fine-tunes (same batches, seed and rate) and measured on dev again (``dev_ppl_after``),
+so a setting can be chosen on what the study reports after the fine-tune. A row per measured step goes to
 bench/results/quality/decoder_trajectory.csv:
 
     python bench/quality/decoder_trajectory.py --sparsity 0.2 --mask-start oneshot
@@ -50,6 +52,22 @@ def changed_units(plan, start) -> int:
     return changed
 
 
+def finetuned_dev(args, teacher, plan, features) -> dict:
+    """Dev perplexity of ``plan``'s compacted model after decoder.py's distilled fine-tune (--finetune-steps at
+    --finetune-lr, the study's batches and seed), as the columns ``dev_ppl_after``, ``finetune_steps`` and
+    ``finetune_lr``."""
+    from vtrans_kernels.hf import compact
+    from vtrans_kernels.prune.data import Batches
+    from vtrans_kernels.prune.finetune import finetune
+
+    small = compact(teacher, plan)
+    torch.manual_seed(args.seed)
+    finetune(small, Batches(features["train"], args.batch_size, seed=args.seed + 2), args.finetune_steps,
+             lr=args.finetune_lr, teacher=teacher.eval(), progress=True, desc="fine-tune")
+    return dict(dev_ppl_after=round(decoder.perplexity(small, features["dev"]), 3),
+                finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr)
+
+
 def main(argv=None) -> None:
     from prune_smollm2_lm import load_smollm2
 
@@ -73,11 +91,10 @@ def main(argv=None) -> None:
     p.add_argument("--dev-fraction", type=float, default=0.1, help="fraction of the training documents for dev")
     p.add_argument("--dev-seed", type=int, default=4321)
     p.add_argument("--dev-blocks", type=int, default=32)
-    p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--split-seed", type=int, default=1234)
-    p.add_argument("--docs", type=int, default=None)
-    p.add_argument("--layers", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="fine-tune the start plan and the final plan this many steps and measure both on dev")
+    p.add_argument("--finetune-lr", type=float, default=5e-5)
+    decoder.add_corpus_arguments(p)
     p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_trajectory.csv"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -95,15 +112,14 @@ def main(argv=None) -> None:
     batches = Batches(features["train"], args.batch_size, seed=args.seed, fraction=cfg.data_fraction)
     if args.mask_start == "oneshot":
         start_from_calibration(pruner, batches, cfg.calibration_batches)
-    start_plan, rows, began = None, [], time.perf_counter()
+    plans, rows, began = {}, [], time.perf_counter()
     print(f"dev: {features['dev']['input_ids'].shape[0]} blocks, unpruned perplexity {dev_teacher:.3f}")
     while True:
         if pruner.step % args.every == 0 or pruner.step == args.steps:
-            plan = pruner.plan()
-            start_plan = start_plan or plan
+            plan = plans[pruner.step] = pruner.plan()
             row = dict(target_sparsity=args.sparsity, seed=args.seed, step=pruner.step,
                        decision_sparsity=round(float(pruner.masks.sparsity(pruner.measure)), 4),
-                       units_changed_from_start=changed_units(plan, start_plan),
+                       units_changed_from_start=changed_units(plan, plans[0]),
                        dev_ppl=round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
                        dev_teacher_ppl=round(dev_teacher, 3), mask_start=args.mask_start,
                        settle_fraction=args.settle_fraction, mask_lr=args.mask_lr, hidden_distill=args.hidden_distill,
@@ -116,6 +132,10 @@ def main(argv=None) -> None:
         if pruner.step >= args.steps:
             break
         pruner.train_step(batches.batch(pruner.step))
+    if args.finetune_steps:
+        for row in (rows[0], rows[-1]):
+            row.update(finetuned_dev(args, teacher, plans[row["step"]], features))
+            print({k: row[k] for k in ("step", "dev_ppl", "dev_ppl_after")}, flush=True)
     append_rows(Path(args.csv), [{**environment("cpu"), **row} for row in rows])
 
 

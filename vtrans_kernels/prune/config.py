@@ -73,7 +73,8 @@ class PruneConfig:
     ``mask_start`` "oneshot" sets the masks before the first step to the one-shot plan at the target (unit
     scores of activation x weight norms on ``calibration_batches`` training batches), so training starts from
     that plan and swaps the doubtful units (:func:`vtrans_kernels.prune.calibration.start_from_calibration`);
-    "init" starts every unit at ``mask_init``'s values.
+    "init" starts every unit at ``mask_init``'s values. The one-shot start begins on the target, so
+    ``settle_fraction`` may then be anything up to 1 (1: every step ends on the target), whatever the warmup.
     """
 
     method: str = "vib"
@@ -133,9 +134,12 @@ class PruneConfig:
         for name in ("warmup_fraction", "settle_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: expected a value in [0, 1], got {getattr(self, name)}")
-        if self.warmup_fraction + self.settle_fraction > 1.0:
+        # From the one-shot start the masks begin on the target (the ramp is flat), so holding from the first step
+        # is meaningful; from "init" a hold during the ramp would drag the decision along it.
+        if self.mask_start != "oneshot" and self.warmup_fraction + self.settle_fraction > 1.0:
             raise ValueError(f"settle_fraction: the target ramp (warmup_fraction {self.warmup_fraction}) and the "
-                             f"settling steps ({self.settle_fraction}) must fit in the run together (sum <= 1)")
+                             f"settling steps ({self.settle_fraction}) must fit in the run together (sum <= 1; "
+                             "any settle_fraction up to 1 is allowed with mask_start='oneshot')")
         if self.subset_fraction is not None and not 0.0 < self.subset_fraction <= 1.0:
             raise ValueError(f"subset_fraction: expected a value in (0, 1], got {self.subset_fraction}")
         if self.autocast not in (None, "bf16", "fp16"):
