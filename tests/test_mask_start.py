@@ -136,3 +136,15 @@ def test_from_the_oneshot_plan_every_step_can_end_on_the_target(features):
         metrics = pruner.train_step(batches.batch(step))
         assert "sparsity_before_hold" in metrics
         assert abs(pruner.masks.sparsity(pruner.measure) - 0.5) <= 0.02
+
+
+def test_the_size_count_of_a_command_line_init():
+    """``--soft-count`` gives VIB masks DESIGN's soft count (straight_through None); hard-concrete masks take none."""
+    from vtrans_kernels.prune.config import vib_mask_init
+
+    assert vib_mask_init("vib", None) == {} and vib_mask_init("hard_concrete", -2.0, True) == {}
+    assert vib_mask_init("vib", -2.0, True) == {"log_sigma2": -2.0, "straight_through": None}
+    soft = Pruner(build("bert"), PruneConfig(seq_len=16, mask_init=vib_mask_init("vib", None, True)))
+    default = Pruner(build("bert"), PruneConfig(seq_len=16))
+    assert {m.straight_through for _, _, m in soft.masks.masks()} == {None}
+    assert {m.straight_through for _, _, m in default.masks.masks()} == {1.0}

@@ -63,6 +63,10 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
     rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
     assert [(r["method"], r["finetune_lrs"], r["dev_by_lr"].split(":")[0]) for r in rows[5:]] == [
         ("oneshot", "5e-05", "5e-05")]
+    encoder.main(args[:5] + ["faster", "oneshot"] + args[8:] + ["--soft-count"])  # DESIGN's count: a new VIB cell
+    rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
+    assert [(r["method"], r["size_count"]) for r in rows[6:]] == [("faster", "soft")]
+    assert (tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_init_settle0.2_soft_0.5_s0" / "plan.json").is_file()
 
     heads.main(["--teacher", str(tmp_path / "work" / "trec" / "teacher_s0.pt"), "--sentences", "16",
                 "--plan", str(tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_init_settle0.2_0.5_s0" / "plan.json"),
@@ -73,6 +77,7 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
     table = (results / "summary.md").read_text()
     assert f"| trec | 0.5 | faster [settle 0.2] | -2.0 | yes | {grid} → " in table
     assert f"| trec | 0.5 | faster [settle 0.2] | -1.0 | no | {grid} → " in table
+    assert f"| trec | 0.5 | faster [settle 0.2, soft count] | -1.0 | yes | {grid} → " in table
     assert "| trec | 0.5 | oneshot | - | - | 5e-05 → 5e-05 | 1 |" in table  # a single-rate grid: its own line
     assert (results / "encoder_trec.png").is_file()
 

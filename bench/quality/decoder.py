@@ -42,7 +42,8 @@ from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_argu
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
-MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction")
+MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction",
+                 "size_count")
 CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + BUDGET_COLUMNS
 FULL_LAYERS = 30  # SmolLM2-135M
 DEFAULT_MASK_LR = 0.1
@@ -52,8 +53,9 @@ CORPUS = "python3.11-doc reST"
 def mask_settings(method: str, args) -> dict:
     """The MASK_SETTINGS columns of a cell, as the CSV holds them: VIB init, hidden-state distillation ("mse" or
     "relative"), mask learning rate, whether the gate values are folded into the compacted weights ("True" or
-    "False"), where the masks start ("init" or "oneshot") and the settling fraction. All empty for the one-shot
-    baseline, which trains no masks; rows from before --mask-start existed have "" in the last two."""
+    "False"), where the masks start ("init" or "oneshot"), the settling fraction and the size count ("soft" with
+    --soft-count, else ""). All empty for the one-shot baseline, which trains no masks; rows from before
+    --mask-start existed have "" in the last three."""
     if METHODS[method][0] is None:
         return dict.fromkeys(MASK_SETTINGS, "")
     return dict(log_sigma2_init=init_label(METHODS[method][0], args.log_sigma2_init),
@@ -138,7 +140,7 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
                       seq_len=args.block_size, seed=seed, steps=args.steps, mask_lr=args.mask_lr,
                       log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)),
                       hidden_distill=args.hidden_distill, mask_start=args.mask_start,
-                      settle_fraction=args.settle_fraction)
+                      settle_fraction=args.settle_fraction, soft_count=args.soft_count)
     out.mkdir(parents=True, exist_ok=True)
     masks.plan.save(out / "plan.json")
     record = dict(mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed,
@@ -159,7 +161,8 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
                                cell_folder(masks_work, args.steps, args.batch_size, method,
                                            settings_label(settings["log_sigma2_init"], settings["mask_start"],
-                                                          settings["settle_fraction"]), sparsity, seed))
+                                                          settings["settle_fraction"], settings["size_count"]),
+                                           sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)
     start = time.perf_counter()

@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     dev_teacher = decoder.perplexity(teacher, features["dev"])
     cfg = PruneConfig(method="vib", variant="faster", target_sparsity=args.sparsity, steps=args.steps,
                       batch_size=args.batch_size, seq_len=args.block_size, seed=args.seed, mask_lr=args.mask_lr,
-                      mask_init=vib_mask_init("vib", args.log_sigma2_init), hidden_distill=args.hidden_distill,
+                      mask_init=vib_mask_init("vib", args.log_sigma2_init, args.soft_count), hidden_distill=args.hidden_distill,
                       mask_start=args.mask_start, settle_fraction=args.settle_fraction, fold_scales=False)
     torch.manual_seed(args.seed)
     pruner = Pruner(copy.deepcopy(teacher), cfg)
@@ -122,7 +122,8 @@ def main(argv=None) -> None:
                        units_changed_from_start=changed_units(plan, plans[0]),
                        dev_ppl=round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
                        dev_teacher_ppl=round(dev_teacher, 3), mask_start=args.mask_start,
-                       settle_fraction=args.settle_fraction, mask_lr=args.mask_lr, hidden_distill=args.hidden_distill,
+                       settle_fraction=args.settle_fraction, size_count="soft" if args.soft_count else "",
+                       mask_lr=args.mask_lr, hidden_distill=args.hidden_distill,
                        log_sigma2_init=args.log_sigma2_init, mask_steps=args.steps, batch_size=args.batch_size,
                        dev_blocks=features["dev"]["input_ids"].shape[0],
                        elapsed_s=round(time.perf_counter() - began, 1), machine=machine())

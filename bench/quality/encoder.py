@@ -28,7 +28,7 @@ from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
 from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments, cell_folder,  # noqa: E402
                    done_cells, fold_label, init_label, kept_units, latencies, lr_label, machine, mask_plan,
-                   search_finetune_lr)
+                   search_finetune_lr, settings_label, start_settings)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -42,7 +42,7 @@ STEP_FRACTION = {"faster_short": 0.1}
 FINETUNE_LRS = (5e-5, 1e-4, 2e-4)
 # What makes a cell: a run that differs in any of these trains its own cell instead of skipping it as done.
 CELL_KEY = ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS + (
-    "finetune_lrs", "uniform", "mask_start", "settle_fraction")
+    "finetune_lrs", "uniform", "mask_start", "settle_fraction", "size_count")
 
 
 def method_steps(args, method: str) -> int:
@@ -59,9 +59,7 @@ def cell_values(args, seed: int, sparsity: float, method: str) -> dict:
                 finetune_steps=args.finetune_steps, batch_size=args.batch_size,
                 finetune_lrs=lr_label(args.finetune_lrs),
                 uniform="True" if args.uniform and mask_method is not None else "",
-                # rows from before masks could start from the one-shot plan or settle on the target have "" here
-                mask_start=args.mask_start if mask_method else "",
-                settle_fraction=str(args.settle_fraction) if mask_method else "")
+                **start_settings(mask_method, args))
 
 
 def cell_key(args, seed: int, sparsity: float, method: str) -> tuple[str, ...]:
@@ -119,12 +117,12 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     train = Batches(feats["train"], args.batch_size, seed=seed)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
     cell = cell_values(args, seed, sparsity, method)
-    settings = f"{cell['log_sigma2_init']}_{cell['mask_start']}_settle{cell['settle_fraction']}" \
-        if cell["mask_start"] else ""
+    settings = settings_label(cell["log_sigma2_init"], cell["mask_start"], cell["settle_fraction"],
+                              cell["size_count"]) if cell["mask_start"] else ""
     folder = cell_folder(work, cell["mask_steps"], args.batch_size, method, settings, sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],
-                      mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init,
+                      mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init, soft_count=args.soft_count,
                       fold_scales=not args.no_fold_scales, uniform=args.uniform, mask_start=args.mask_start,
                       settle_fraction=args.settle_fraction)
     with masked_by_plan(model, masks.plan):

@@ -109,14 +109,14 @@ def encoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
 def _settled_series(rows: list[dict], room: int, value: str = "test_after",
                     methods: dict = ENCODER_METHODS) -> list[Series]:
     """Rows of the newer objective (``mask_start`` set: masks that may start from the one-shot plan and settle on
-    the target), one series per method, start, settling fraction and VIB init, drawing column ``value`` and
-    labelled by ``methods``; when there are more than ``room``, the ones measured at the most sparsities are drawn
-    (the rest are in summary.md)."""
+    the target), one series per method, start, settling fraction, VIB init and size count, drawing column
+    ``value`` and labelled by ``methods``; when there are more than ``room``, the ones measured at the most
+    sparsities are drawn (the rest are in summary.md)."""
     groups = defaultdict(list)
     for row in rows:
         if row.get("mask_start"):
             groups[(row["method"], row["mask_start"], row.get("settle_fraction", ""),
-                    row.get("log_sigma2_init", ""))].append(row)
+                    row.get("log_sigma2_init", ""), row.get("size_count", ""))].append(row)
     inits = {key[3] for key in groups}
     keys = sorted(groups, key=lambda k: (-len({r["target_sparsity"] for r in groups[k]}), k))
     if len(keys) > room:
@@ -124,8 +124,10 @@ def _settled_series(rows: list[dict], room: int, value: str = "test_after",
               file=sys.stderr)
     drawn = []
     for i, key in enumerate(keys[:max(room, 0)]):
-        method, start, settle, init = key
+        method, start, settle, init, count = key
         label = f"{methods[method]}, {start} start, settles last {float(settle or 0):.0%}"
+        if count:
+            label += f", {count} count"
         if len(inits) > 1 and init:
             label += f", init {init}"
         line = Series(label, SPARE_COLORS[i % len(SPARE_COLORS)], linestyle=":")

@@ -54,8 +54,8 @@ def add_fold_scales_argument(parser) -> None:
 
 
 def add_mask_start_arguments(parser) -> None:
-    """The drivers' --mask-start and --settle-fraction options (``PruneConfig.mask_start`` and
-    ``PruneConfig.settle_fraction``, the same defaults)."""
+    """The drivers' --mask-start, --settle-fraction and --soft-count options (``PruneConfig.mask_start``,
+    ``PruneConfig.settle_fraction`` and the VIB size count, the same defaults)."""
     from vtrans_kernels.prune import PruneConfig
     from vtrans_kernels.prune.config import MASK_STARTS
 
@@ -63,21 +63,28 @@ def add_mask_start_arguments(parser) -> None:
                         help="masks start at --log-sigma2-init, or at the one-shot plan (PruneConfig.mask_start)")
     parser.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
                         help="last fraction of mask steps that hold the decision on the target")
+    parser.add_argument("--soft-count", action="store_true",
+                        help="VIB masks: the Lagrangian sees DESIGN's soft count sigmoid(10 log SNR), not the "
+                             "straight-through count (PRUNING_MASK_INIT straight_through None)")
 
 
 def start_settings(mask_method: str | None, args) -> dict:
-    """A cell's ``mask_start`` and ``settle_fraction`` columns as the CSV holds them: "" for the one-shot baseline,
-    which trains no masks (and in rows from before masks could start from the one-shot plan or settle)."""
+    """A cell's ``mask_start``, ``settle_fraction`` and ``size_count`` columns as the CSV holds them: "" for the
+    one-shot baseline, which trains no masks (and in rows from before masks could start from the one-shot plan
+    or settle); ``size_count`` is "soft" for VIB cells run with --soft-count, "" for the default count."""
     if mask_method is None:
-        return {"mask_start": "", "settle_fraction": ""}
-    return {"mask_start": args.mask_start, "settle_fraction": str(float(args.settle_fraction))}
+        return {"mask_start": "", "settle_fraction": "", "size_count": ""}
+    return {"mask_start": args.mask_start, "settle_fraction": str(float(args.settle_fraction)),
+            "size_count": "soft" if args.soft_count and mask_method == "vib" else ""}
 
 
-def settings_label(init: str, mask_start: str, settle_fraction: str) -> str:
-    """The part of a mask cell's folder name that ``cell_folder`` takes as ``init``: the VIB init, the start and
-    the settling (``-1.0_oneshot_settle0.2``), so cells of the settling objective never resume the checkpoints
-    of the cells that predate it; just ``init`` when ``mask_start`` is ""."""
-    return f"{init}_{mask_start}_settle{settle_fraction}" if mask_start else init
+def settings_label(init: str, mask_start: str, settle_fraction: str, size_count: str = "") -> str:
+    """The part of a mask cell's folder name that ``cell_folder`` takes as ``init``: the VIB init, the start, the
+    settling and a non-default size count (``-1.0_oneshot_settle0.2``, ``-1.0_init_settle0.2_soft``), so cells
+    of another objective never resume each other's checkpoints; just ``init`` when ``mask_start`` is ""."""
+    if not mask_start:
+        return init
+    return f"{init}_{mask_start}_settle{settle_fraction}" + (f"_{size_count}" if size_count else "")
 
 
 def cell_folder(work: Path, mask_steps: int, batch_size: int, method: str, init: str, sparsity: float,
@@ -121,12 +128,14 @@ class MaskPlan:
 
 
 def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, *, batch_size: int, seq_len: int,
-              seed: int, steps: int, mask_lr: float, log_sigma2_init: float, **config) -> MaskPlan:
+              seed: int, steps: int, mask_lr: float, log_sigma2_init: float, soft_count: bool = False,
+              **config) -> MaskPlan:
     """The plan of ``method`` = (mask method, variant) at ``sparsity``, trained on ``features``.
 
     ``(None, None)`` is the one-shot activation-norm baseline, calibrated on the seeded train batches. Otherwise
     masks train for ``steps`` steps with ``run_pruning`` (on the variant's data fraction), writing to ``out`` and
-    resuming from ``out/checkpoint.pt`` when it exists; ``config`` adds further ``PruneConfig`` settings. A run
+    resuming from ``out/checkpoint.pt`` when it exists; ``soft_count`` gives VIB masks DESIGN's soft size count;
+    ``config`` adds further ``PruneConfig`` settings. A run
     trained from scratch records its wall time in ``out/mask_time.json``, so replaying the finished checkpoint
     for another plan (e.g. ``fold_scales=False``) reports the training time, not the replay's. The masks are
     detached from ``model`` before returning."""
@@ -144,7 +153,7 @@ def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, 
     settings.update(config)
     cfg = PruneConfig(method=mask_method, variant=variant, target_sparsity=sparsity, steps=steps,
                       batch_size=batch_size, seq_len=seq_len, seed=seed, mask_lr=mask_lr,
-                      mask_init=vib_mask_init(mask_method, log_sigma2_init), **settings)
+                      mask_init=vib_mask_init(mask_method, log_sigma2_init, soft_count), **settings)
     resumed = (out / "checkpoint.pt").exists()
     result = run_pruning(model, Batches(features, batch_size, seed=seed, fraction=cfg.data_fraction), cfg, out,
                          resume=resumed, plots=False)

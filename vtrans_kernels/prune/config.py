@@ -27,10 +27,14 @@ MASK_STARTS = ("init", "oneshot")
 PRUNING_MASK_INIT = {"vib": {"log_sigma2": -1.0, "straight_through": 1.0}, "hard_concrete": {}}
 
 
-def vib_mask_init(method: str, log_sigma2: float | None) -> dict:
-    """``mask_init`` for a command-line ``--log-sigma2-init``: set for VIB masks when given, else empty (the
-    defaults of ``PRUNING_MASK_INIT`` apply)."""
-    return {"log_sigma2": float(log_sigma2)} if method == "vib" and log_sigma2 is not None else {}
+def vib_mask_init(method: str, log_sigma2: float | None, soft_count: bool = False) -> dict:
+    """``mask_init`` for a command-line ``--log-sigma2-init`` (and ``--soft-count``): set for VIB masks when given,
+    else empty (the defaults of ``PRUNING_MASK_INIT`` apply). ``soft_count`` makes the Lagrangian see DESIGN's
+    soft count ``sigmoid(10 log SNR)`` instead of the straight-through count."""
+    if method != "vib":
+        return {}
+    init = {} if log_sigma2 is None else {"log_sigma2": float(log_sigma2)}
+    return {**init, "straight_through": None} if soft_count else init
 
 
 @dataclass
