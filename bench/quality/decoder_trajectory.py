@@ -105,7 +105,8 @@ def main(argv=None) -> None:
     dev_teacher = decoder.perplexity(teacher, features["dev"])
     cfg = PruneConfig(method="vib", variant="faster", target_sparsity=args.sparsity, steps=args.steps,
                       batch_size=args.batch_size, seq_len=args.block_size, seed=args.seed, mask_lr=args.mask_lr,
-                      mask_init=vib_mask_init("vib", args.log_sigma2_init, args.soft_count), hidden_distill=args.hidden_distill,
+                      mask_init=vib_mask_init("vib", args.log_sigma2_init, args.soft_count),
+                      hidden_distill=args.hidden_distill,
                       mask_start=args.mask_start, settle_fraction=args.settle_fraction, fold_scales=False)
     torch.manual_seed(args.seed)
     pruner = Pruner(copy.deepcopy(teacher), cfg)
