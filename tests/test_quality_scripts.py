@@ -13,6 +13,16 @@ sys.path.insert(0, str(QUALITY.parents[1] / "python"))
 import python_docs  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The drivers set torch's CPU threads for the whole process (--threads): put them back for the tests after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _missing(*packages: str) -> bool:
     return any(importlib.util.find_spec(p) is None for p in packages)
 
@@ -48,6 +58,10 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
         with pytest.raises(SystemExit):
             encoder.main(args + ["--finetune-lrs", *bad])
         assert "--finetune-lrs: expected distinct positive learning rates" in capsys.readouterr().err
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            encoder.main(args + ["--threads", bad])
+        assert f"--threads expects a whole number >= 1, got '{bad}'" in capsys.readouterr().err
     assert len(list(csv.DictReader((results / "encoder_trec.csv").open()))) == 3
     encoder.main(args[:5] + ["faster", "oneshot"] + args[8:] + ["--log-sigma2-init", "-2"])  # another VIB init:
     rows = list(csv.DictReader((results / "encoder_trec.csv").open()))  # a new faster cell, oneshot stays done

@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench"), str(ROOT / "bench" / 
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import decoder  # noqa: E402
 import encoder  # noqa: E402
-from study import cell_folder, init_label, machine, mask_plan  # noqa: E402
+from study import add_threads_argument, cell_folder, init_label, machine, mask_plan  # noqa: E402
 
 CSV = RESULTS_DIR / "quality" / "bias_compensation.csv"
 
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
     p.add_argument("--decoder-batch", type=int, default=4, help="blocks per decoder calibration batch")
     p.add_argument("--eval-blocks", type=int, default=32, help="held-out SmolLM2 blocks of 128 tokens")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    add_threads_argument(p)
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench"), str(ROOT / "bench" / "quality")]
 import encoder  # noqa: E402
 from bias_compensation import sentiment_setup  # noqa: E402
+from study import add_threads_argument  # noqa: E402
 
 
 @torch.no_grad()
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
                         "in the last layer, what readout='auto' picks for this classifier)")
     p.add_argument("--refit-ridges", type=float, nargs="*", default=[], help="also measure refit_plan at these")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    add_threads_argument(p)
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

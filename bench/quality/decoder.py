@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 import summarize  # noqa: E402
-from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments, cell_folder,  # noqa: E402
-                   done_cells, fold_label, init_label, kept_units, latencies, machine, mask_plan, settings_label,
-                   start_settings)
+from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
+                   add_threads_argument, cell_folder, done_cells, fold_label, init_label, kept_units, latencies,
+                   machine, mask_plan, settings_label, start_settings)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
@@ -191,9 +191,7 @@ def add_corpus_arguments(parser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.1, help="fraction of the documents held out")
     parser.add_argument("--split-seed", type=int, default=1234)
     parser.add_argument("--docs", type=int, default=None, help="use only the first N documents (smoke runs)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads; keep it at most the idle cores: on 2 cores shared with another job, "
-                             "2 threads made a step 20x slower than 1")
+    add_threads_argument(parser)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -26,9 +26,9 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
-from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments, cell_folder,  # noqa: E402
-                   done_cells, fold_label, init_label, kept_units, latencies, lr_label, machine, mask_plan,
-                   search_finetune_lr, settings_label, start_settings)
+from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
+                   add_threads_argument, cell_folder, done_cells, fold_label, init_label, kept_units, latencies,
+                   lr_label, machine, mask_plan, search_finetune_lr, settings_label, start_settings)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -177,7 +177,9 @@ def main(argv=None) -> None:
     p.add_argument("--device", default=default_device(), help="where models train (default: the GPU if any)")
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
     p.add_argument("--csv", default=None, help="default bench/results/quality/encoder_<task>.csv")
+    add_threads_argument(p)
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if any(lr <= 0 for lr in args.finetune_lrs) or len(set(args.finetune_lrs)) < len(args.finetune_lrs):
         p.error(f"--finetune-lrs: expected distinct positive learning rates, got {args.finetune_lrs}")
 

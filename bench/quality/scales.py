@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import decoder  # noqa: E402
-from study import done_cells  # noqa: E402
+from study import add_threads_argument, done_cells  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "runs" / "quality" / "decoder"))
     p.add_argument("--eval-blocks", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1)
+    add_threads_argument(p)
     p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_scales.csv"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

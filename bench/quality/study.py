@@ -2,6 +2,7 @@
 one pruning method (mask training through ``run_pruning``, resumable, or the one-shot baseline), the fine-tune
 learning-rate search every method gets, the kept units and achieved sparsity of a compacted model, CPU and GPU
 latency and the machine column."""
+import argparse
 import copy
 import csv
 import json
@@ -51,6 +52,24 @@ def add_fold_scales_argument(parser) -> None:
     parser.add_argument("--no-fold-scales", action="store_true",
                         help="compact without folding the masks' gate values into the weights "
                              "(PruneConfig.fold_scales); replays the masks of the folded cell when they exist")
+
+
+def positive_threads(text: str) -> int:
+    """argparse type of --threads: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads expects a whole number >= 1, got {text!r}")
+    return value
+
+
+def add_threads_argument(parser) -> None:
+    """The drivers' --threads option: torch's CPU threads (each row's machine label records it). Default 1: on the
+    2-core VM shared with another job, 2 threads made a step 5-20x slower than 1."""
+    parser.add_argument("--threads", type=positive_threads, default=1,
+                        help="torch CPU threads; keep it at most the idle cores (default 1)")
 
 
 def add_mask_start_arguments(parser) -> None:
