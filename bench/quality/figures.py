@@ -27,6 +27,9 @@ PRE_SEARCH_INIT = -1.0
 VIB_INIT = {0.5: -2.0, 0.7: -2.0, 0.9: -1.0}
 DEFAULT_INIT = -1.0
 ONESHOT = "one-shot (activation norms)"
+# Mask rows without a mask_start ran the older objective: masks free of the target at the end, the plan ranking
+# units by score to reach it.
+OLDER_OBJECTIVE = " (older objective: no settling, score-ranked plan)"
 ENCODER_METHODS = {"vtrans": "VTrans", "faster": "Faster-VTrans", "hard_concrete": "hard-concrete", "oneshot": ONESHOT}
 TASKS = {"sentiment": "Rotten-Tomatoes sentiment", "trec": "TREC (6 classes)"}
 
@@ -101,7 +104,12 @@ def encoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
             method = row["method"]
             series.setdefault(method, Series(ENCODER_METHODS[method], COLORS[method])).add(row, "test_after")
     drawn = [series[m] for m in ENCODER_METHODS if m in series]
-    drawn += _settled_series(rows, MAX_SERIES - len(drawn))
+    settled = _settled_series(rows, MAX_SERIES - len(drawn))
+    if settled:  # both objectives on one figure: the legend says which mask lines are the older one
+        for method, line in series.items():
+            if method != "oneshot":
+                line.label += OLDER_OBJECTIVE
+    drawn += settled
     budget = _study_budget(rows)
     return drawn, {"lrs": lrs, "budget": budget}
 
