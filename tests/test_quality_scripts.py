@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 QUALITY = Path(__file__).resolve().parents[1] / "bench" / "quality"
 sys.path.insert(0, str(QUALITY))
@@ -12,12 +13,13 @@ sys.path.insert(0, str(QUALITY))
 sys.path.insert(0, str(QUALITY.parents[1] / "python"))
 import python_docs  # noqa: E402
 
+# The drivers default to one thread (--threads); their smoke runs here take every core.
+ALL_CORES = ("--threads", str(torch.get_num_threads()))
+
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """The drivers set torch's CPU threads for the whole process (--threads): put them back for the tests after."""
-    import torch
-
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
@@ -36,9 +38,10 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
     from study import lr_label
 
     results = tmp_path / "results"
+    # Short sequences keep the runs' evaluations on the full dev and test splits affordable.
     args = ["--task", "trec", "--sparsities", "0.5", "--methods", "faster", "faster_short", "oneshot",
-            "--teacher-steps", "2",
-            "--mask-steps", "2", "--finetune-steps", "1", "--batch-size", "8", "--work", str(tmp_path / "work"),
+            "--teacher-steps", "2", "--mask-steps", "2", "--finetune-steps", "1", "--batch-size", "8",
+            "--max-length", "16", *ALL_CORES, "--work", str(tmp_path / "work"),
             "--csv", str(results / "encoder_trec.csv")]
     encoder.main(args)
     rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
@@ -97,8 +100,6 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
 
 
 def test_search_finetune_lr_keeps_the_best_dev_score_and_skips_diverged_rates():
-    import torch
-
     from study import search_finetune_lr
 
     def fit(model, lr):  # a stand-in fine-tune: the weight ends at the rate; 1e-3 diverges like a real one would
@@ -137,7 +138,7 @@ def test_decoder_study_scales_and_summary(tmp_path):
     results = tmp_path / "results"
     args = ["--layers", "1", "--docs", "6", "--sparsities", "0.3", "--methods", "faster", "oneshot", "--steps", "2",
             "--finetune-steps", "1", "--batch-size", "2", "--block-size", "32", "--eval-blocks", "4",
-            "--work", str(tmp_path / "work"), "--csv", str(results / "decoder_lm.csv")]
+            *ALL_CORES, "--work", str(tmp_path / "work"), "--csv", str(results / "decoder_lm.csv")]
     decoder.main(args)
     rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
     assert [(r["layers"], r["method"]) for r in rows] == [("1", "faster"), ("1", "oneshot")]
@@ -169,7 +170,8 @@ def test_decoder_study_scales_and_summary(tmp_path):
     assert abs(float(started["mask_decision_sparsity"]) - 0.3) <= 0.02  # the last step held it on the target
     assert started["mask_time_s"] != rows[0]["mask_time_s"]  # its own masks, not the init cell's checkpoint
 
-    scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", "--csv", str(tmp_path / "scales.csv")])
+    scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", *ALL_CORES,
+                 "--csv", str(tmp_path / "scales.csv")])
     folded = {r["cell"].split("/", 1)[1]: r for r in csv.DictReader((tmp_path / "scales.csv").open())}
     assert sorted(folded) == ["hidden_relative/lr0.05/m2_bs2/faster_ls-1.0_init_settle0.2_0.3_s0",
                               "m2_bs2/faster_ls-1.0_init_settle0.2_0.3_s0",
@@ -202,7 +204,7 @@ def test_decoder_trajectory_starts_at_the_oneshot_plan(tmp_path):
     out = tmp_path / "trajectory.csv"
     decoder_trajectory.main(["--layers", "1", "--docs", "12", "--dev-fraction", "0.3", "--steps", "4", "--every", "2",
                              "--batch-size", "2", "--block-size", "32", "--dev-blocks", "4", "--mask-start", "oneshot",
-                             "--settle-fraction", "1.0", "--finetune-steps", "2", "--csv", str(out)])
+                             "--settle-fraction", "1.0", "--finetune-steps", "2", *ALL_CORES, "--csv", str(out)])
     rows = list(csv.DictReader(out.open()))
     assert [r["step"] for r in rows] == ["0", "2", "4"]
     assert rows[0]["units_changed_from_start"] == "0" and abs(float(rows[0]["decision_sparsity"]) - 0.2) < 0.02

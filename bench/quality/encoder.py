@@ -195,6 +195,10 @@ def main(argv=None) -> None:
     feats = {k: tokenize_classification(v, tokenizer, args.max_length) for k, v in parts.items()}
     labels = len(data.label_names)
     for seed in args.seeds:
+        pending = [(sparsity, method) for sparsity in args.sparsities for method in args.methods
+                   if cell_key(args, seed, sparsity, method) not in done]
+        if not pending:  # a finished seed needs neither its teacher nor the teacher's evaluation
+            continue
         teacher = teacher_state(args, args.task, seed, Batches(feats["train"], args.batch_size, seed=seed + 100),
                                 labels, work)
         teacher_model = fresh_model(labels, teacher, args.device)
@@ -202,14 +206,11 @@ def main(argv=None) -> None:
         teacher_acc = {k: evaluate(teacher_model, Batches(feats[k], 64), "classification")["accuracy"]
                        for k in ("dev", "test")}
         print(f"teacher seed {seed}: dev {teacher_acc['dev']:.4f} test {teacher_acc['test']:.4f}")
-        for sparsity in args.sparsities:
-            for method in args.methods:
-                if cell_key(args, seed, sparsity, method) in done:
-                    continue
-                row = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
-                row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))
-                append_rows(csv_path, [{**environment(args.device), **row}])
-                print({k: row[k] for k in ("method", "target_sparsity", "test_before", "test_after", "mask_time_s")})
+        for sparsity, method in pending:
+            row = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
+            row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))
+            append_rows(csv_path, [{**environment(args.device), **row}])
+            print({k: row[k] for k in ("method", "target_sparsity", "test_before", "test_after", "mask_time_s")})
     summarize.main(["--results", str(csv_path.parent)])  # the table and plots of everything finished so far
 
 
