@@ -66,10 +66,13 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
             encoder.main(args + ["--threads", bad])
         assert f"--threads expects a whole number >= 1, got '{bad}'" in capsys.readouterr().err
     assert len(list(csv.DictReader((results / "encoder_trec.csv").open()))) == 3
-    encoder.main(args[:5] + ["faster", "oneshot"] + args[8:] + ["--log-sigma2-init", "-2"])  # another VIB init:
-    rows = list(csv.DictReader((results / "encoder_trec.csv").open()))  # a new faster cell, oneshot stays done
-    assert [(r["method"], r["log_sigma2_init"]) for r in rows] == [
-        ("faster", "-1.0"), ("faster_short", "-1.0"), ("oneshot", ""), ("faster", "-2.0")]
+    # another VIB init and target ramp: a new faster cell, oneshot stays done
+    encoder.main(args[:5] + ["faster", "oneshot"] + args[8:]
+                 + ["--log-sigma2-init", "-2", "--warmup-fraction", "0.6"])
+    rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
+    assert [(r["method"], r["log_sigma2_init"], r["warmup_fraction"]) for r in rows] == [
+        ("faster", "-1.0", ""), ("faster_short", "-1.0", ""), ("oneshot", "", ""), ("faster", "-2.0", "0.6")]
+    assert (tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-2.0_init_settle0.2_warm0.6_0.5_s0" / "plan.json").is_file()
     encoder.main(args[:5] + ["faster", "oneshot"] + args[8:] + ["--no-fold-scales"])  # replays the first masks
     rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
     unfolded = rows[-1]
@@ -92,7 +95,7 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert f"| trec | 0.5 | faster [settle 0.2] | -2.0 | yes | {grid} → " in table
+    assert f"| trec | 0.5 | faster [settle 0.2, warm-up 0.6] | -2.0 | yes | {grid} → " in table
     assert f"| trec | 0.5 | faster [settle 0.2] | -1.0 | no | {grid} → " in table
     assert f"| trec | 0.5 | faster [settle 0.2, soft count] | -1.0 | yes | {grid} → " in table
     assert "| trec | 0.5 | oneshot | - | - | 5e-05 → 5e-05 | 1 |" in table  # a single-rate grid: its own line

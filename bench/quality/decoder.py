@@ -18,9 +18,10 @@ blocks. Perplexity is measured on --eval-blocks evenly spaced test blocks. Every
 steps, fine-tune steps, batch size and batches (seeded); the unpruned model, truncated to --layers when given, is
 both the distillation teacher and the reference perplexity.
 
---mask-start oneshot starts the masks from the one-shot plan at the target (PruneConfig.mask_start) and
---settle-fraction sets how many of the last mask steps hold the decision on the target; both are part of a mask
-cell's key and of its checkpoint folder's name (rows from before they existed have "" there).
+--mask-start oneshot starts the masks from the one-shot plan at the target (PruneConfig.mask_start),
+--settle-fraction sets how many of the last mask steps hold the decision on the target and --warmup-fraction over
+how many the target ramps up; each is part of a mask cell's key and of its checkpoint folder's name (rows from
+before they existed have "" there, as do rows at the default ramp).
 """
 import argparse
 import copy
@@ -43,7 +44,7 @@ METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
 MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction",
-                 "size_count")
+                 "size_count", "warmup_fraction")
 CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + BUDGET_COLUMNS
 FULL_LAYERS = 30  # SmolLM2-135M
 DEFAULT_MASK_LR = 0.1
@@ -53,9 +54,9 @@ CORPUS = "python3.11-doc reST"
 def mask_settings(method: str, args) -> dict:
     """The MASK_SETTINGS columns of a cell, as the CSV holds them: VIB init, hidden-state distillation ("mse" or
     "relative"), mask learning rate, whether the gate values are folded into the compacted weights ("True" or
-    "False"), where the masks start ("init" or "oneshot"), the settling fraction and the size count ("soft" with
-    --soft-count, else ""). All empty for the one-shot baseline, which trains no masks; rows from before
-    --mask-start existed have "" in the last three."""
+    "False"), where the masks start ("init" or "oneshot"), the settling fraction, the size count ("soft" with
+    --soft-count, else "") and the target ramp ("" at the default). All empty for the one-shot baseline, which
+    trains no masks; rows from before --mask-start existed have "" in the last four."""
     if METHODS[method][0] is None:
         return dict.fromkeys(MASK_SETTINGS, "")
     return dict(log_sigma2_init=init_label(METHODS[method][0], args.log_sigma2_init),
@@ -140,7 +141,8 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
                       seq_len=args.block_size, seed=seed, steps=args.steps, mask_lr=args.mask_lr,
                       log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)),
                       hidden_distill=args.hidden_distill, mask_start=args.mask_start,
-                      settle_fraction=args.settle_fraction, soft_count=args.soft_count)
+                      settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
+                      soft_count=args.soft_count)
     out.mkdir(parents=True, exist_ok=True)
     masks.plan.save(out / "plan.json")
     record = dict(mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed,
@@ -161,7 +163,8 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
                                cell_folder(masks_work, args.steps, args.batch_size, method,
                                            settings_label(settings["log_sigma2_init"], settings["mask_start"],
-                                                          settings["settle_fraction"], settings["size_count"]),
+                                                          settings["settle_fraction"], settings["size_count"],
+                                                          settings["warmup_fraction"]),
                                            sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)

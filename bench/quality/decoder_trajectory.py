@@ -107,7 +107,8 @@ def main(argv=None) -> None:
                       batch_size=args.batch_size, seq_len=args.block_size, seed=args.seed, mask_lr=args.mask_lr,
                       mask_init=vib_mask_init("vib", args.log_sigma2_init, args.soft_count),
                       hidden_distill=args.hidden_distill,
-                      mask_start=args.mask_start, settle_fraction=args.settle_fraction, fold_scales=False)
+                      mask_start=args.mask_start, settle_fraction=args.settle_fraction,
+                      warmup_fraction=args.warmup_fraction, fold_scales=False)
     torch.manual_seed(args.seed)
     pruner = Pruner(copy.deepcopy(teacher), cfg)
     batches = Batches(features["train"], args.batch_size, seed=args.seed, fraction=cfg.data_fraction)
@@ -124,6 +125,7 @@ def main(argv=None) -> None:
                        dev_ppl=round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
                        dev_teacher_ppl=round(dev_teacher, 3), mask_start=args.mask_start,
                        settle_fraction=args.settle_fraction, size_count="soft" if args.soft_count else "",
+                       warmup_fraction=args.warmup_fraction,
                        mask_lr=args.mask_lr, hidden_distill=args.hidden_distill,
                        log_sigma2_init=args.log_sigma2_init, mask_steps=args.steps, batch_size=args.batch_size,
                        dev_blocks=features["dev"]["input_ids"].shape[0],

@@ -14,6 +14,8 @@ fine-tuned on train (one per seed, cached); every method then gets --mask-steps 
 (Fast/Faster on their 3% subset) and --finetune-steps of distilled fine-tuning of the compacted model, at each
 learning rate of --finetune-lrs (the same search for every method); the rate with the best dev accuracy is kept.
 The table reports dev and test accuracy before and after that fine-tune. Test rows never feed a choice.
+The mask objective's options (--mask-start, --settle-fraction, --warmup-fraction, --soft-count) are part of a
+mask cell's key and of its checkpoint folder's name, as in decoder.py.
 """
 import argparse
 import sys
@@ -42,7 +44,7 @@ STEP_FRACTION = {"faster_short": 0.1}
 FINETUNE_LRS = (5e-5, 1e-4, 2e-4)
 # What makes a cell: a run that differs in any of these trains its own cell instead of skipping it as done.
 CELL_KEY = ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS + (
-    "finetune_lrs", "uniform", "mask_start", "settle_fraction", "size_count")
+    "finetune_lrs", "uniform", "mask_start", "settle_fraction", "size_count", "warmup_fraction")
 
 
 def method_steps(args, method: str) -> int:
@@ -118,13 +120,13 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
     cell = cell_values(args, seed, sparsity, method)
     settings = settings_label(cell["log_sigma2_init"], cell["mask_start"], cell["settle_fraction"],
-                              cell["size_count"]) if cell["mask_start"] else ""
+                              cell["size_count"], cell["warmup_fraction"]) if cell["mask_start"] else ""
     folder = cell_folder(work, cell["mask_steps"], args.batch_size, method, settings, sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init, soft_count=args.soft_count,
                       fold_scales=not args.no_fold_scales, uniform=args.uniform, mask_start=args.mask_start,
-                      settle_fraction=args.settle_fraction)
+                      settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction)
     with masked_by_plan(model, masks.plan):
         before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
     distill_from = fresh_model(labels, teacher, args.device).eval()

@@ -73,8 +73,9 @@ def add_threads_argument(parser) -> None:
 
 
 def add_mask_start_arguments(parser) -> None:
-    """The drivers' --mask-start, --settle-fraction and --soft-count options (``PruneConfig.mask_start``,
-    ``PruneConfig.settle_fraction`` and the VIB size count, the same defaults)."""
+    """The drivers' --mask-start, --settle-fraction, --warmup-fraction and --soft-count options
+    (``PruneConfig.mask_start``, ``settle_fraction``, ``warmup_fraction`` and the VIB size count, the same
+    defaults)."""
     from vtrans_kernels.prune import PruneConfig
     from vtrans_kernels.prune.config import MASK_STARTS
 
@@ -82,28 +83,39 @@ def add_mask_start_arguments(parser) -> None:
                         help="masks start at --log-sigma2-init, or at the one-shot plan (PruneConfig.mask_start)")
     parser.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
                         help="last fraction of mask steps that hold the decision on the target")
+    parser.add_argument("--warmup-fraction", type=float, default=PruneConfig.warmup_fraction,
+                        help="fraction of mask steps over which the target ramps up from the masks' start "
+                             "(PruneConfig.warmup_fraction; with the settling steps at most the whole run)")
     parser.add_argument("--soft-count", action="store_true",
                         help="VIB masks: the Lagrangian sees DESIGN's soft count sigmoid(10 log SNR), not the "
                              "straight-through count (PRUNING_MASK_INIT straight_through None)")
 
 
 def start_settings(mask_method: str | None, args) -> dict:
-    """A cell's ``mask_start``, ``settle_fraction`` and ``size_count`` columns as the CSV holds them: "" for the
-    one-shot baseline, which trains no masks (and in rows from before masks could start from the one-shot plan
-    or settle); ``size_count`` is "soft" for VIB cells run with --soft-count, "" for the default count."""
+    """A cell's ``mask_start``, ``settle_fraction``, ``size_count`` and ``warmup_fraction`` columns as the CSV
+    holds them: "" for the one-shot baseline, which trains no masks (and in rows from before masks could start
+    from the one-shot plan or settle); ``size_count`` is "soft" for VIB cells run with --soft-count, "" for the
+    default count; ``warmup_fraction`` is "" at the default ramp (as in the rows from before it was an option)."""
+    from vtrans_kernels.prune import PruneConfig
+
     if mask_method is None:
-        return {"mask_start": "", "settle_fraction": "", "size_count": ""}
+        return {"mask_start": "", "settle_fraction": "", "size_count": "", "warmup_fraction": ""}
+    warmup = float(args.warmup_fraction)
     return {"mask_start": args.mask_start, "settle_fraction": str(float(args.settle_fraction)),
-            "size_count": "soft" if args.soft_count and mask_method == "vib" else ""}
+            "size_count": "soft" if args.soft_count and mask_method == "vib" else "",
+            "warmup_fraction": "" if warmup == PruneConfig.warmup_fraction else str(warmup)}
 
 
-def settings_label(init: str, mask_start: str, settle_fraction: str, size_count: str = "") -> str:
+def settings_label(init: str, mask_start: str, settle_fraction: str, size_count: str = "",
+                   warmup_fraction: str = "") -> str:
     """The part of a mask cell's folder name that ``cell_folder`` takes as ``init``: the VIB init, the start, the
-    settling and a non-default size count (``-1.0_oneshot_settle0.2``, ``-1.0_init_settle0.2_soft``), so cells
-    of another objective never resume each other's checkpoints; just ``init`` when ``mask_start`` is ""."""
+    settling, a non-default size count and a non-default ramp (``-1.0_oneshot_settle0.2``,
+    ``-1.0_init_settle0.2_soft``, ``-1.0_init_settle0.2_warm0.8``), so cells of another objective never resume
+    each other's checkpoints; just ``init`` when ``mask_start`` is ""."""
     if not mask_start:
         return init
-    return f"{init}_{mask_start}_settle{settle_fraction}" + (f"_{size_count}" if size_count else "")
+    return (f"{init}_{mask_start}_settle{settle_fraction}" + (f"_{size_count}" if size_count else "")
+            + (f"_warm{warmup_fraction}" if warmup_fraction else ""))
 
 
 def cell_folder(work: Path, mask_steps: int, batch_size: int, method: str, init: str, sparsity: float,

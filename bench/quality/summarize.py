@@ -74,13 +74,14 @@ def _optional_mean(group: list[dict], key: str, digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f}" if values else "-"
 
 
-def objective_label(method: str, start: str, settle: str, size_count: str) -> str:
+def objective_label(method: str, start: str, settle: str, size_count: str, warmup: str = "") -> str:
     """A table's method label: rows of the objective that settles on the target (``start`` set; they may start
-    from the one-shot plan, and VIB rows may use DESIGN's soft size count) say so in brackets."""
+    from the one-shot plan, VIB rows may use DESIGN's soft size count, and the target may ramp over another
+    fraction of the steps) say so in brackets."""
     if not start:
         return method
     return (f"{method} [{'one-shot start, ' if start == 'oneshot' else ''}settle {settle}"
-            f"{', soft count' if size_count else ''}]")
+            f"{', soft count' if size_count else ''}{f', warm-up {warmup}' if warmup else ''}]")
 
 
 def summarize(paths: list[Path]) -> str:
@@ -90,9 +91,10 @@ def summarize(paths: list[Path]) -> str:
     lines = []
     # budgets, VIB initialisations, scale folding and learning-rate grids never mix in a line
     keys = ("task", "target_sparsity", "method", "log_sigma2_init", "fold_scales", "finetune_lrs", "mask_steps",
-            "finetune_steps", "mask_start", "settle_fraction", "size_count")
-    for (task, target, method, init, fold, lrs, _, _, start, settle, count), group in _groups(rows, keys).items():
-        method = objective_label(method, start, settle, count)
+            "finetune_steps", "mask_start", "settle_fraction", "size_count", "warmup_fraction")
+    for (task, target, method, init, fold, lrs, _, _, start, settle, count, warmup), group in \
+            _groups(rows, keys).items():
+        method = objective_label(method, start, settle, count, warmup)
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         chosen = ", ".join(sorted({r["finetune_lr"] for r in group}, key=float))
         lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {_yes_no(fold)} "
@@ -120,10 +122,11 @@ def summarize_decoder(path: Path) -> str:
     teachers = {r["layers"]: float(r["teacher_ppl"]) for r in rows}
     lines = []
     keys = ("layers", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales",
-            "mask_start", "settle_fraction", "size_count", "mask_steps", "finetune_steps", "batch_size")
-    for (layers, target, method, init, hidden, lr, fold, start, settle, count, *_), group in \
+            "mask_start", "settle_fraction", "size_count", "warmup_fraction", "mask_steps", "finetune_steps",
+            "batch_size")
+    for (layers, target, method, init, hidden, lr, fold, start, settle, count, warmup, *_), group in \
             _groups(rows, keys).items():
-        method = objective_label(method, start, settle, count)
+        method = objective_label(method, start, settle, count, warmup)
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
                      f"| {lr if lr != '' else '-'} | {_yes_no(fold)} "
