@@ -56,12 +56,13 @@ def add_fold_scales_argument(parser) -> None:
 
 def positive_threads(text: str) -> int:
     """argparse type of --threads: a whole number of at least 1."""
+    error = argparse.ArgumentTypeError(f"--threads expects a whole number >= 1, got {text!r}")
     try:
         value = int(text)
     except ValueError:
-        value = 0
+        raise error from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--threads expects a whole number >= 1, got {text!r}")
+        raise error
     return value
 
 
