@@ -87,6 +87,12 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
     rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
     assert [(r["method"], r["size_count"]) for r in rows[6:]] == [("faster", "soft")]
     assert (tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_init_settle0.2_soft_0.5_s0" / "plan.json").is_file()
+    encoder.main(args[:5] + ["faster", "oneshot"] + args[8:] + ["--structures", "ffn", "heads"])  # every hidden dim
+    rows = list(csv.DictReader((results / "encoder_trec.csv").open()))
+    assert [(r["method"], r["structures"], r["hidden"]) for r in rows[7:]] == [
+        ("faster", "heads ffn", "384"), ("oneshot", "heads ffn", "384")]  # MiniLM's hidden size, for both methods
+    assert all(abs(float(r["achieved_sparsity"]) - 0.5) < 0.02 for r in rows[7:])
+    assert (tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_init_settle0.2_only-heads-ffn_0.5_s0").is_dir()
 
     heads.main(["--teacher", str(tmp_path / "work" / "trec" / "teacher_s0.pt"), "--sentences", "16",
                 "--plan", str(tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_init_settle0.2_0.5_s0" / "plan.json"),
@@ -99,6 +105,7 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
     assert f"| trec | 0.5 | faster [settle 0.2] | -1.0 | no | {grid} → " in table
     assert f"| trec | 0.5 | faster [settle 0.2, soft count] | -1.0 | yes | {grid} → " in table
     assert "| trec | 0.5 | oneshot | - | - | 5e-05 → 5e-05 | 1 |" in table  # a single-rate grid: its own line
+    assert f"| trec | 0.5 | oneshot (prunes heads ffn only) | - | - | {grid} → " in table
     assert (results / "encoder_trec.png").is_file()
 
 

@@ -15,7 +15,8 @@ fine-tuned on train (one per seed, cached); every method then gets --mask-steps 
 learning rate of --finetune-lrs (the same search for every method); the rate with the best dev accuracy is kept.
 The table reports dev and test accuracy before and after that fine-tune. Test rows never feed a choice.
 The mask objective's options (--mask-start, --settle-fraction, --warmup-fraction, --soft-count) are part of a
-mask cell's key and of its checkpoint folder's name, as in decoder.py.
+mask cell's key and of its checkpoint folder's name, as in decoder.py; so is --structures (what every method
+prunes, the one-shot baseline included; the figures draw only the cells that prune all three).
 """
 import argparse
 import sys
@@ -29,8 +30,9 @@ from common import RESULTS_DIR, append_rows, default_device, environment  # noqa
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
 from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
-                   add_threads_argument, cell_folder, done_cells, fold_label, init_label, kept_units, latencies,
-                   lr_label, machine, mask_plan, search_finetune_lr, settings_label, start_settings)
+                   add_structures_argument, add_threads_argument, cell_folder, done_cells, fold_label, init_label,
+                   kept_units, latencies, lr_label, machine, mask_plan, search_finetune_lr, settings_label,
+                   start_settings, structures_label)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -44,7 +46,7 @@ STEP_FRACTION = {"faster_short": 0.1}
 FINETUNE_LRS = (5e-5, 1e-4, 2e-4)
 # What makes a cell: a run that differs in any of these trains its own cell instead of skipping it as done.
 CELL_KEY = ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS + (
-    "finetune_lrs", "uniform", "mask_start", "settle_fraction", "size_count", "warmup_fraction")
+    "finetune_lrs", "uniform", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures")
 
 
 def method_steps(args, method: str) -> int:
@@ -61,7 +63,7 @@ def cell_values(args, seed: int, sparsity: float, method: str) -> dict:
                 finetune_steps=args.finetune_steps, batch_size=args.batch_size,
                 finetune_lrs=lr_label(args.finetune_lrs),
                 uniform="True" if args.uniform and mask_method is not None else "",
-                **start_settings(mask_method, args))
+                structures=structures_label(args.structures), **start_settings(mask_method, args))
 
 
 def cell_key(args, seed: int, sparsity: float, method: str) -> tuple[str, ...]:
@@ -121,12 +123,15 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     cell = cell_values(args, seed, sparsity, method)
     settings = settings_label(cell["log_sigma2_init"], cell["mask_start"], cell["settle_fraction"],
                               cell["size_count"], cell["warmup_fraction"]) if cell["mask_start"] else ""
+    if cell["structures"] and settings:  # masks over fewer structures: their own checkpoints
+        settings += "_only-" + cell["structures"].replace(" ", "-")
     folder = cell_folder(work, cell["mask_steps"], args.batch_size, method, settings, sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init, soft_count=args.soft_count,
                       fold_scales=not args.no_fold_scales, uniform=args.uniform, mask_start=args.mask_start,
-                      settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction)
+                      settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
+                      structures=tuple(args.structures))
     with masked_by_plan(model, masks.plan):
         before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
     distill_from = fresh_model(labels, teacher, args.device).eval()
@@ -179,6 +184,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default=default_device(), help="where models train (default: the GPU if any)")
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
     p.add_argument("--csv", default=None, help="default bench/results/quality/encoder_<task>.csv")
+    add_structures_argument(p)
     add_threads_argument(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -92,7 +92,8 @@ def encoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
     """The series of one task's encoder figure and what it shows (``lrs``, ``budget``): one per method at the
     headline settings (masks from their initialisation: rows without a ``mask_start``), then one per setting of
     the settling objective (rows with a ``mask_start``), while there is room under ``MAX_SERIES``."""
-    rows = [r for r in rows if r["method"] in ENCODER_METHODS and not r.get("uniform") and r["fold_scales"] != "False"]
+    rows = [r for r in rows if r["method"] in ENCODER_METHODS and not r.get("uniform") and r["fold_scales"] != "False"
+            and not r.get("structures")]  # cells that prune fewer structures are in summary.md only
     searched = any(r.get("finetune_lrs") == SEARCHED_LRS for r in rows)
     lrs = SEARCHED_LRS if searched else SINGLE_LR
     rows = _at_budget([r for r in rows if r.get("finetune_lrs") == lrs])

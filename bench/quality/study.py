@@ -107,6 +107,24 @@ def start_settings(mask_method: str | None, args) -> dict:
             "warmup_fraction": "" if warmup == PruneConfig.warmup_fraction else str(warmup)}
 
 
+def add_structures_argument(parser) -> None:
+    """The --structures option: what every method prunes (``PruneConfig.structures``; the one-shot baseline too)."""
+    from vtrans_kernels.masks.mask_set import STRUCTURES
+
+    parser.add_argument("--structures", nargs="+", choices=STRUCTURES, default=list(STRUCTURES),
+                        help="the structures pruned, by masks and by the one-shot baseline alike (default all); "
+                             "e.g. 'heads ffn' keeps every hidden dim")
+
+
+def structures_label(structures) -> str:
+    """A cell's ``structures`` column: "" when every structure is pruned (the default, and rows from before the
+    option), else the pruned ones in their canonical order, space-separated."""
+    from vtrans_kernels.masks.mask_set import STRUCTURES
+
+    chosen = [s for s in STRUCTURES if s in structures]
+    return "" if chosen == list(STRUCTURES) else " ".join(chosen)
+
+
 def settings_label(init: str, mask_start: str, settle_fraction: str, size_count: str = "",
                    warmup_fraction: str = "") -> str:
     """The part of a mask cell's folder name that ``cell_folder`` takes as ``init``: the VIB init, the start, the
@@ -179,7 +197,9 @@ def mask_plan(model, features: dict, method: tuple, sparsity: float, out: Path, 
     mask_method, variant = method
     start = time.perf_counter()
     if mask_method is None:
-        plan = oneshot_plan(model, Batches(features, batch_size, seed=seed), sparsity, seq_len=seq_len)
+        structures = config.get("structures", PruneConfig.structures)
+        plan = oneshot_plan(model, Batches(features, batch_size, seed=seed), sparsity, structures=structures,
+                            seq_len=seq_len)
         return MaskPlan(plan, time.perf_counter() - start)
     settings = dict(checkpoint_every=25, log_every=10)
     settings.update(config)
