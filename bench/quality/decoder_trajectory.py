@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import decoder  # noqa: E402
-from study import add_mask_start_arguments, machine  # noqa: E402
+from study import add_mask_start_arguments, machine, start_settings  # noqa: E402
 
 
 def dev_features(args, tokenizer) -> dict:
@@ -123,9 +123,7 @@ def main(argv=None) -> None:
                        decision_sparsity=round(float(pruner.masks.sparsity(pruner.measure)), 4),
                        units_changed_from_start=changed_units(plan, plans[0]),
                        dev_ppl=round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
-                       dev_teacher_ppl=round(dev_teacher, 3), mask_start=args.mask_start,
-                       settle_fraction=args.settle_fraction, size_count="soft" if args.soft_count else "",
-                       warmup_fraction=args.warmup_fraction,
+                       dev_teacher_ppl=round(dev_teacher, 3), **start_settings("vib", args),
                        mask_lr=args.mask_lr, hidden_distill=args.hidden_distill,
                        log_sigma2_init=args.log_sigma2_init, mask_steps=args.steps, batch_size=args.batch_size,
                        dev_blocks=features["dev"]["input_ids"].shape[0],

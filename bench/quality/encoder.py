@@ -122,9 +122,7 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
     cell = cell_values(args, seed, sparsity, method)
     settings = settings_label(cell["log_sigma2_init"], cell["mask_start"], cell["settle_fraction"],
-                              cell["size_count"], cell["warmup_fraction"]) if cell["mask_start"] else ""
-    if cell["structures"] and settings:  # masks over fewer structures: their own checkpoints
-        settings += "_only-" + cell["structures"].replace(" ", "-")
+                              cell["size_count"], cell["warmup_fraction"], cell["structures"])
     folder = cell_folder(work, cell["mask_steps"], args.batch_size, method, settings, sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],

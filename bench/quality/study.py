@@ -126,15 +126,17 @@ def structures_label(structures) -> str:
 
 
 def settings_label(init: str, mask_start: str, settle_fraction: str, size_count: str = "",
-                   warmup_fraction: str = "") -> str:
+                   warmup_fraction: str = "", structures: str = "") -> str:
     """The part of a mask cell's folder name that ``cell_folder`` takes as ``init``: the VIB init, the start, the
-    settling, a non-default size count and a non-default ramp (``-1.0_oneshot_settle0.2``,
-    ``-1.0_init_settle0.2_soft``, ``-1.0_init_settle0.2_warm0.8``), so cells of another objective never resume
-    each other's checkpoints; just ``init`` when ``mask_start`` is ""."""
+    settling, a non-default size count, a non-default ramp and a subset of the structures
+    (``-1.0_oneshot_settle0.2``, ``-1.0_init_settle0.2_soft``, ``-1.0_init_settle0.2_warm0.8``,
+    ``-1.0_init_settle0.2_only-heads-ffn``), so cells of another objective never resume each other's
+    checkpoints; just ``init`` when ``mask_start`` is ""."""
     if not mask_start:
         return init
     return (f"{init}_{mask_start}_settle{settle_fraction}" + (f"_{size_count}" if size_count else "")
-            + (f"_warm{warmup_fraction}" if warmup_fraction else ""))
+            + (f"_warm{warmup_fraction}" if warmup_fraction else "")
+            + (f"_only-{structures.replace(' ', '-')}" if structures else ""))
 
 
 def cell_folder(work: Path, mask_steps: int, batch_size: int, method: str, init: str, sparsity: float,
