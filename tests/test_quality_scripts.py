@@ -179,14 +179,24 @@ def test_decoder_study_scales_and_summary(tmp_path):
         "faster", "oneshot", "0.5")
     assert abs(float(started["mask_decision_sparsity"]) - 0.3) <= 0.02  # the last step held it on the target
     assert started["mask_time_s"] != rows[0]["mask_time_s"]  # its own masks, not the init cell's checkpoint
+    decoder.main(args + ["--structures", "heads", "ffn"])  # every hidden dim kept: new cells for both methods
+    rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
+    assert [(r["method"], r["structures"], r["hidden"]) for r in rows[7:]] == [
+        ("faster", "heads ffn", "576"), ("oneshot", "heads ffn", "576")]  # SmolLM2's hidden size, for both methods
+    faster, oneshot = (float(r["achieved_sparsity"]) for r in rows[7:])
+    # one layer, 9 heads: one-shot's common fraction of heads and neurons moves in steps of a few percent
+    assert abs(faster - 0.3) < 0.02 and abs(oneshot - 0.3) < 0.05, (faster, oneshot)
+    assert all(r["structures"] == "" for r in rows[:7])
 
     scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", *ALL_CORES,
                  "--csv", str(tmp_path / "scales.csv")])
     folded = {r["cell"].split("/", 1)[1]: r for r in csv.DictReader((tmp_path / "scales.csv").open())}
     assert sorted(folded) == ["hidden_relative/lr0.05/m2_bs2/faster_ls-1.0_init_settle0.2_0.3_s0",
                               "m2_bs2/faster_ls-1.0_init_settle0.2_0.3_s0",
+                              "m2_bs2/faster_ls-1.0_init_settle0.2_only-heads-ffn_0.3_s0",
                               "m2_bs2/faster_ls-1.0_oneshot_settle0.5_0.3_s0",
-                              "m2_bs2/oneshot_0.3_s0"]  # one row per trained plan
+                              "m2_bs2/oneshot_0.3_s0",
+                              "m2_bs2/oneshot_ls_only-heads-ffn_0.3_s0"]  # one row per trained plan
     assert all(float(r["ppl_scaled"]) > 1 for r in folded.values())
     oneshot = folded["m2_bs2/oneshot_0.3_s0"]
     assert oneshot["ppl_scaled"] == oneshot["ppl_unscaled"]  # no gate values to fold
@@ -201,6 +211,8 @@ def test_decoder_study_scales_and_summary(tmp_path):
     assert "| 1 | 0.3 | faster | -1.0 | mse | 0.1 | no | 1 |" not in table  # every mask row now names its start
     assert "| 1 | 0.3 | faster [settle 0.2] | -1.0 | mse | 0.1 | no | 1 |" in table
     assert "| 1 | 0.3 | faster [one-shot start, settle 0.5] | -1.0 | mse | 0.1 | no | 1 |" in table
+    assert "| 1 | 0.3 | faster [settle 0.2] (prunes heads ffn only) | -1.0 | mse | 0.1 | yes | 1 |" in table
+    assert "| 1 | 0.3 | oneshot (prunes heads ffn only) | - | - | - | - | 1 |" in table
     assert (results / "decoder_lm.png").is_file()
     assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together
 

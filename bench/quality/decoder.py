@@ -21,7 +21,9 @@ both the distillation teacher and the reference perplexity.
 --mask-start oneshot starts the masks from the one-shot plan at the target (PruneConfig.mask_start),
 --settle-fraction sets how many of the last mask steps hold the decision on the target and --warmup-fraction over
 how many the target ramps up; each is part of a mask cell's key and of its checkpoint folder's name (rows from
-before they existed have "" there, as do rows at the default ramp).
+before they existed have "" there, as do rows at the default ramp). --structures limits what every method prunes
+(the one-shot baseline too), e.g. `--structures heads ffn` keeps every hidden dim; it is part of every cell's key
+("" when all are pruned).
 """
 import argparse
 import copy
@@ -37,15 +39,15 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 import summarize  # noqa: E402
 from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
-                   add_threads_argument, cell_folder, done_cells, fold_label, init_label, kept_units, latencies,
-                   machine, mask_plan, settings_label, start_settings)
+                   add_structures_argument, add_threads_argument, cell_folder, done_cells, fold_label, init_label,
+                   kept_units, latencies, machine, mask_plan, settings_label, start_settings, structures_label)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
 MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction",
                  "size_count", "warmup_fraction")
-CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + BUDGET_COLUMNS
+CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + ("structures",) + BUDGET_COLUMNS
 FULL_LAYERS = 30  # SmolLM2-135M
 DEFAULT_MASK_LR = 0.1
 CORPUS = "python3.11-doc reST"
@@ -142,7 +144,7 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
                       log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)),
                       hidden_distill=args.hidden_distill, mask_start=args.mask_start,
                       settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
-                      soft_count=args.soft_count)
+                      soft_count=args.soft_count, structures=tuple(args.structures))
     out.mkdir(parents=True, exist_ok=True)
     masks.plan.save(out / "plan.json")
     record = dict(mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed,
@@ -159,12 +161,13 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     from vtrans_kernels.prune.finetune import finetune
 
     settings = mask_settings(method, args)
+    structures = structures_label(args.structures)
     masks_work = work if METHODS[method][0] is None else masks_folder(work, args)
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
                                cell_folder(masks_work, args.steps, args.batch_size, method,
                                            settings_label(settings["log_sigma2_init"], settings["mask_start"],
                                                           settings["settle_fraction"], settings["size_count"],
-                                                          settings["warmup_fraction"]),
+                                                          settings["warmup_fraction"], structures),
                                            sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)
@@ -178,7 +181,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
         **kept_units(small, teacher),
         ppl_before=record["ppl_before"], ppl_after=round(perplexity(small, features["test"]), 3),
         mask_decision_sparsity=record.get("mask_decision_sparsity", ""),
-        **settings,
+        **settings, structures=structures,
         mask_time_s=record["mask_time_s"], mask_resumed=record["mask_resumed"], finetune_time_s=round(finetune_s, 1),
         **latencies(small, probe),
         mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
@@ -212,6 +215,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "plain MSE is ~5000 and drowns the size target; 'relative' divides it by the teacher's power")
     add_mask_start_arguments(p)
     add_fold_scales_argument(p)
+    add_structures_argument(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=128, help="held-out blocks the perplexity is measured on")
@@ -232,7 +236,8 @@ def main(argv=None) -> None:
     layers = min(args.layers or FULL_LAYERS, FULL_LAYERS)
     def key(seed, sparsity, method) -> tuple[str, ...]:  # a cell's CELL_KEY values, as the CSV holds them
         values = dict(layers=layers, seed=seed, target_sparsity=sparsity, method=method,
-                      **mask_settings(method, args), mask_steps=args.steps,
+                      **mask_settings(method, args), structures=structures_label(args.structures),
+                      mask_steps=args.steps,
                       finetune_steps=args.finetune_steps, batch_size=args.batch_size)
         return tuple(str(values[column]) for column in CELL_KEY)
 

@@ -155,7 +155,8 @@ def decoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
     rows of the settling objective (``mask_start`` set) at the same mask settings with the gate values not folded,
     one dotted series per start and settling fraction."""
     depth = max(int(r["layers"]) for r in rows)
-    rows = _at_budget([r for r in rows if int(r["layers"]) == depth and r["method"] in DECODER_METHODS])
+    rows = _at_budget([r for r in rows if int(r["layers"]) == depth and r["method"] in DECODER_METHODS
+                       and not r.get("structures")])  # cells that prune fewer structures are in summary.md only
     series, settled = {}, []
     for row in rows:
         method = row["method"]

@@ -74,14 +74,17 @@ def _optional_mean(group: list[dict], key: str, digits: int) -> str:
     return f"{statistics.mean(values):.{digits}f}" if values else "-"
 
 
-def objective_label(method: str, start: str, settle: str, size_count: str, warmup: str = "") -> str:
+def objective_label(method: str, start: str, settle: str, size_count: str, warmup: str = "",
+                    structures: str = "") -> str:
     """A table's method label: rows of the objective that settles on the target (``start`` set; they may start
     from the one-shot plan, VIB rows may use DESIGN's soft size count, and the target may ramp over another
-    fraction of the steps) say so in brackets."""
-    if not start:
-        return method
-    return (f"{method} [{'one-shot start, ' if start == 'oneshot' else ''}settle {settle}"
-            f"{', soft count' if size_count else ''}{f', warm-up {warmup}' if warmup else ''}]")
+    fraction of the steps) say so in brackets; rows that prune a subset of the structures (any method) say which
+    in parentheses."""
+    label = method
+    if start:
+        label += (f" [{'one-shot start, ' if start == 'oneshot' else ''}settle {settle}"
+                  f"{', soft count' if size_count else ''}{f', warm-up {warmup}' if warmup else ''}]")
+    return label + (f" (prunes {structures} only)" if structures else "")
 
 
 def summarize(paths: list[Path]) -> str:
@@ -94,8 +97,7 @@ def summarize(paths: list[Path]) -> str:
             "finetune_steps", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures")
     for (task, target, method, init, fold, lrs, _, _, start, settle, count, warmup, structures), group in \
             _groups(rows, keys).items():
-        method = objective_label(method, start, settle, count, warmup) + (
-            f" (prunes {structures} only)" if structures else "")
+        method = objective_label(method, start, settle, count, warmup, structures)
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         chosen = ", ".join(sorted({r["finetune_lr"] for r in group}, key=float))
         lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {_yes_no(fold)} "
@@ -123,11 +125,11 @@ def summarize_decoder(path: Path) -> str:
     teachers = {r["layers"]: float(r["teacher_ppl"]) for r in rows}
     lines = []
     keys = ("layers", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales",
-            "mask_start", "settle_fraction", "size_count", "warmup_fraction", "mask_steps", "finetune_steps",
-            "batch_size")
-    for (layers, target, method, init, hidden, lr, fold, start, settle, count, warmup, *_), group in \
+            "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures", "mask_steps",
+            "finetune_steps", "batch_size")
+    for (layers, target, method, init, hidden, lr, fold, start, settle, count, warmup, structures, *_), group in \
             _groups(rows, keys).items():
-        method = objective_label(method, start, settle, count, warmup)
+        method = objective_label(method, start, settle, count, warmup, structures)
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
                      f"| {lr if lr != '' else '-'} | {_yes_no(fold)} "
