@@ -270,8 +270,10 @@ def test_trainer_callback(tmp_path, features):
 def test_oneshot_baseline_hits_the_target(features, name):
     model = _model(name) if name == "bert" else build(name)
     batches = Batches({k: v for k, v in features.items() if k != "labels"}, 8)
-    plan = oneshot_plan(model, batches, 0.5)
-    assert abs(_achieved(model, plan) - 0.5) <= 0.06
+    for target, structures in ((0.5, ("hidden", "heads", "ffn")), (0.3, ("heads", "ffn")), (0.45, ("heads", "ffn"))):
+        plan = oneshot_plan(model, batches, target, structures=structures)
+        # heads alone move in steps of a KV group per layer; the FFN's own fraction closes the gap
+        assert abs(_achieved(model, plan) - target) <= 0.02, (target, structures)
     assert plan.scores["ffn"][0].shape == (37,)
     with pytest.raises(ValueError, match="target_sparsity"):
         oneshot_plan(model, batches, 1.5)

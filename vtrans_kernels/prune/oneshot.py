@@ -1,5 +1,5 @@
 """One-shot structured baseline: score units by activation norm x weight norm on calibration batches, keep the
-same fraction of every structure, sized to hit the target. The comparison point every method should beat."""
+same fraction of every structure (the FFN's fraction adjusted to land on the target). The comparison point every method should beat."""
 from __future__ import annotations
 
 import math
@@ -71,9 +71,11 @@ def oneshot_plan(model: nn.Module, batches: Batches, target_sparsity: float, *,
                  structures: Sequence[str] = STRUCTURES, target: str = "params", seq_len: int = 128,
                  count_embeddings: bool = False, calibration_steps: int = 4, measure=None) -> CompactionPlan:
     """A plan keeping the top-scoring fraction ``r`` of every unit of ``structures`` (hidden dims, and the heads
-    and neurons of each layer), with ``r`` chosen by bisection so the sparsity is closest to the target.
-    ``measure`` (anything with ``sparsity(hidden, units, ffn)``, e.g. a latency table's) replaces the size
-    measure that ``target``, ``seq_len`` and ``count_embeddings`` describe."""
+    and neurons of each layer), with ``r`` chosen by bisection so the sparsity is closest to the target; then,
+    when FFN neurons are pruned, their fraction alone is re-chosen the same way with the others held at ``r``,
+    because heads come in a few coarse units a layer (whole KV groups under GQA) and ``r`` alone can miss the
+    target by a head's share of every layer. ``measure`` (anything with ``sparsity(hidden, units, ffn)``, e.g. a
+    latency table's) replaces the size measure that ``target``, ``seq_len`` and ``count_embeddings`` describe."""
     if not 0.0 < target_sparsity < 1.0:
         raise ValueError(f"target_sparsity: expected a value in (0, 1), got {target_sparsity}")
     adapter = adapter_for(model)
@@ -81,20 +83,25 @@ def oneshot_plan(model: nn.Module, batches: Batches, target_sparsity: float, *,
     measure = SizeMeasure(spec, target, seq_len, count_embeddings) if measure is None else measure
     scores = unit_scores(model, batches, calibration_steps)
 
-    def counts(ratio):
-        keep = lambda n, s: max(1, math.ceil(ratio * n)) if s in structures else n  # noqa: E731
-        return (keep(spec.hidden_size, "hidden"), [keep(u, "heads") for u in spec.units_per_layer],
-                [keep(f, "ffn") for f in spec.ffn_per_layer])
+    def counts(ratio, ffn_ratio):
+        keep = lambda n, s, r: max(1, math.ceil(r * n)) if s in structures else n  # noqa: E731
+        return (keep(spec.hidden_size, "hidden", ratio), [keep(u, "heads", ratio) for u in spec.units_per_layer],
+                [keep(f, "ffn", ffn_ratio) for f in spec.ffn_per_layer])
 
-    low, high = 0.0, 1.0
-    for _ in range(40):
-        mid = (low + high) / 2
-        if measure.sparsity(*counts(mid)) > target_sparsity:
-            low = mid
-        else:
-            high = mid
-    ratio = min((low, high), key=lambda r: abs(measure.sparsity(*counts(r)) - target_sparsity))
-    hidden, heads, ffn = counts(ratio)
+    def closest(sparsity_at) -> float:
+        """The ratio whose sparsity (falling as the ratio grows) is closest to the target."""
+        low, high = 0.0, 1.0
+        for _ in range(40):
+            mid = (low + high) / 2
+            if sparsity_at(mid) > target_sparsity:
+                low = mid
+            else:
+                high = mid
+        return min((low, high), key=lambda r: abs(sparsity_at(r) - target_sparsity))
+
+    ratio = closest(lambda r: measure.sparsity(*counts(r, r)))
+    ffn_ratio = closest(lambda f: measure.sparsity(*counts(ratio, f))) if "ffn" in structures else ratio
+    hidden, heads, ffn = counts(ratio, ffn_ratio)
     top = lambda score, k: sorted(torch.topk(score, k).indices.tolist())  # noqa: E731
     return CompactionPlan(
         hidden=top(scores["hidden"], hidden) if "hidden" in structures else None,
