@@ -187,6 +187,10 @@ def test_decoder_study_scales_and_summary(tmp_path):
     # one layer, 9 heads: one-shot's common fraction of heads and neurons moves in steps of a few percent
     assert abs(faster - 0.3) < 0.02 and abs(oneshot - 0.3) < 0.05, (faster, oneshot)
     assert all(r["structures"] == "" for r in rows[:7])
+    decoder.main(args + ["--methods", "oneshot", "--eval-blocks", "3"])  # another held-out set is another cell
+    rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
+    assert [(r["method"], r["eval_blocks"], r["eval_tokens"]) for r in rows[9:]] == [("oneshot", "3", "96")]
+    assert rows[9]["ppl_before"] != rows[1]["ppl_before"]  # the same cached plan, measured on the new set
 
     scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", *ALL_CORES,
                  "--csv", str(tmp_path / "scales.csv")])
@@ -206,13 +210,13 @@ def test_decoder_study_scales_and_summary(tmp_path):
 
     summarize.main(["--results", str(results)])
     table = (results / "summary.md").read_text()
-    assert "| 1 | 0.3 | faster [settle 0.2] | -1.0 | relative | 0.05 | yes | 1 |" in table
-    assert "| 1 | 0.3 | oneshot | - | - | - | - | 1 |" in table
-    assert "| 1 | 0.3 | faster | -1.0 | mse | 0.1 | no | 1 |" not in table  # every mask row now names its start
-    assert "| 1 | 0.3 | faster [settle 0.2] | -1.0 | mse | 0.1 | no | 1 |" in table
-    assert "| 1 | 0.3 | faster [one-shot start, settle 0.5] | -1.0 | mse | 0.1 | no | 1 |" in table
-    assert "| 1 | 0.3 | faster [settle 0.2] (prunes heads ffn only) | -1.0 | mse | 0.1 | yes | 1 |" in table
-    assert "| 1 | 0.3 | oneshot (prunes heads ffn only) | - | - | - | - | 1 |" in table
+    assert "| 1 | 128 | 0.3 | faster [settle 0.2] | -1.0 | relative | 0.05 | yes | 1 |" in table
+    assert "| 1 | 128 | 0.3 | oneshot | - | - | - | - | 1 |" in table
+    assert "| 1 | 128 | 0.3 | faster | -1.0 | mse | 0.1 | no | 1 |" not in table  # every mask row now names its start
+    assert "| 1 | 128 | 0.3 | faster [settle 0.2] | -1.0 | mse | 0.1 | no | 1 |" in table
+    assert "| 1 | 128 | 0.3 | faster [one-shot start, settle 0.5] | -1.0 | mse | 0.1 | no | 1 |" in table
+    assert "| 1 | 128 | 0.3 | faster [settle 0.2] (prunes heads ffn only) | -1.0 | mse | 0.1 | yes | 1 |" in table
+    assert "| 1 | 128 | 0.3 | oneshot (prunes heads ffn only) | - | - | - | - | 1 |" in table
     assert (results / "decoder_lm.png").is_file()
     assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together
 
@@ -322,17 +326,18 @@ def test_headline_figures_one_series_per_method_legend_outside(tmp_path):
 def test_decoder_figure_best_documented_settings(tmp_path):
     import figures
 
-    def row(method, sparsity, ppl, hidden="relative", fold="True", init="-1.0", steps=60):
+    def row(method, sparsity, ppl, hidden="relative", fold="True", init="-1.0", steps=60, tokens="8192"):
         return dict(layers=30, seed=0, target_sparsity=sparsity, method=method, ppl_after=ppl, hidden_distill=hidden,
                     mask_lr="0.1" if method != "oneshot" else "", fold_scales=fold if method != "oneshot" else "",
                     log_sigma2_init=init if method == "faster" else "", mask_steps=steps, finetune_steps=40,
-                    batch_size=4, teacher_ppl=23.8)
+                    batch_size=4, teacher_ppl=23.8 if tokens == "8192" else 22.1, eval_tokens=tokens)
 
     rows = [row("oneshot", s, 30 + 100 * s) for s in (0.2, 0.3, 0.5)]
     rows += [row(m, s, 500 + s) for m in ("faster", "hard_concrete") for s in (0.2, 0.3, 0.5)]  # folded
     rows += [row(m, 0.2, 60, fold="False") for m in ("faster", "hard_concrete")]  # unfolded: run at 20% only
     rows += [row("faster", 0.2, 10, hidden="mse"), row("faster", 0.2, 11, init="-2.0"),
              row("faster", 0.2, 12, steps=200)]  # ablations (better here on purpose): not drawn
+    rows += [row("oneshot", 0.2, 13, tokens="16384")]  # another held-out set, measured once: not comparable
     fig = figures.decoder_figure(rows)
     drawn = _drawn(fig)
     assert drawn == {"one-shot (activation norms)": pytest.approx([50, 60, 80]),
@@ -340,4 +345,5 @@ def test_decoder_figure_best_documented_settings(tmp_path):
                      pytest.approx([500.2, 500.3, 500.5]), "hard-concrete, scales not folded": [60],
                      "hard-concrete, scales folded (default)": pytest.approx([500.2, 500.3, 500.5])}
     assert fig.axes[0].get_yscale() == "log" and _legend_outside(fig)
+    assert "unpruned model (23.8)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]  # its own set
     assert figures.decoder_figures(rows, tmp_path) == [tmp_path / "decoder_lm.png"]

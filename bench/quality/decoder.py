@@ -47,7 +47,10 @@ METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
 }
 MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction",
                  "size_count", "warmup_fraction")
-CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + ("structures",) + BUDGET_COLUMNS
+CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + ("structures",) + BUDGET_COLUMNS + (
+    "eval_blocks",)
+# rows from before the eval_blocks column: every held-out block was a full block of block_size tokens
+EVAL_BLOCKS_OF_OLDER_ROWS = {"eval_blocks": lambda row: str(int(row["eval_tokens"]) // int(row["block_size"]))}
 FULL_LAYERS = 30  # SmolLM2-135M
 DEFAULT_MASK_LR = 0.1
 CORPUS = "python3.11-doc reST"
@@ -114,13 +117,19 @@ def teacher_perplexity(teacher, features: dict, path: Path) -> float:
 def pruned_plan(args, seed, sparsity, method, teacher, features, out: Path):
     """(plan, stage record) of a cell: the record holds the mask time and the perplexity of the compacted model
     before fine-tuning (``ppl_before``, and ``ppl_before_unscaled`` once a cell without folded scales used the
-    same masks), and is saved to ``out/pruned.json`` so a resumed cell skips straight to the fine-tune. With
-    --no-fold-scales the plan comes without its scales."""
+    same masks) on --eval-blocks held-out blocks, and is saved to ``out/pruned.json`` so a resumed cell skips
+    straight to the fine-tune; a record of another held-out set is measured again. With --no-fold-scales the
+    plan comes without its scales."""
     from vtrans_kernels.hf import CompactionPlan, compact
 
     record_path = out / "pruned.json"
     if record_path.exists():
         plan, record = CompactionPlan.load(out / "plan.json"), json.loads(record_path.read_text())
+        if record.get("eval_blocks") != args.eval_blocks:  # another held-out set, or one from before it was kept
+            record = {k: v for k, v in record.items() if k != "ppl_before_unscaled"}
+            record.update(eval_blocks=args.eval_blocks,
+                          ppl_before=round(perplexity(compact(teacher, plan), features["test"]), 3))
+            record_path.write_text(json.dumps(record))
     else:
         plan, record = trained_plan(args, seed, sparsity, method, teacher, features, out)
     if args.no_fold_scales and METHODS[method][0] is not None:
@@ -149,7 +158,8 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
     masks.plan.save(out / "plan.json")
     record = dict(mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed,
                   mask_decision_sparsity="" if masks.decision_sparsity is None else masks.decision_sparsity,
-                  ppl_before=round(perplexity(compact(model, masks.plan), features["test"]), 3))
+                  ppl_before=round(perplexity(compact(model, masks.plan), features["test"]), 3),
+                  eval_blocks=args.eval_blocks)
     record_path.write_text(json.dumps(record))
     return masks.plan, record
 
@@ -186,7 +196,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
         **latencies(small, probe),
         mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
         block_size=args.block_size, train_blocks=features["train"]["input_ids"].shape[0],
-        eval_tokens=features["test"]["input_ids"].numel(), corpus=CORPUS, machine=machine(),
+        eval_blocks=args.eval_blocks, eval_tokens=features["test"]["input_ids"].numel(), corpus=CORPUS, machine=machine(),
     )
 
 
@@ -232,13 +242,13 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     csv_path = Path(args.csv)
-    done = done_cells(csv_path, CELL_KEY)
+    done = done_cells(csv_path, CELL_KEY, EVAL_BLOCKS_OF_OLDER_ROWS)
     layers = min(args.layers or FULL_LAYERS, FULL_LAYERS)
     def key(seed, sparsity, method) -> tuple[str, ...]:  # a cell's CELL_KEY values, as the CSV holds them
         values = dict(layers=layers, seed=seed, target_sparsity=sparsity, method=method,
                       **mask_settings(method, args), structures=structures_label(args.structures),
                       mask_steps=args.steps,
-                      finetune_steps=args.finetune_steps, batch_size=args.batch_size)
+                      finetune_steps=args.finetune_steps, batch_size=args.batch_size, eval_blocks=args.eval_blocks)
         return tuple(str(values[column]) for column in CELL_KEY)
 
     cells = [(seed, sparsity, method) for seed in args.seeds for sparsity in args.sparsities

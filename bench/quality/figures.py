@@ -155,8 +155,13 @@ def decoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
     rows of the settling objective (``mask_start`` set) at the same mask settings with the gate values not folded,
     one dotted series per start and settling fraction."""
     depth = max(int(r["layers"]) for r in rows)
-    rows = _at_budget([r for r in rows if int(r["layers"]) == depth and r["method"] in DECODER_METHODS
-                       and not r.get("structures")])  # cells that prune fewer structures are in summary.md only
+    rows = [r for r in rows if int(r["layers"]) == depth and r["method"] in DECODER_METHODS
+            and not r.get("structures")]  # cells that prune fewer structures are in summary.md only
+    if not rows:
+        return [], {}
+    # perplexities over other held-out tokens are not comparable: the set most rows were measured on
+    tokens = Counter(r["eval_tokens"] for r in rows).most_common(1)[0][0]
+    rows = _at_budget([r for r in rows if r["eval_tokens"] == tokens])
     series, settled = {}, []
     for row in rows:
         method = row["method"]
@@ -180,7 +185,7 @@ def decoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
     order = ["oneshot"] + [(m, folded) for m in DECODER_METHODS if m != "oneshot" for folded in (False, True)]
     drawn = [series[k] for k in order if k in series]
     drawn += _settled_series(settled, MAX_SERIES - len(drawn), "ppl_after", DECODER_METHODS)
-    return drawn, {"layers": depth, "budget": _study_budget(rows)}
+    return drawn, {"layers": depth, "budget": _study_budget(rows), "teacher": float(rows[0]["teacher_ppl"])}
 
 
 def _seed_counts(series: list[Series]) -> set[int]:
@@ -276,7 +281,7 @@ def decoder_figure(rows: list[dict]):
     if not series:
         return None
     mask_steps, finetune_steps, batch = shown["budget"]
-    teacher = next(float(r["teacher_ppl"]) for r in rows if int(r["layers"]) == shown["layers"])
+    teacher = shown["teacher"]
     title = (f"SmolLM2-135M ({shown['layers']} layers), Python docs: does mask training beat one-shot pruning?\n"
              f"{mask_steps} mask steps + {finetune_steps} distilled fine-tune steps at batch {batch}; "
              "masks: relative hidden-state distillation")

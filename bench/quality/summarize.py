@@ -119,19 +119,20 @@ def summarize(paths: list[Path]) -> str:
 
 
 def summarize_decoder(path: Path) -> str:
-    """The decoder table (one line per depth, target, method, mask settings and step budget: held-out perplexity
-    before and after the distilled fine-tune) and the unpruned model's perplexity per depth."""
+    """The decoder table (one line per depth, held-out set, target, method, mask settings and step budget:
+    held-out perplexity before and after the distilled fine-tune) and the unpruned model's perplexity per depth
+    and held-out set (perplexities over different held-out tokens are never averaged or compared in a line)."""
     rows = _rows([path])
-    teachers = {r["layers"]: float(r["teacher_ppl"]) for r in rows}
+    teachers = {(r["layers"], r["eval_tokens"]): float(r["teacher_ppl"]) for r in rows}
     lines = []
-    keys = ("layers", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales",
-            "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures", "mask_steps",
-            "finetune_steps", "batch_size")
-    for (layers, target, method, init, hidden, lr, fold, start, settle, count, warmup, structures, *_), group in \
-            _groups(rows, keys).items():
+    keys = ("layers", "eval_tokens", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_lr",
+            "fold_scales", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures",
+            "mask_steps", "finetune_steps", "batch_size")
+    for (layers, tokens, target, method, init, hidden, lr, fold, start, settle, count, warmup, structures, *_), \
+            group in _groups(rows, keys).items():
         method = objective_label(method, start, settle, count, warmup, structures)
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
-        lines.append(f"| {layers} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
+        lines.append(f"| {layers} | {tokens} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
                      f"| {lr if lr != '' else '-'} | {_yes_no(fold)} "
                      f"| {len(group)} "
                      f"| {statistics.mean(pick('achieved_sparsity')):.3f} "
@@ -141,14 +142,14 @@ def summarize_decoder(path: Path) -> str:
                      f"| {statistics.mean(pick('cpu_latency_ms')):.1f} | {_optional_mean(group, 'gpu_latency_ms', 2)} "
                      f"| {group[0]['mask_steps']} / {group[0]['finetune_steps']}, {group[0]['batch_size']} "
                      f"| {group[0]['device']}, {group[0]['machine']} |")
-    header = ["layers", "target", "method", "VIB log σ² init", "hidden distill", "mask lr", "scales folded", "seeds",
+    header = ["layers", "held-out tokens", "target", "method", "VIB log σ² init", "hidden distill", "mask lr", "scales folded", "seeds",
               "achieved", "masks' own", "held-out ppl before FT", "held-out ppl after FT", "mask time (s)",
               "FT time (s)", "CPU latency (ms)", "GPU bf16 latency (ms)", "mask / FT steps, batch", "machine"]
     first = rows[0]
-    notes = [f"- unpruned SmolLM2-135M ({layers} layers) held-out perplexity: {ppl:.2f}"
-             for layers, ppl in sorted(teachers.items(), key=lambda item: int(item[0]))]
+    notes = [f"- unpruned SmolLM2-135M ({layers} layers) held-out perplexity over {tokens} tokens: {ppl:.2f}"
+             for (layers, tokens), ppl in sorted(teachers.items(), key=lambda item: tuple(map(int, item[0])))]
     notes.append(f"- corpus: {first['corpus']}; blocks of {first['block_size']} tokens, {first['train_blocks']} train "
-                 f"blocks, perplexity over {first['eval_tokens']} held-out tokens")
+                 f"blocks")
     return "\n".join(_table(header, lines) + [""] + notes) + "\n"
 
 
