@@ -70,6 +70,13 @@ def mask_settings(method: str, args) -> dict:
                 **start_settings(METHODS[method][0], args))
 
 
+def cell_values(args, layers: int, seed: int, sparsity: float, method: str) -> dict:
+    """A cell's ``CELL_KEY`` columns: what its row records and what the skip check compares."""
+    return dict(layers=layers, seed=seed, target_sparsity=sparsity, method=method, **mask_settings(method, args),
+                structures=structures_label(args.structures), mask_steps=args.steps,
+                finetune_steps=args.finetune_steps, batch_size=args.batch_size, eval_blocks=args.eval_blocks)
+
+
 def masks_folder(work: Path, args) -> Path:
     """Where a cell's masks are trained: ``work`` for the default objective and mask learning rate (the cells that
     predate those options), a subfolder per setting that differs."""
@@ -170,14 +177,13 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     from vtrans_kernels.prune.data import Batches
     from vtrans_kernels.prune.finetune import finetune
 
-    settings = mask_settings(method, args)
-    structures = structures_label(args.structures)
+    cell = cell_values(args, len(teacher.model.layers), seed, sparsity, method)
     masks_work = work if METHODS[method][0] is None else masks_folder(work, args)
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
                                cell_folder(masks_work, args.steps, args.batch_size, method,
-                                           settings_label(settings["log_sigma2_init"], settings["mask_start"],
-                                                          settings["settle_fraction"], settings["size_count"],
-                                                          settings["warmup_fraction"], structures),
+                                           settings_label(cell["log_sigma2_init"], cell["mask_start"],
+                                                          cell["settle_fraction"], cell["size_count"],
+                                                          cell["warmup_fraction"], cell["structures"]),
                                            sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)
@@ -187,16 +193,13 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     finetune_s = time.perf_counter() - start
     probe = {k: v[:1] for k, v in features["test"].items() if k != "labels"}
     return dict(
-        layers=len(teacher.model.layers), seed=seed, target_sparsity=sparsity, method=method,
-        **kept_units(small, teacher),
+        **cell, **kept_units(small, teacher),
         ppl_before=record["ppl_before"], ppl_after=round(perplexity(small, features["test"]), 3),
         mask_decision_sparsity=record.get("mask_decision_sparsity", ""),
-        **settings, structures=structures,
         mask_time_s=record["mask_time_s"], mask_resumed=record["mask_resumed"], finetune_time_s=round(finetune_s, 1),
         **latencies(small, probe),
-        mask_steps=args.steps, finetune_steps=args.finetune_steps, batch_size=args.batch_size,
         block_size=args.block_size, train_blocks=features["train"]["input_ids"].shape[0],
-        eval_blocks=args.eval_blocks, eval_tokens=features["test"]["input_ids"].numel(), corpus=CORPUS, machine=machine(),
+        eval_tokens=features["test"]["input_ids"].numel(), corpus=CORPUS, machine=machine(),
     )
 
 
@@ -245,10 +248,7 @@ def main(argv=None) -> None:
     done = done_cells(csv_path, CELL_KEY, EVAL_BLOCKS_OF_OLDER_ROWS)
     layers = min(args.layers or FULL_LAYERS, FULL_LAYERS)
     def key(seed, sparsity, method) -> tuple[str, ...]:  # a cell's CELL_KEY values, as the CSV holds them
-        values = dict(layers=layers, seed=seed, target_sparsity=sparsity, method=method,
-                      **mask_settings(method, args), structures=structures_label(args.structures),
-                      mask_steps=args.steps,
-                      finetune_steps=args.finetune_steps, batch_size=args.batch_size, eval_blocks=args.eval_blocks)
+        values = cell_values(args, layers, seed, sparsity, method)
         return tuple(str(values[column]) for column in CELL_KEY)
 
     cells = [(seed, sparsity, method) for seed in args.seeds for sparsity in args.sparsities
