@@ -94,6 +94,24 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
     assert all(abs(float(r["achieved_sparsity"]) - 0.5) < 0.02 for r in rows[7:])
     assert (tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_init_settle0.2_only-heads-ffn_0.5_s0").is_dir()
 
+    # the masks' plan and weights crossed with one-shot's: the "masks" pair is the cell itself again
+    import plan_vs_weights
+    pairs_csv = results / "plan_vs_weights.csv"
+    cell_args = args[:5] + ["faster"] + args[8:-2] + ["--structures", "ffn", "heads"]
+    plan_vs_weights.main(cell_args + ["--csv", str(pairs_csv)])
+    pairs = {r["pair"]: r for r in csv.DictReader(pairs_csv.open())}
+    masks_cell, oneshot_cell = rows[7], rows[8]
+    assert list(pairs) == list(plan_vs_weights.PAIRS)
+    for column in ("dev_before", "test_before", "dev_after", "test_after", "heads", "ffn"):
+        assert pairs["masks"][column] == masks_cell[column]
+    for pair in ("oneshot_units", "mask_ranks_oneshot_counts"):  # one-shot's counts, whoever ranks the units
+        assert (pairs[pair]["heads"], pairs[pair]["ffn"]) == (oneshot_cell["heads"], oneshot_cell["ffn"])
+    assert (pairs["masks_teacher_weights"]["heads"], pairs["masks_teacher_weights"]["ffn"]) == (
+        masks_cell["heads"], masks_cell["ffn"])
+    with pytest.raises(SystemExit):
+        plan_vs_weights.main(cell_args + ["--methods", "oneshot"])
+    assert "--methods: expected mask methods" in capsys.readouterr().err
+
     heads.main(["--teacher", str(tmp_path / "work" / "trec" / "teacher_s0.pt"), "--sentences", "16",
                 "--plan", str(tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_init_settle0.2_0.5_s0" / "plan.json"),
                 "--out", str(tmp_path)])

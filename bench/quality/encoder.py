@@ -20,6 +20,7 @@ prunes, the one-shot baseline included; the figures draw only the cells that pru
 """
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
-from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
+from study import (BUDGET_COLUMNS, FinetuneChoice, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
                    add_structures_argument, add_threads_argument, cell_folder, done_cells, fold_label, init_label,
                    kept_units, latencies, lr_label, machine, mask_plan, search_finetune_lr, settings_label,
                    start_settings, structures_label)
@@ -110,16 +111,42 @@ def teacher_state(args, task, seed, train_batches, labels, work: Path) -> dict:
     return model.state_dict()
 
 
-def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: Path) -> dict:
+@dataclass
+class PlanScore:
+    """Dev and test accuracy of a plan's masked model (``before``) and of its compacted, fine-tuned copy
+    (``after``); ``choice`` is the lr search's pick (the fine-tuned model, its rate, every rate's dev score)."""
+
+    before: dict
+    after: dict
+    choice: FinetuneChoice
+
+
+def score_plan(args, model, plan, feats, labels, teacher, seed: int, desc: str) -> PlanScore:
+    """Score ``plan`` on ``model`` as every study cell is scored: the masked model on dev and test, then the
+    compacted model after --finetune-steps of distillation from the teacher at each of --finetune-lrs, the rate
+    with the best dev accuracy kept (test never chooses)."""
     from vtrans_kernels.hf import compact, masked_by_plan
     from vtrans_kernels.prune.data import Batches
     from vtrans_kernels.prune.evaluate import evaluate
     from vtrans_kernels.prune.finetune import finetune
 
-    torch.manual_seed(seed)
-    model = fresh_model(labels, teacher, args.device)
     train = Batches(feats["train"], args.batch_size, seed=seed)
     evaluation = {k: Batches(feats[k], 64) for k in ("dev", "test")}
+    accuracy = lambda m, split: evaluate(m, evaluation[split], "classification")["accuracy"]  # noqa: E731
+    with masked_by_plan(model, plan):
+        before = {k: accuracy(model, k) for k in evaluation}
+    distill_from = fresh_model(labels, teacher, args.device).eval()
+    choice = search_finetune_lr(
+        compact(model, plan), args.finetune_lrs,
+        lambda small, lr: finetune(small, train, args.finetune_steps, lr=lr, teacher=distill_from, progress=True,
+                                   desc=f"{desc} fine-tune lr {lr:g}"),
+        lambda small: accuracy(small, "dev"), seed=seed)
+    return PlanScore(before, {k: accuracy(choice.model, k) for k in evaluation}, choice)
+
+
+def cell_masks(args, model, feats, seed: int, sparsity: float, method: str, work: Path):
+    """``(cell, masks)``: the ``CELL_KEY`` values of a cell and its plan (``study.MaskPlan``), the masks trained on
+    ``model`` (in place, for the variants that train weights) or replayed from the cell's checkpoint folder."""
     cell = cell_values(args, seed, sparsity, method)
     settings = settings_label(cell["log_sigma2_init"], cell["mask_start"], cell["settle_fraction"],
                               cell["size_count"], cell["warmup_fraction"], cell["structures"])
@@ -130,16 +157,16 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
                       fold_scales=not args.no_fold_scales, uniform=args.uniform, mask_start=args.mask_start,
                       settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
                       structures=tuple(args.structures))
-    with masked_by_plan(model, masks.plan):
-        before = {k: evaluate(model, b, "classification")["accuracy"] for k, b in evaluation.items()}
-    distill_from = fresh_model(labels, teacher, args.device).eval()
-    choice = search_finetune_lr(
-        compact(model, masks.plan), args.finetune_lrs,
-        lambda small, lr: finetune(small, train, args.finetune_steps, lr=lr, teacher=distill_from, progress=True,
-                                   desc=f"{method} {sparsity} fine-tune lr {lr:g}"),
-        lambda small: evaluate(small, evaluation["dev"], "classification")["accuracy"], seed=seed)
+    return cell, masks
+
+
+def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: Path) -> dict:
+    torch.manual_seed(seed)
+    model = fresh_model(labels, teacher, args.device)
+    cell, masks = cell_masks(args, model, feats, seed, sparsity, method, work)
+    scored = score_plan(args, model, masks.plan, feats, labels, teacher, seed, f"{method} {sparsity}")
+    before, after, choice = scored.before, scored.after, scored.choice
     small = choice.model
-    after = {k: evaluate(small, b, "classification")["accuracy"] for k, b in evaluation.items()}
     kept = kept_units(small, fresh_model(labels))
     probe = {k: v[:32] for k, v in feats["test"].items() if k != "labels"}
     return dict(
@@ -156,7 +183,8 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     )
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The driver's command line (bench/quality/plan_vs_weights.py adds to it to find the same cells)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("sentiment", "trec"), default="sentiment")
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
@@ -184,31 +212,52 @@ def main(argv=None) -> None:
     p.add_argument("--csv", default=None, help="default bench/results/quality/encoder_<task>.csv")
     add_structures_argument(p)
     add_threads_argument(p)
+    return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``p``'s arguments, checked, with the torch thread count set."""
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if any(lr <= 0 for lr in args.finetune_lrs) or len(set(args.finetune_lrs)) < len(args.finetune_lrs):
         p.error(f"--finetune-lrs: expected distinct positive learning rates, got {args.finetune_lrs}")
+    return args
 
+
+def task_features(args, work: Path) -> tuple[dict, int]:
+    """The task's tokenized train / dev / test splits and its label count."""
     from transformers import AutoTokenizer
 
-    from vtrans_kernels.prune.data import Batches, tokenize_classification
-    work = Path(args.work) / args.task
-    csv_path = Path(args.csv) if args.csv else RESULTS_DIR / "quality" / f"encoder_{args.task}.csv"
-    done = done_cells(csv_path, CELL_KEY)
+    from vtrans_kernels.prune.data import tokenize_classification
     data = task_data(args.task, work)
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     parts = dict(zip(("train", "dev", "test"), splits(data, args.split_seed)))
-    feats = {k: tokenize_classification(v, tokenizer, args.max_length) for k, v in parts.items()}
-    labels = len(data.label_names)
+    return {k: tokenize_classification(v, tokenizer, args.max_length) for k, v in parts.items()}, len(data.label_names)
+
+
+def seed_teacher(args, feats: dict, labels: int, seed: int, work: Path) -> dict:
+    """The cached (or freshly fine-tuned) teacher state of ``seed``."""
+    from vtrans_kernels.prune.data import Batches
+    return teacher_state(args, args.task, seed, Batches(feats["train"], args.batch_size, seed=seed + 100), labels,
+                         work)
+
+
+def main(argv=None) -> None:
+    from vtrans_kernels.prune.data import Batches
+    from vtrans_kernels.prune.evaluate import evaluate
+
+    args = parse_args(parser(), argv)
+    work = Path(args.work) / args.task
+    csv_path = Path(args.csv) if args.csv else RESULTS_DIR / "quality" / f"encoder_{args.task}.csv"
+    done = done_cells(csv_path, CELL_KEY)
+    feats, labels = task_features(args, work)
     for seed in args.seeds:
         pending = [(sparsity, method) for sparsity in args.sparsities for method in args.methods
                    if cell_key(args, seed, sparsity, method) not in done]
         if not pending:  # a finished seed needs neither its teacher nor the teacher's evaluation
             continue
-        teacher = teacher_state(args, args.task, seed, Batches(feats["train"], args.batch_size, seed=seed + 100),
-                                labels, work)
+        teacher = seed_teacher(args, feats, labels, seed, work)
         teacher_model = fresh_model(labels, teacher, args.device)
-        from vtrans_kernels.prune.evaluate import evaluate
         teacher_acc = {k: evaluate(teacher_model, Batches(feats[k], 64), "classification")["accuracy"]
                        for k in ("dev", "test")}
         print(f"teacher seed {seed}: dev {teacher_acc['dev']:.4f} test {teacher_acc['test']:.4f}")
