@@ -365,3 +365,24 @@ def test_decoder_figure_best_documented_settings(tmp_path):
     assert fig.axes[0].get_yscale() == "log" and _legend_outside(fig)
     assert "unpruned model (23.8)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]  # its own set
     assert figures.decoder_figures(rows, tmp_path) == [tmp_path / "decoder_lm.png"]
+
+
+def test_quenched_steps_are_part_of_a_cell_its_folder_and_its_label():
+    import argparse
+
+    import encoder
+    import summarize
+    from study import settings_label, start_settings
+
+    args = encoder.parser().parse_args([])
+    plain = start_settings("vib", args)
+    args.quench_fraction = 0.2
+    quenched = start_settings("vib", args)
+    assert (plain["quench_fraction"], quenched["quench_fraction"]) == ("", "0.2")
+    assert start_settings(None, args)["quench_fraction"] == ""  # the one-shot baseline trains no masks
+    assert encoder.cell_key(args, 0, 0.5, "vtrans") != encoder.cell_key(argparse.Namespace(
+        **{**vars(args), "quench_fraction": 0.0}), 0, 0.5, "vtrans")
+    label = lambda s: settings_label("-1.0", s["mask_start"], s["settle_fraction"], s["size_count"],  # noqa: E731
+                                     s["warmup_fraction"], "", s["quench_fraction"])
+    assert (label(plain), label(quenched)) == ("-1.0_init_settle0.2", "-1.0_init_settle0.2_quench0.2")
+    assert summarize.objective_label("vtrans", "init", "0.2", "", "", "", "0.2") == "vtrans [settle 0.2, quench 0.2]"

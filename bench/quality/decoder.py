@@ -46,7 +46,7 @@ METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
 MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction",
-                 "size_count", "warmup_fraction")
+                 "size_count", "warmup_fraction", "quench_fraction")
 CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + ("structures",) + BUDGET_COLUMNS + (
     "eval_blocks",)
 # rows from before the eval_blocks column: every held-out block was a full block of block_size tokens
@@ -160,7 +160,8 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
                       log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)),
                       hidden_distill=args.hidden_distill, mask_start=args.mask_start,
                       settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
-                      soft_count=args.soft_count, structures=tuple(args.structures))
+                      quench_fraction=args.quench_fraction, soft_count=args.soft_count,
+                      structures=tuple(args.structures))
     out.mkdir(parents=True, exist_ok=True)
     masks.plan.save(out / "plan.json")
     record = dict(mask_time_s=round(masks.seconds, 1), mask_resumed=masks.resumed,
@@ -183,7 +184,8 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
                                cell_folder(masks_work, args.steps, args.batch_size, method,
                                            settings_label(cell["log_sigma2_init"], cell["mask_start"],
                                                           cell["settle_fraction"], cell["size_count"],
-                                                          cell["warmup_fraction"], cell["structures"]),
+                                                          cell["warmup_fraction"], cell["structures"],
+                                                          cell["quench_fraction"]),
                                            sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)

@@ -77,9 +77,9 @@ def add_threads_argument(parser) -> None:
 
 
 def add_mask_start_arguments(parser) -> None:
-    """The drivers' --mask-start, --settle-fraction, --warmup-fraction and --soft-count options
-    (``PruneConfig.mask_start``, ``settle_fraction``, ``warmup_fraction`` and the VIB size count, the same
-    defaults)."""
+    """The drivers' --mask-start, --settle-fraction, --warmup-fraction, --quench-fraction and --soft-count options
+    (``PruneConfig.mask_start``, ``settle_fraction``, ``warmup_fraction``, ``quench_fraction`` and the VIB size
+    count, the same defaults)."""
     from vtrans_kernels.prune import PruneConfig
     from vtrans_kernels.prune.config import MASK_STARTS
 
@@ -90,6 +90,9 @@ def add_mask_start_arguments(parser) -> None:
     parser.add_argument("--warmup-fraction", type=float, default=PruneConfig.warmup_fraction,
                         help="fraction of mask steps over which the target ramps up from the masks' start "
                              "(PruneConfig.warmup_fraction; with the settling steps at most the whole run)")
+    parser.add_argument("--quench-fraction", type=float, default=PruneConfig.quench_fraction,
+                        help="last fraction of mask steps (at most --settle-fraction) whose gates have no noise, so "
+                             "the weights train in the model the plan compacts to (PruneConfig.quench_fraction)")
     parser.add_argument("--soft-count", action="store_true",
                         help="VIB masks: the Lagrangian sees DESIGN's soft count sigmoid(10 log SNR), not the "
                              "straight-through count (PRUNING_MASK_INIT straight_through None)")
@@ -99,15 +102,17 @@ def start_settings(mask_method: str | None, args) -> dict:
     """A cell's ``mask_start``, ``settle_fraction``, ``size_count`` and ``warmup_fraction`` columns as the CSV
     holds them: "" for the one-shot baseline, which trains no masks (and in rows from before masks could start
     from the one-shot plan or settle); ``size_count`` is "soft" for VIB cells run with --soft-count, "" for the
-    default count; ``warmup_fraction`` is "" at the default ramp (as in the rows from before it was an option)."""
+    default count; ``warmup_fraction`` is "" at the default ramp (as in the rows from before it was an option),
+    ``quench_fraction`` "" without quenched steps (likewise)."""
     from vtrans_kernels.prune import PruneConfig
 
     if mask_method is None:
-        return {"mask_start": "", "settle_fraction": "", "size_count": "", "warmup_fraction": ""}
-    warmup = float(args.warmup_fraction)
+        return {"mask_start": "", "settle_fraction": "", "size_count": "", "warmup_fraction": "", "quench_fraction": ""}
+    warmup, quench = float(args.warmup_fraction), float(args.quench_fraction)
     return {"mask_start": args.mask_start, "settle_fraction": str(float(args.settle_fraction)),
             "size_count": "soft" if args.soft_count and mask_method == "vib" else "",
-            "warmup_fraction": "" if warmup == PruneConfig.warmup_fraction else str(warmup)}
+            "warmup_fraction": "" if warmup == PruneConfig.warmup_fraction else str(warmup),
+            "quench_fraction": "" if quench == PruneConfig.quench_fraction else str(quench)}
 
 
 def add_structures_argument(parser) -> None:
@@ -129,18 +134,20 @@ def structures_label(structures) -> str:
 
 
 def settings_label(init: str, mask_start: str, settle_fraction: str, size_count: str = "",
-                   warmup_fraction: str = "", structures: str = "") -> str:
+                   warmup_fraction: str = "", structures: str = "", quench_fraction: str = "") -> str:
     """The part of a mask cell's folder name that ``cell_folder`` takes as ``init``: the VIB init, the start, the
-    settling, a non-default size count, a non-default ramp and a subset of the structures
+    settling, a non-default size count, a non-default ramp, quenched steps and a subset of the structures
     (``-1.0_oneshot_settle0.2``, ``-1.0_init_settle0.2_soft``, ``-1.0_init_settle0.2_warm0.8``,
-    ``-1.0_init_settle0.2_only-heads-ffn``), so cells of another objective never resume each other's
-    checkpoints; just ``init`` and the structures when ``mask_start`` is "" (rows of the older objective, and the
+    ``-1.0_init_settle0.2_quench0.2``, ``-1.0_init_settle0.2_only-heads-ffn``), so cells of another objective never
+    resume each other's checkpoints; just ``init`` and the structures when ``mask_start`` is "" (rows of the older objective, and the
     one-shot baseline, whose cached plan depends on the structures too)."""
     only = f"_only-{structures.replace(' ', '-')}" if structures else ""
     if not mask_start:
         return init + only
     return (f"{init}_{mask_start}_settle{settle_fraction}" + (f"_{size_count}" if size_count else "")
-            + (f"_warm{warmup_fraction}" if warmup_fraction else "") + only)
+            + (f"_warm{warmup_fraction}" if warmup_fraction else "")
+            + (f"_quench{quench_fraction}" if quench_fraction else "")
+            + only)
 
 
 def cell_folder(work: Path, mask_steps: int, batch_size: int, method: str, init: str, sparsity: float,

@@ -75,15 +75,16 @@ def _optional_mean(group: list[dict], key: str, digits: int) -> str:
 
 
 def objective_label(method: str, start: str, settle: str, size_count: str, warmup: str = "",
-                    structures: str = "") -> str:
+                    structures: str = "", quench: str = "") -> str:
     """A table's method label: rows of the objective that settles on the target (``start`` set; they may start
     from the one-shot plan, VIB rows may use DESIGN's soft size count, and the target may ramp over another
-    fraction of the steps) say so in brackets; rows that prune a subset of the structures (any method) say which
+    fraction of the steps, or quench the gate noise in the last ones) say so in brackets; rows that prune a subset of the structures (any method) say which
     in parentheses."""
     label = method
     if start:
         label += (f" [{'one-shot start, ' if start == 'oneshot' else ''}settle {settle}"
-                  f"{', soft count' if size_count else ''}{f', warm-up {warmup}' if warmup else ''}]")
+                  f"{', soft count' if size_count else ''}{f', warm-up {warmup}' if warmup else ''}"
+                  f"{f', quench {quench}' if quench else ''}]")
     return label + (f" (prunes {structures} only)" if structures else "")
 
 
@@ -94,10 +95,11 @@ def summarize(paths: list[Path]) -> str:
     lines = []
     # budgets, VIB initialisations, scale folding and learning-rate grids never mix in a line
     keys = ("task", "target_sparsity", "method", "log_sigma2_init", "fold_scales", "finetune_lrs", "mask_steps",
-            "finetune_steps", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures")
-    for (task, target, method, init, fold, lrs, _, _, start, settle, count, warmup, structures), group in \
+            "finetune_steps", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures",
+            "quench_fraction")
+    for (task, target, method, init, fold, lrs, _, _, start, settle, count, warmup, structures, quench), group in \
             _groups(rows, keys).items():
-        method = objective_label(method, start, settle, count, warmup, structures)
+        method = objective_label(method, start, settle, count, warmup, structures, quench)
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         chosen = ", ".join(sorted({r["finetune_lr"] for r in group}, key=float))
         lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {_yes_no(fold)} "
@@ -127,10 +129,10 @@ def summarize_decoder(path: Path) -> str:
     lines = []
     keys = ("layers", "eval_tokens", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_lr",
             "fold_scales", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures",
-            "mask_steps", "finetune_steps", "batch_size")
-    for (layers, tokens, target, method, init, hidden, lr, fold, start, settle, count, warmup, structures, *_), \
-            group in _groups(rows, keys).items():
-        method = objective_label(method, start, settle, count, warmup, structures)
+            "quench_fraction", "mask_steps", "finetune_steps", "batch_size")
+    for (layers, tokens, target, method, init, hidden, lr, fold, start, settle, count, warmup, structures, quench,
+         *_), group in _groups(rows, keys).items():
+        method = objective_label(method, start, settle, count, warmup, structures, quench)
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {layers} | {tokens} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
                      f"| {lr if lr != '' else '-'} | {_yes_no(fold)} "

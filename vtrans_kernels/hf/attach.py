@@ -107,6 +107,10 @@ class _MaskGates(GateSource):
     def __init__(self, masks: ModelMasks):
         self.masks = masks
 
+    def _sampled(self, training: bool) -> bool:
+        """Whether the gates are drawn: in a training forward, unless the masks' noise is off (quenched)."""
+        return training and self.masks.noise
+
     def active(self):
         return self.masks.enabled
 
@@ -114,9 +118,11 @@ class _MaskGates(GateSource):
         return self.masks.hidden is not None
 
     def hidden_gate(self, x, training):
+        training = self._sampled(training)
         return self.masks.hidden.gate_last_dim(x, self.masks.site_seed(0), training)
 
     def hidden_keep(self, training):
+        training = self._sampled(training)
         hidden = self.masks.hidden
         return hidden.training_keep(self.masks.site_seed(0)) if training else hidden.keep()
 
@@ -135,19 +141,23 @@ class _MaskGates(GateSource):
         return mask, seed, removed
 
     def gate_units(self, kind, layer, x, width, training):
+        training = self._sampled(training)
         mask, seed, removed = self._unit_mask(kind, layer, training)
         if width == 1:
             return mask.gate_last_dim(x, seed, training), removed
         return gate_blocks(x, mask.unit_gates(x.numel() // x.shape[-1], seed, training), width), removed
 
     def hidden_gate_kwargs(self, training):
+        training = self._sampled(training)
         return self.masks.hidden.fused_gate(self.masks.site_seed(0), training)
 
     def unit_gate(self, kind, layer, rows, training):
+        training = self._sampled(training)
         mask, seed, removed = self._unit_mask(kind, layer, training)
         return mask.unit_gates(rows, seed, training), removed
 
     def unit_gate_kwargs(self, kind, layer, training):
+        training = self._sampled(training)
         mask, seed, removed = self._unit_mask(kind, layer, training)
         return mask.fused_gate(seed, training), removed
 

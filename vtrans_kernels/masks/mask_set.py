@@ -64,6 +64,7 @@ class MaskSet(nn.Module):
         self.ffn = nn.ModuleList(make(f) for f in spec.ffn_per_layer) if "ffn" in structures else None
         self.register_buffer("steps_drawn", torch.zeros((), dtype=torch.int64))
         self.enabled = True
+        self.noise = True  # False: training forwards use the deterministic gates too (PruneConfig.quench_fraction)
         self.step_seed = mix_seed(self.seed, 0)
 
     # ---- noise ------------------------------------------------------------------------------------------

@@ -99,6 +99,7 @@ class Pruner:
             groups.append({"params": list(model.parameters()), "lr": config.weight_lr, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups)
         self.step = 0
+        self._quench()
 
     def restart_ramp(self) -> None:
         """Start the target ramp at the masks' present expected sparsity (capped at the target): called at
@@ -201,6 +202,11 @@ class Pruner:
         if self.step > self.config.steps - self.config.settle_steps:
             self.unheld_sparsity = self.masks.sparsity(self.measure)
             self.masks.hold(self.measure, self.lagrangian.target_at(self.step))
+        self._quench()
+
+    def _quench(self) -> None:
+        """Gate noise off for the forwards of the last ``quench_steps`` steps (on from the step the count reaches)."""
+        self.masks.noise = self.step < self.config.steps - self.config.quench_steps
 
     def _reset_lambda1(self) -> None:
         """Anti-windup: lambda1 integrates the gap while the masks are short of the target, and Adam moves every
@@ -290,6 +296,7 @@ class Pruner:
                              f"has {self.dist.world}; resume with the same world size")
         self.step = int(state["step"])
         self.masks.load_state_dict(state["masks"])
+        self._quench()
         # checkpoints from before the anti-windup have no "side": the run resumes as if the masks were below target
         self.lagrangian.load_state_dict({"side": torch.zeros_like(self.lagrangian.side), **state["lagrangian"]})
         self.lagrangian.initial = float(state["lagrangian_initial"])
