@@ -56,3 +56,13 @@ def test_quench_fraction_is_checked():
     with pytest.raises(ValueError, match="quench_fraction: expected a value in"):
         PruneConfig(quench_fraction=-0.1)
     assert PruneConfig(steps=150, settle_fraction=0.2, quench_fraction=0.2).quench_steps == 30
+
+
+def test_a_checkpoint_from_before_the_setting_resumes_at_its_default():
+    """Records written before quench_fraction existed lack it: they ran as its default does, and only that resumes."""
+    from vtrans_kernels.prune.identity import check_same_run, mask_settings
+
+    older = {k: v for k, v in mask_settings(PruneConfig()).items() if k != "settings.quench_fraction"}
+    check_same_run(older, mask_settings(PruneConfig()), "old.pt")
+    with pytest.raises(ValueError, match=r"settings.quench_fraction: 0.0 \(checkpoint\) vs 0.2 \(this run\)"):
+        check_same_run(older, mask_settings(PruneConfig(quench_fraction=0.2)), "old.pt")

@@ -125,13 +125,20 @@ def _normalise(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def _with_later_defaults(record: dict) -> dict:
+    """``record`` with every setting it lacks at ``PruneConfig``'s default: a record written before a setting
+    existed ran as its default does (a new setting defaults to the old behaviour)."""
+    defaults = {f"settings.{k}": v for k, v in PruneConfig().to_dict().items()}
+    return {**{k: v for k, v in defaults.items() if k not in record}, **record}
+
+
 def check_same_run(saved: dict | None, current: dict, where: str) -> None:
     """Raise ``ValueError`` naming every entry where the run record ``saved`` (from a checkpoint at ``where``)
     differs from ``current``; a checkpoint without a record is refused too."""
     if saved is None:
         raise ValueError(f"resume: {where} has no record of the model, data and settings it was made with (written "
                          "by an older vtrans-kernels); start a new run (--overwrite)")
-    diff = differences(_mask_entries(saved), _mask_entries(current))
+    diff = differences(_mask_entries(_with_later_defaults(saved)), _mask_entries(current))
     if diff:
         raise ValueError(f"resume: {where} belongs to another run; what differs: " + "; ".join(diff)
                          + ". Resume with the same model, data and settings, or start a new run (--overwrite)")
