@@ -3,10 +3,10 @@ differs, and accepts one that differs only in what happens after the masks are t
 import pytest
 import torch
 from tiny_models import build
-from tiny_text import rows, tokenizer
+from tiny_text import classification_features
 
 from vtrans_kernels.prune import PruneConfig, run_pruning
-from vtrans_kernels.prune.data import Batches, TextData, tokenize_classification
+from vtrans_kernels.prune.data import Batches
 from vtrans_kernels.prune.identity import check_same_run, mask_settings
 
 CONFIG = PruneConfig(steps=2, batch_size=8, checkpoint_every=1)
@@ -14,9 +14,7 @@ CONFIG = PruneConfig(steps=2, batch_size=8, checkpoint_every=1)
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    data = rows(40)
-    text = TextData([r["text"] for r in data], [int(r["label"] == "pos") for r in data], ["neg", "pos"])
-    return tokenize_classification(text, tokenizer(tmp_path_factory.mktemp("tok")), 12)
+    return classification_features(tmp_path_factory.mktemp("tok"), 40, 12)
 
 
 def _model(nudge=0.0):

@@ -149,17 +149,13 @@ def test_a_table_missing_widths_is_refused(tmp_path):
 
 # ---- through PruneConfig and the Pruner -------------------------------------------------------------------
 def _features():
-    from tiny_text import rows, tokenizer
-
-    from vtrans_kernels.prune.data import TextData, tokenize_classification
-
     import tempfile
     from pathlib import Path
 
-    data = rows(64)
-    text = TextData([r["text"] for r in data], [int(r["label"] == "pos") for r in data], ["neg", "pos"])
+    from tiny_text import classification_features
+
     with tempfile.TemporaryDirectory() as folder:
-        return tokenize_classification(text, tokenizer(Path(folder)), 16)
+        return classification_features(Path(folder), 64)
 
 
 def _classifier():

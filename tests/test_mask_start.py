@@ -3,20 +3,17 @@ import pytest
 import torch
 
 from tiny_models import build
-from tiny_text import rows, tokenizer
+from tiny_text import classification_features
 from vtrans_kernels.masks import HardConcreteMask, VIBMask
 from vtrans_kernels.prune import PruneConfig, Pruner, run_pruning
 from vtrans_kernels.prune.calibration import LOG_ODDS_LIMIT, LOG_ODDS_MARGIN, plan_log_odds, start_from_calibration
-from vtrans_kernels.prune.data import Batches, TextData, tokenize_classification
+from vtrans_kernels.prune.data import Batches
 from vtrans_kernels.prune.oneshot import oneshot_plan
 
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    tok = tokenizer(tmp_path_factory.mktemp("tok"))
-    data = rows(64)
-    text = TextData([r["text"] for r in data], [int(r["label"] == "pos") for r in data], ["neg", "pos"])
-    return tokenize_classification(text, tok, 16)
+    return classification_features(tmp_path_factory.mktemp("tok"), 64)
 
 
 def _kept(keep: torch.Tensor) -> list[int]:

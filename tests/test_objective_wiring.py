@@ -1,20 +1,17 @@
 """How the pruner wires the objective together: which dims, step, teacher and weights each term sees."""
 import pytest
 import torch
-from tiny_text import rows, tokenizer
+from tiny_text import classification_features
 
 import vtrans_kernels.prune.pruner as pruner_module
 from tiny_models import build
 from vtrans_kernels.prune import PruneConfig, Pruner
-from vtrans_kernels.prune.data import Batches, TextData, tokenize_classification
+from vtrans_kernels.prune.data import Batches
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
-    tok = tokenizer(tmp_path_factory.mktemp("tok"))
-    data = rows(16)
-    text = TextData([r["text"] for r in data], [int(r["label"] == "pos") for r in data], ["neg", "pos"])
-    return Batches(tokenize_classification(text, tok, 16), 8).batch(0)
+    return Batches(classification_features(tmp_path_factory.mktemp("tok"), 16), 8).batch(0)
 
 
 def _pruner(variant="faster", **settings):

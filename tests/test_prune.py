@@ -6,21 +6,18 @@ import torch
 
 import vtrans_kernels as vk
 from tiny_models import build
-from tiny_text import rows, tokenizer
+from tiny_text import classification_features, rows, tokenizer
 from vtrans_kernels.hf import adapter_for, compact
 from vtrans_kernels.masks import SizeMeasure
 from vtrans_kernels.prune import NonFiniteLossError, PruneConfig, Pruner, run_pruning
 from vtrans_kernels.prune.checkpoint import load_checkpoint
-from vtrans_kernels.prune.data import Batches, TextData, tokenize_classification, tokenize_lm
+from vtrans_kernels.prune.data import Batches, TextData, tokenize_lm
 from vtrans_kernels.prune.oneshot import oneshot_plan
 
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    tok = tokenizer(tmp_path_factory.mktemp("tok"))
-    data = rows(96)
-    text = TextData([r["text"] for r in data], [int(r["label"] == "pos") for r in data], ["neg", "pos"])
-    return tokenize_classification(text, tok, 16)
+    return classification_features(tmp_path_factory.mktemp("tok"), 96)
 
 
 def _model(name="bert", labels=2):

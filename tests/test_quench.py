@@ -4,17 +4,14 @@ import pytest
 import torch
 
 from tiny_models import build
-from tiny_text import rows, tokenizer
+from tiny_text import classification_features
 from vtrans_kernels.prune import PruneConfig, Pruner
-from vtrans_kernels.prune.data import Batches, TextData, tokenize_classification
+from vtrans_kernels.prune.data import Batches
 
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    tok = tokenizer(tmp_path_factory.mktemp("tok"))
-    data = rows(48)
-    text = TextData([r["text"] for r in data], [int(r["label"] == "pos") for r in data], ["neg", "pos"])
-    return tokenize_classification(text, tok, 16)
+    return classification_features(tmp_path_factory.mktemp("tok"), 48)
 
 
 def _logits(model, inputs: dict, training: bool) -> torch.Tensor:

@@ -53,3 +53,13 @@ def model_folder(folder: Path, name: str = "bert") -> Path:
     model.save_pretrained(folder)
     tokenizer(folder).save_pretrained(folder)
     return folder
+
+
+def classification_features(folder: Path, count: int, length: int = 16) -> dict:
+    """``rows(count)`` as tokenized classification features (label 1 for "pos"), by a tokenizer written to
+    ``folder``."""
+    from vtrans_kernels.prune.data import TextData, tokenize_classification
+
+    data = rows(count)
+    text = TextData([r["text"] for r in data], [int(r["label"] == "pos") for r in data], ["neg", "pos"])
+    return tokenize_classification(text, tokenizer(folder), length)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench"), str(ROOT / "bench" / "quality")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import encoder  # noqa: E402
-from study import lr_label, machine  # noqa: E402
+from study import kept_units, lr_label, machine  # noqa: E402
 
 PAIRS = ("masks", "oneshot_units", "mask_ranks_oneshot_counts", "masks_teacher_weights")
 
@@ -88,7 +88,7 @@ def main(argv=None) -> None:
                     row = dict(task=args.task, **cell, pair=pair,
                                dev_before=round(scored.before["dev"], 4), test_before=round(scored.before["test"], 4),
                                dev_after=round(scored.after["dev"], 4), test_after=round(scored.after["test"], 4),
-                               **encoder.kept_units(scored.choice.model, encoder.fresh_model(labels)),
+                               **kept_units(scored.choice.model, encoder.fresh_model(labels)),
                                finetune_lr=lr_label([scored.choice.lr]), dev_by_lr=scored.choice.scores_label(),
                                machine=machine())
                     append_rows(Path(args.csv), [{**environment(args.device), **row}])
