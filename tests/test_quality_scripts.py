@@ -386,3 +386,47 @@ def test_quenched_steps_are_part_of_a_cell_its_folder_and_its_label():
                                      s["warmup_fraction"], "", s["quench_fraction"])
     assert (label(plain), label(quenched)) == ("-1.0_init_settle0.2", "-1.0_init_settle0.2_quench0.2")
     assert summarize.objective_label("vtrans", "init", "0.2", "", "", "", "0.2") == "vtrans [settle 0.2, quench 0.2]"
+
+
+def test_compact_original_is_a_cell_of_its_own_on_the_same_masks(monkeypatch, tmp_path):
+    """--compact-original keys its own row, trains (or replays) the masks of the same folder with
+    compact_from='original', and scores the plan on the pruner's weights from before mask training."""
+    import argparse
+
+    import encoder
+    from study import MaskPlan
+
+    args = encoder.parser().parse_args([])
+    original_args = argparse.Namespace(**{**vars(args), "compact_original": True})
+    trained, original = (encoder.cell_values(a, 0, 0.5, "vtrans") for a in (args, original_args))
+    assert (trained["compact_from"], trained["fold_scales"]) == ("", "True")
+    assert (original["compact_from"], original["fold_scales"]) == ("original", "False")
+    assert encoder.cell_values(original_args, 0, 0.5, "oneshot")["compact_from"] == ""  # no masks, no choice
+    calls = []
+    monkeypatch.setattr(encoder, "mask_plan", lambda model, train, method, sparsity, folder, **config: calls.append(
+        (folder, config)))
+    for a in (args, original_args):
+        encoder.cell_masks(a, None, {"train": None}, 0, 0.5, "vtrans", tmp_path)
+    (trained_folder, trained_config), (original_folder, original_config) = calls
+    assert trained_folder == original_folder  # the same masks: compact_from acts after mask training
+    assert (trained_config["compact_from"], trained_config["fold_scales"]) == ("trained", True)
+    assert (original_config["compact_from"], original_config["fold_scales"]) == ("original", False)
+
+    class Scored(Exception):
+        pass
+
+    class FinishedPruner:
+        def compaction_model(self):
+            return "weights before mask training"
+
+    def score_plan(args, model, *rest):
+        raise Scored(model)
+
+    monkeypatch.setattr(encoder, "fresh_model", lambda *a, **k: "trained weights")
+    monkeypatch.setattr(encoder, "cell_masks", lambda *a: ({}, MaskPlan(None, 0.0, pruner=FinishedPruner())))
+    monkeypatch.setattr(encoder, "score_plan", score_plan)
+    with pytest.raises(Scored, match="weights before mask training"):
+        encoder.run_cell(original_args, "sentiment", 0, 0.5, "vtrans", {}, 2, None, tmp_path)
+    monkeypatch.setattr(encoder, "cell_masks", lambda *a: ({}, MaskPlan(None, 0.0)))  # the one-shot baseline
+    with pytest.raises(Scored, match="trained weights"):
+        encoder.run_cell(args, "sentiment", 0, 0.5, "oneshot", {}, 2, None, tmp_path)

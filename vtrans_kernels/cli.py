@@ -178,7 +178,8 @@ def _prune(args) -> int:
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
         round_to=args.round_to, uniform=args.uniform, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
-        fold_scales=not args.no_fold_scales, checkpoint_every=args.checkpoint_every,
+        fold_scales=not (args.no_fold_scales or args.compact_from == "original"), compact_from=args.compact_from,
+        checkpoint_every=args.checkpoint_every,
         bias_compensation=args.bias_compensation, calibration_batches=args.calibration_batches,
         mask_init=vib_mask_init(args.method, args.log_sigma2_init), mask_start=args.mask_start)
     check_not_input(args.out, {"--model": args.model, "--data": args.data})
@@ -294,6 +295,9 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--no-fold-scales", action="store_true",
                    help="keep the chosen units at their original weights instead of folding the masks' learned "
                         "gate values into them (PruneConfig.fold_scales)")
+    p.add_argument("--compact-from", choices=("trained", "original"), default="trained",
+                   help="original: compact the input model's weights (before mask training) with the masks' units "
+                        "and no scales, then fine-tune (variants vtrans and fast; implies --no-fold-scales)")
     p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
     p.add_argument("--bias-compensation", action="store_true",
                    help="fold the mean contribution of each sublayer's removed units (measured on training batches) "

@@ -30,8 +30,9 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
-from study import (BUDGET_COLUMNS, FinetuneChoice, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
-                   add_structures_argument, add_threads_argument, cell_folder, done_cells, fold_label, init_label,
+from study import (BUDGET_COLUMNS, FinetuneChoice, add_compact_original_argument,  # noqa: E402
+                   add_fold_scales_argument, add_mask_start_arguments, add_structures_argument, add_threads_argument,
+                   cell_folder, compact_label, done_cells, fold_label, init_label,
                    kept_units, latencies, lr_label, machine, mask_plan, search_finetune_lr, settings_label,
                    start_settings, structures_label)
 
@@ -48,7 +49,7 @@ FINETUNE_LRS = (5e-5, 1e-4, 2e-4)
 # What makes a cell: a run that differs in any of these trains its own cell instead of skipping it as done.
 CELL_KEY = ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS + (
     "finetune_lrs", "uniform", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures",
-    "quench_fraction")
+    "quench_fraction", "compact_from")
 
 
 def method_steps(args, method: str) -> int:
@@ -61,7 +62,8 @@ def cell_values(args, seed: int, sparsity: float, method: str) -> dict:
     mask_method = METHODS[method][0]
     return dict(seed=seed, target_sparsity=sparsity, method=method,
                 log_sigma2_init=init_label(mask_method, args.log_sigma2_init),
-                fold_scales=fold_label(mask_method, not args.no_fold_scales), mask_steps=method_steps(args, method),
+                fold_scales=fold_label(mask_method, not (args.no_fold_scales or args.compact_original)),
+                compact_from=compact_label(mask_method, args.compact_original), mask_steps=method_steps(args, method),
                 finetune_steps=args.finetune_steps, batch_size=args.batch_size,
                 finetune_lrs=lr_label(args.finetune_lrs),
                 uniform="True" if args.uniform and mask_method is not None else "",
@@ -147,7 +149,9 @@ def score_plan(args, model, plan, feats, labels, teacher, seed: int, desc: str) 
 
 def cell_masks(args, model, feats, seed: int, sparsity: float, method: str, work: Path):
     """``(cell, masks)``: the ``CELL_KEY`` values of a cell and its plan (``study.MaskPlan``), the masks trained on
-    ``model`` (in place, for the variants that train weights) or replayed from the cell's checkpoint folder."""
+    ``model`` (in place, for the variants that train weights) or replayed from the cell's checkpoint folder.
+    The plan compacts ``masks.pruner.compaction_model()`` (``model``, or its weights from before mask training
+    with --compact-original); the one-shot baseline's compacts ``model``."""
     cell = cell_values(args, seed, sparsity, method)
     settings = settings_label(cell["log_sigma2_init"], cell["mask_start"], cell["settle_fraction"],
                               cell["size_count"], cell["warmup_fraction"], cell["structures"], cell["quench_fraction"])
@@ -155,7 +159,8 @@ def cell_masks(args, model, feats, seed: int, sparsity: float, method: str, work
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init, soft_count=args.soft_count,
-                      fold_scales=not args.no_fold_scales, uniform=args.uniform, mask_start=args.mask_start,
+                      fold_scales=not (args.no_fold_scales or args.compact_original),
+                      compact_from="original" if args.compact_original else "trained", uniform=args.uniform, mask_start=args.mask_start,
                       settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
                       quench_fraction=args.quench_fraction, structures=tuple(args.structures))
     return cell, masks
@@ -165,7 +170,8 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
     torch.manual_seed(seed)
     model = fresh_model(labels, teacher, args.device)
     cell, masks = cell_masks(args, model, feats, seed, sparsity, method, work)
-    scored = score_plan(args, model, masks.plan, feats, labels, teacher, seed, f"{method} {sparsity}")
+    source = model if masks.pruner is None else masks.pruner.compaction_model()
+    scored = score_plan(args, source, masks.plan, feats, labels, teacher, seed, f"{method} {sparsity}")
     before, after, choice = scored.before, scored.after, scored.choice
     small = choice.model
     kept = kept_units(small, fresh_model(labels))
@@ -203,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
     add_mask_start_arguments(p)
     add_fold_scales_argument(p)
+    add_compact_original_argument(p)
     p.add_argument("--uniform", action="store_true",
                    help="plans keep the same heads and FFN width in every layer (PruneConfig.uniform; mask methods "
                         "only); replays the masks of the non-uniform cell when they exist")

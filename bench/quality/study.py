@@ -57,6 +57,20 @@ def add_fold_scales_argument(parser) -> None:
                              "(PruneConfig.fold_scales); replays the masks of the folded cell when they exist")
 
 
+def compact_label(mask_method: str | None, original: bool) -> str:
+    """"original" for a mask cell compacted from the weights before mask training (``PruneConfig.compact_from``),
+    "" otherwise (so the rows written before the column existed keep their keys)."""
+    return "original" if original and mask_method is not None else ""
+
+
+def add_compact_original_argument(parser) -> None:
+    """The drivers' --compact-original flag (``PruneConfig.compact_from="original"``, no scales)."""
+    parser.add_argument("--compact-original", action="store_true",
+                        help="compact the weights from before mask training with the masks' units and no scales "
+                             "(PruneConfig.compact_from='original'; methods that train weights); replays the masks "
+                             "of the cell compacted from its trained weights when they exist")
+
+
 def positive_threads(text: str) -> int:
     """argparse type of --threads: a whole number of at least 1."""
     error = argparse.ArgumentTypeError(f"--threads expects a whole number >= 1, got {text!r}")

@@ -96,10 +96,12 @@ def summarize(paths: list[Path]) -> str:
     # budgets, VIB initialisations, scale folding and learning-rate grids never mix in a line
     keys = ("task", "target_sparsity", "method", "log_sigma2_init", "fold_scales", "finetune_lrs", "mask_steps",
             "finetune_steps", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures",
-            "quench_fraction")
-    for (task, target, method, init, fold, lrs, _, _, start, settle, count, warmup, structures, quench), group in \
-            _groups(rows, keys).items():
+            "quench_fraction", "compact_from")
+    for (task, target, method, init, fold, lrs, _, _, start, settle, count, warmup, structures, quench, source), \
+            group in _groups(rows, keys).items():
         method = objective_label(method, start, settle, count, warmup, structures, quench)
+        if source == "original":
+            method += ", its units compacted from the weights before mask training"
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         chosen = ", ".join(sorted({r["finetune_lr"] for r in group}, key=float))
         lines.append(f"| {task} | {target} | {method} | {init if init != '' else '-'} | {_yes_no(fold)} "

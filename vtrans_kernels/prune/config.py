@@ -24,6 +24,7 @@ DEFAULT_SUBSET = {"vtrans": 1.0, "fast": 0.03, "faster": 0.03}
 # sentiment, Faster, target 0.9, from -1, with the fine-tuned teacher: the straight-through count reached 0.90 at
 # step 70 (then, without anti-windup, overshot to 0.96 by step 150; with it, stayed within 0.015).
 MASK_STARTS = ("init", "oneshot")
+COMPACT_SOURCES = ("trained", "original")
 PRUNING_MASK_INIT = {"vib": {"log_sigma2": -1.0, "straight_through": 1.0}, "hard_concrete": {}}
 
 
@@ -74,6 +75,12 @@ class PruneConfig:
     can express (multiples of ``round_to``), so the compacted model loads with plain ``from_pretrained``.
     Masks trained on frozen weights learn ``mu`` as a free per-unit gain under
     heavy gate noise, and folded in it can cost more than the pruning itself (bench/results/quality).
+    ``compact_from`` "original" compacts the weights the model had before mask training (the pruner keeps a
+    copy) with the masks' units and no scales (``fold_scales`` must then be False: the scales were learned with
+    the trained weights); "trained" (default) compacts the weights mask training left. For the variants that
+    train weights only: the masks choose the units, the original weights carry them into the fine-tune. On
+    MiniLM sentiment (heads and FFN, 3 seeds, bench/results/quality/findings.md) the original weights fine-tuned
+    better than VTrans' own in 6 of 6 seed-sparsity pairs on dev (+0.5 points at 50%, +0.8 at 70%).
     ``bias_compensation`` folds the mean contribution of each sublayer's removed units, measured on
     ``calibration_batches`` training batches, into its output bias before compaction
     (:func:`vtrans_kernels.hf.compensate_plan`; skipped, with a warning, where the config has no bias option).
@@ -116,6 +123,7 @@ class PruneConfig:
     hidden_distill_weight: float = 1.0
     hidden_distill: str = "mse"
     fold_scales: bool = True
+    compact_from: str = "trained"
     round_to: int = 1
     uniform: bool = False
     bias_compensation: bool = False
@@ -161,10 +169,23 @@ class PruneConfig:
         for name in ("fold_scales", "uniform", "bias_compensation"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        self._compact_source()
         if self.mask_start not in MASK_STARTS:
             raise ValueError(f"mask_start: expected one of {MASK_STARTS}, got {self.mask_start!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
+
+    def _compact_source(self) -> None:
+        """``compact_from``: a known source; "original" only where the weights train, and without scales."""
+        if self.compact_from not in COMPACT_SOURCES:
+            raise ValueError(f"compact_from: expected one of {COMPACT_SOURCES}, got {self.compact_from!r}")
+        if self.compact_from == "original":
+            if not self.trains_weights:
+                raise ValueError("compact_from: 'original' needs a variant that trains weights ('vtrans' or "
+                                 f"'fast'); {self.variant!r} leaves them as they were, so there is nothing to choose")
+            if self.fold_scales:
+                raise ValueError("fold_scales: expected False with compact_from='original' (the masks' scales were "
+                                 "learned with the trained weights; the original weights take the units alone)")
 
     def _latency_settings(self) -> None:
         """With target "latency": the sparsity of the speedup, an existing table, widths left to the table."""

@@ -15,7 +15,7 @@ from .config import PruneConfig
 # to resume, but for ``calibration_batches``, which shapes the masks only when they start from the one-shot plan
 # (``mask_start`` "oneshot"; otherwise only bias compensation reads it).
 AFTER_MASKS = ("log_every", "checkpoint_every", "finetune_steps", "round_to", "fold_scales", "uniform",
-               "bias_compensation")
+               "bias_compensation", "compact_from")
 # Config entries that vary between copies of the same model (where it was loaded from, library versions).
 _VOLATILE_CONFIG = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
                     "_attn_implementation_autoset", "attn_implementation", "_commit_hash")

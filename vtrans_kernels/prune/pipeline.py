@@ -106,11 +106,13 @@ def prune_pipeline(model: nn.Module, tokenizer, data: TextData, config: PruneCon
         model = reload()
         if options.teacher_steps:
             _load_teacher(model, out)
+    else:
+        model = pruner.compaction_model()  # the original weights with compact_from="original"
     calibration = None
     if config.target == "latency" and options.calibrate_latency:  # the table's speedup checked by timing, re-planned
         from ..latency.calibrate import calibrate_run
         result, calibration = calibrate_run(result, model, out)
-    with masked_by_plan(model, result.plan):  # the masked model of the final plan (threshold-adjusted)
+    with masked_by_plan(model, result.plan):  # the model the plan compacts to (threshold-adjusted)
         masked_metrics = evaluate(model, dev_batches, options.task)
 
     start = time.perf_counter()

@@ -69,9 +69,14 @@ class Pruner:
         units = adapter_for(model).units()
         self.model_record = model_record(model.config.model_type, units.hidden, units.heads, units.ffn)
         latency_record = _latency_record(model) if config.target == "latency" else None  # before masks go on
-        if teacher is None and config.distill_weight > 0 and config.trains_weights and manage_weights:
+        copied = teacher is None and config.distill_weight > 0 and config.trains_weights and manage_weights
+        if copied:
             teacher = copy.deepcopy(model)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        # compact_from="original": the weights before mask training, for compaction (the teacher copy when there is one)
+        self.original = None
+        if config.compact_from == "original":
+            self.original = self.teacher if copied else copy.deepcopy(model).eval().requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # mask init: repeatable per seed, the caller's RNG untouched
             torch.manual_seed(config.seed)
             self.masks: ModelMasks = attach(model, config.method, config.structures, seed=config.seed,
@@ -268,6 +273,11 @@ class Pruner:
         plan = self.masks.plan(target, self.measure, uniform=self.config.uniform, round_to=self.config.round_to)
         plan.model = dict(self.model_record)  # compact() then refuses to apply it to another architecture
         return plan if self.config.fold_scales else plan.without_scales()
+
+    def compaction_model(self) -> nn.Module:
+        """The model :meth:`plan` is compacted from: the copy of the weights taken before mask training with
+        ``config.compact_from`` "original", else the trained model itself (masks detached by :meth:`finish`)."""
+        return self.model if self.original is None else self.original
 
     def finish(self) -> ModelMasks:
         """Detach the masks from the model (it computes its unmasked function again), give the weights back
