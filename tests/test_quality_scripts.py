@@ -111,6 +111,9 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
     with pytest.raises(SystemExit):
         plan_vs_weights.main(cell_args + ["--methods", "oneshot"])
     assert "--methods: expected mask methods" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        plan_vs_weights.main(cell_args + ["--compact-original"])
+    assert "--compact-original: not a choice here" in capsys.readouterr().err
 
     heads.main(["--teacher", str(tmp_path / "work" / "trec" / "teacher_s0.pt"), "--sentences", "16",
                 "--plan", str(tmp_path / "work" / "trec" / "m2_bs8" / "faster_ls-1.0_init_settle0.2_0.5_s0" / "plan.json"),

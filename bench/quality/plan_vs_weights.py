@@ -68,6 +68,9 @@ def main(argv=None) -> None:
     args = encoder.parse_args(p, argv)
     if "oneshot" in args.methods:
         p.error("--methods: expected mask methods (the one-shot cell is the other side of every pair)")
+    if args.compact_original:  # every pair names its weights itself
+        p.error("--compact-original: not a choice here (the masks_teacher_weights pair compacts the weights from "
+                "before mask training); encoder.py --compact-original scores that as a cell of its own")
     work = Path(args.work) / args.task
     feats, labels = encoder.task_features(args, work)
     for seed in args.seeds:
