@@ -16,7 +16,9 @@ class VTransCallback(TrainerCallback):
     and after it steps the masks and lambdas with its own optimizer (``config.mask_lr``, ``config.lambda_lr``).
     The Lagrangian's target ramps over ``config.warmup_fraction`` of ``config.steps``; set ``config.steps`` to
     the Trainer's ``max_steps``. Logged metrics gain the expected and actual sparsity and the lambdas.
-    After training, ``callback.pruner.plan()`` gives the :class:`CompactionPlan`.
+    After training, ``callback.pruner.plan()`` gives the :class:`CompactionPlan`, to apply to
+    ``callback.pruner.compaction_model()`` (with ``config.compact_from="original"``, the copy of the weights taken
+    when the callback was made, before the Trainer changed them).
 
     Weights are left to the Trainer: use variant "vtrans" or "fast" (a Trainer needs trainable weights); for
     masks only ("faster") use :class:`Pruner` directly.
