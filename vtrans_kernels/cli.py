@@ -164,7 +164,7 @@ def _init_distributed(device: str | None) -> str:
 def _prune(args) -> int:
     import torch.distributed as dist
 
-    from .prune.config import PruneConfig, vib_mask_init
+    from .prune.config import PruneConfig, compaction_settings, vib_mask_init
     from .prune.data import load_text_data
     from .prune.outdir import check_not_input, prepare_out
     from .prune.pipeline import PipelineOptions, format_summary, prune_pipeline
@@ -178,8 +178,7 @@ def _prune(args) -> int:
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
         round_to=args.round_to, uniform=args.uniform, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
-        fold_scales=not (args.no_fold_scales or args.compact_from == "original"), compact_from=args.compact_from,
-        checkpoint_every=args.checkpoint_every,
+        **compaction_settings(args.no_fold_scales, args.compact_from), checkpoint_every=args.checkpoint_every,
         bias_compensation=args.bias_compensation, calibration_batches=args.calibration_batches,
         mask_init=vib_mask_init(args.method, args.log_sigma2_init), mask_start=args.mask_start)
     check_not_input(args.out, {"--model": args.model, "--data": args.data})

@@ -57,12 +57,18 @@ def method_steps(args, method: str) -> int:
     return max(1, round(args.mask_steps * STEP_FRACTION.get(method, 1.0)))
 
 
+def compaction(args) -> dict:
+    """The ``PruneConfig`` settings of --no-fold-scales and --compact-original."""
+    from vtrans_kernels.prune.config import compaction_settings
+    return compaction_settings(args.no_fold_scales, "original" if args.compact_original else "trained")
+
+
 def cell_values(args, seed: int, sparsity: float, method: str) -> dict:
     """A cell's ``CELL_KEY`` columns: what its row records and what the skip check compares."""
     mask_method = METHODS[method][0]
     return dict(seed=seed, target_sparsity=sparsity, method=method,
                 log_sigma2_init=init_label(mask_method, args.log_sigma2_init),
-                fold_scales=fold_label(mask_method, not (args.no_fold_scales or args.compact_original)),
+                fold_scales=fold_label(mask_method, compaction(args)["fold_scales"]),
                 compact_from=compact_label(mask_method, args.compact_original), mask_steps=method_steps(args, method),
                 finetune_steps=args.finetune_steps, batch_size=args.batch_size,
                 finetune_lrs=lr_label(args.finetune_lrs),
@@ -159,8 +165,7 @@ def cell_masks(args, model, feats, seed: int, sparsity: float, method: str, work
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init, soft_count=args.soft_count,
-                      fold_scales=not (args.no_fold_scales or args.compact_original),
-                      compact_from="original" if args.compact_original else "trained", uniform=args.uniform, mask_start=args.mask_start,
+                      **compaction(args), uniform=args.uniform, mask_start=args.mask_start,
                       settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
                       quench_fraction=args.quench_fraction, structures=tuple(args.structures))
     return cell, masks

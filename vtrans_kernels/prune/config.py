@@ -38,6 +38,12 @@ def vib_mask_init(method: str, log_sigma2: float | None, soft_count: bool = Fals
     return {**init, "straight_through": None} if soft_count else init
 
 
+def compaction_settings(no_fold_scales: bool, compact_from: str) -> dict:
+    """``fold_scales`` and ``compact_from`` for command-line ``--no-fold-scales`` and ``--compact-from``: compacting
+    the original weights implies no scales (they were learned with the trained weights)."""
+    return {"fold_scales": not (no_fold_scales or compact_from == "original"), "compact_from": compact_from}
+
+
 @dataclass
 class PruneConfig:
     """Settings of a pruning run.
