@@ -62,7 +62,9 @@ class PruneConfig:
     with the masks' own decision on the target and its last steps train the units of the final plan; in the last
     ``quench_fraction`` of them (at most ``settle_fraction``) the gates are the deterministic ones without noise,
     so the weights train in the very model the plan compacts to (VIB gates otherwise keep noise on kept units:
-    sigma/|mu| of 0.3-0.8 on MiniLM, which the weights learn to carry and the compacted model lacks);
+    sigma/|mu| of 0.3-0.8 on MiniLM, which the weights learn to carry and the compacted model lacks; a removed
+    unit's quenched gate is 0 and learns nothing from the task, so a long quench freezes the ranking: on MiniLM at
+    50% 0.2 gained a little, 0.5 lost, docs/pruning.md);
     ``finetune_steps`` of the compacted model afterwards (default: 0 for faster, ``steps`` otherwise).
     ``grad_accumulation`` splits each batch into micro-batches; ``autocast`` ("bf16"/"fp16") runs the forward
     passes under ``torch.autocast`` (masks, lambdas and the mask terms stay in fp32).
