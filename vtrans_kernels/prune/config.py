@@ -88,9 +88,9 @@ class PruneConfig:
     the trained weights); "trained" (default) compacts the weights mask training left. For the variants that
     train weights only: the masks choose the units, the original weights carry them into the fine-tune. On
     MiniLM (heads and FFN, bench/results/quality/findings.md) the original weights fine-tuned better than VTrans'
-    own at 50% and 70% (sentiment, 3 seeds: +0.5 and +0.8 dev points; TREC, 1 seed: +1.6 and +2.1), not at 90%
-    (sentiment -1.9 and 0.0 on two seeds, TREC -2.6): the sparser the plan, the more the kept units need the
-    weights that learned to work without the rest.
+    own at 50% and 70% (sentiment, 3 seeds: +0.5 and +0.8 dev points; TREC, 3 seeds: +1.3 and +1.5), not at 90%
+    (sentiment -1.9 and 0.0 on two seeds, TREC -1.9 on two seeds): the sparser the plan, the more the kept units
+    need the weights that learned to work without the rest.
     ``bias_compensation`` folds the mean contribution of each sublayer's removed units, measured on
     ``calibration_batches`` training batches, into its output bias before compaction
     (:func:`vtrans_kernels.hf.compensate_plan`; skipped, with a warning, where the config has no bias option).
