@@ -385,10 +385,18 @@ def test_quenched_steps_are_part_of_a_cell_its_folder_and_its_label():
     assert start_settings(None, args)["quench_fraction"] == ""  # the one-shot baseline trains no masks
     assert encoder.cell_key(args, 0, 0.5, "vtrans") != encoder.cell_key(argparse.Namespace(
         **{**vars(args), "quench_fraction": 0.0}), 0, 0.5, "vtrans")
+    exact = start_settings("vib", argparse.Namespace(**{**vars(args), "quench_gradient": "exact"}))
+    assert (plain["quench_gradient"], quenched["quench_gradient"], exact["quench_gradient"]) == (
+        "", "straight_through", "")  # "": no quench, or the exact gradient of every quenched row before the option
+    assert encoder.cell_key(args, 0, 0.5, "vtrans") != encoder.cell_key(argparse.Namespace(
+        **{**vars(args), "quench_gradient": "exact"}), 0, 0.5, "vtrans")
     label = lambda s: settings_label("-1.0", s["mask_start"], s["settle_fraction"], s["size_count"],  # noqa: E731
-                                     s["warmup_fraction"], "", s["quench_fraction"])
-    assert (label(plain), label(quenched)) == ("-1.0_init_settle0.2", "-1.0_init_settle0.2_quench0.2")
+                                     s["warmup_fraction"], "", s["quench_fraction"], s["quench_gradient"])
+    assert (label(plain), label(exact), label(quenched)) == (
+        "-1.0_init_settle0.2", "-1.0_init_settle0.2_quench0.2", "-1.0_init_settle0.2_quench0.2st")
     assert summarize.objective_label("vtrans", "init", "0.2", "", "", "", "0.2") == "vtrans [settle 0.2, quench 0.2]"
+    assert (summarize.objective_label("vtrans", "init", "0.2", "", "", "", "0.2", "straight_through")
+            == "vtrans [settle 0.2, quench 0.2 straight-through]")
 
 
 def test_compact_original_is_a_cell_of_its_own_on_the_same_masks(monkeypatch, tmp_path):

@@ -3,7 +3,10 @@ train in the model the plan compacts to."""
 import pytest
 import torch
 
-from tiny_models import build
+import vtrans_kernels as vk
+from test_attach import _no_dropout, _randomize
+from tiny_models import build, inputs, output
+from vtrans_kernels.masks.gates import make_mask
 from tiny_text import classification_features
 from vtrans_kernels.prune import PruneConfig, Pruner
 from vtrans_kernels.prune.data import Batches
@@ -63,3 +66,106 @@ def test_a_checkpoint_from_before_the_setting_resumes_at_its_default():
     check_same_run(older, mask_settings(PruneConfig()), "old.pt")
     with pytest.raises(ValueError, match=r"settings.quench_fraction: 0.0 \(checkpoint\) vs 0.2 \(this run\)"):
         check_same_run(older, mask_settings(PruneConfig(quench_fraction=0.2)), "old.pt")
+
+
+@pytest.mark.parametrize("method", ["vib", "hard_concrete"])
+def test_quench_gate_is_the_eval_gate_with_every_unit_learning(method):
+    torch.manual_seed(0)
+    mask = make_mask(method, 7)
+    _randomize_one(mask)
+    keep = mask.keep()
+    assert 0 < int(keep.sum()) < 7
+    weights = torch.linspace(-1, 2, 7)
+    gate = mask.quench_gate()
+    torch.testing.assert_close(gate, mask.eval_gate().detach(), rtol=0, atol=0)
+    (gate * weights).sum().backward()
+    st = [p.grad.clone() for p in mask.parameters() if p.grad is not None]
+    mask.zero_grad()
+    (mask.open_gate() * weights).sum().backward()
+    expected = [p.grad.clone() for p in mask.parameters() if p.grad is not None]
+    assert len(st) == len(expected) == 1
+    torch.testing.assert_close(st[0], expected[0])
+    assert (st[0][~keep] != 0).all()  # the removed units learn too
+
+
+def _randomize_one(mask):
+    with torch.no_grad():
+        if mask.method == "vib":
+            mask.mu.copy_(torch.tensor([1.2, 0.1, -0.8, 0.05, 0.9, 0.3, -0.02]))
+            mask.log_sigma2.copy_(torch.full((7,), -1.0))
+        else:
+            mask.log_alpha.copy_(torch.tensor([3.0, -2.0, 1.5, -3.0, 0.5, 2.5, -1.0]))
+
+
+def _quenched_step(name, method, fused, gradient):
+    """(training output, eval output, {mask parameter: grad}, {mask parameter: keep}) of one quenched forward and
+    backward of the tiny ``name`` with random masks."""
+    model = build(name)
+    _no_dropout(model)
+    x = inputs(model)
+    torch.manual_seed(0)
+    masks = vk.attach(model, method, seed=5, fused=fused)
+    _randomize(masks, seed=2)
+    masks.noise, masks.quench_gradient = False, gradient
+    model.train()
+    train_out = output(model, x)
+    out = model(**x)
+    (out.logits if hasattr(out, "logits") else out.last_hidden_state).square().mean().backward()
+    grads, keeps = {}, {}
+    for structure, layer, mask in masks.masks():
+        for pname, param in mask.named_parameters():
+            if param.grad is not None:
+                grads[(structure, layer, pname)] = param.grad.clone()
+                keeps[(structure, layer, pname)] = mask.keep()
+    model.eval()
+    return train_out, output(model, x), grads, keeps
+
+
+@pytest.mark.parametrize("method", ["vib", "hard_concrete"])
+@pytest.mark.parametrize("name", ["bert", "llama-gqa", "gpt2"])
+def test_a_straight_through_quench_runs_the_eval_model_and_trains_every_gate(name, method):
+    """Quenched training forwards compute the eval-mode (compacted) model; with the straight-through gradient the
+    removed units' gates learn too, the kept units' exactly as with the exact gradient; both wirings agree."""
+    runs = {(fused, gradient): _quenched_step(name, method, fused, gradient)
+            for fused in (False, True) for gradient in ("straight_through", "exact")}
+    for train_out, eval_out, _, _ in runs.values():
+        torch.testing.assert_close(train_out, eval_out, atol=2e-5, rtol=1e-4)
+    for gradient in ("straight_through", "exact"):
+        hooks, fused = runs[(False, gradient)][2], runs[(True, gradient)][2]
+        for key in hooks:
+            torch.testing.assert_close(fused.get(key, torch.zeros_like(hooks[key])), hooks[key], atol=1e-5,
+                                       rtol=1e-3, msg=str(key))
+    _, _, st, keeps = runs[(False, "straight_through")]
+    exact = runs[(False, "exact")][2]
+    removed_learning = 0
+    for key, grad in st.items():
+        keep = keeps[key]
+        exact_grad = exact.get(key, torch.zeros_like(grad))
+        torch.testing.assert_close(grad[keep], exact_grad[keep], atol=1e-6, rtol=1e-5, msg=str(key))
+        assert (exact_grad[~keep] == 0).all(), key
+        removed_learning += int((grad[~keep] != 0).sum())
+    assert removed_learning > 0
+
+
+def test_the_pruner_sets_the_quench_gradient(features):
+    config = PruneConfig(method="vib", variant="vtrans", steps=4, batch_size=8, seq_len=16, subset_fraction=1.0,
+                         settle_fraction=0.5, quench_fraction=0.5, quench_gradient="exact")
+    pruner = Pruner(build("bert"), config)
+    assert pruner.masks.quench_gradient == "exact"
+    with pytest.raises(ValueError, match="quench_gradient: expected one of"):
+        PruneConfig(quench_gradient="none")
+
+
+def test_a_quenched_checkpoint_from_before_the_gradient_setting_ran_the_exact_gradient():
+    from vtrans_kernels.prune.identity import check_same_run, mask_settings
+
+    def older(config):
+        return {k: v for k, v in mask_settings(config).items() if k != "settings.quench_gradient"}
+
+    quenched = dict(settle_fraction=0.2, quench_fraction=0.2)
+    check_same_run(older(PruneConfig(**quenched)), mask_settings(PruneConfig(**quenched, quench_gradient="exact")),
+                   "old.pt")
+    with pytest.raises(ValueError, match="settings.quench_gradient: 'exact' \\(checkpoint\\) vs 'straight_through'"):
+        check_same_run(older(PruneConfig(**quenched)), mask_settings(PruneConfig(**quenched)), "old.pt")
+    # without quenched steps the setting changes nothing, so it never stops a resume
+    check_same_run(older(PruneConfig()), mask_settings(PruneConfig(quench_gradient="exact")), "old.pt")

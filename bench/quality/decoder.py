@@ -46,7 +46,7 @@ METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
 MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction",
-                 "size_count", "warmup_fraction", "quench_fraction")
+                 "size_count", "warmup_fraction", "quench_fraction", "quench_gradient")
 CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + ("structures",) + BUDGET_COLUMNS + (
     "eval_blocks",)
 # rows from before the eval_blocks column: every held-out block was a full block of block_size tokens
@@ -160,7 +160,8 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
                       log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)),
                       hidden_distill=args.hidden_distill, mask_start=args.mask_start,
                       settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
-                      quench_fraction=args.quench_fraction, soft_count=args.soft_count,
+                      quench_fraction=args.quench_fraction, quench_gradient=args.quench_gradient,
+                      soft_count=args.soft_count,
                       structures=tuple(args.structures))
     out.mkdir(parents=True, exist_ok=True)
     masks.plan.save(out / "plan.json")
@@ -185,7 +186,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
                                            settings_label(cell["log_sigma2_init"], cell["mask_start"],
                                                           cell["settle_fraction"], cell["size_count"],
                                                           cell["warmup_fraction"], cell["structures"],
-                                                          cell["quench_fraction"]),
+                                                          cell["quench_fraction"], cell["quench_gradient"]),
                                            sparsity, seed))
     small = compact(teacher, plan)
     torch.manual_seed(seed)

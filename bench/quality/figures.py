@@ -118,15 +118,15 @@ def encoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
 def _settled_series(rows: list[dict], room: int, value: str = "test_after",
                     methods: dict = ENCODER_METHODS) -> list[Series]:
     """Rows of the newer objective (``mask_start`` set: masks that may start from the one-shot plan and settle on
-    the target), one series per method, start, settling fraction, VIB init, size count, ramp and quench, drawing column
-    ``value`` and labelled by ``methods``; when there are more than ``room``, the ones measured at the most
+    the target), one series per method, start, settling fraction, VIB init, size count, ramp and quench (and its
+    gradient), drawing column ``value`` and labelled by ``methods``; when there are more than ``room``, the ones measured at the most
     sparsities are drawn (the rest are in summary.md)."""
     groups = defaultdict(list)
     for row in rows:
         if row.get("mask_start"):
             groups[(row["method"], row["mask_start"], row.get("settle_fraction", ""),
                     row.get("log_sigma2_init", ""), row.get("size_count", ""), row.get("warmup_fraction", ""),
-                    row.get("quench_fraction", ""))].append(row)
+                    row.get("quench_fraction", ""), row.get("quench_gradient", ""))].append(row)
     inits = {key[3] for key in groups}
     keys = sorted(groups, key=lambda k: (-len({r["target_sparsity"] for r in groups[k]}), k))
     if len(keys) > room:
@@ -134,7 +134,7 @@ def _settled_series(rows: list[dict], room: int, value: str = "test_after",
               file=sys.stderr)
     drawn = []
     for i, key in enumerate(keys[:max(room, 0)]):
-        method, start, settle, init, count, warmup, quench = key
+        method, start, settle, init, count, warmup, quench, gradient = key
         label = f"{methods[method]}, {start} start, settles last {float(settle or 0):.0%}"
         if count:
             label += f", {count} count"
@@ -142,6 +142,7 @@ def _settled_series(rows: list[dict], room: int, value: str = "test_after",
             label += f", target ramps over {float(warmup):.0%}"
         if quench:
             label += f", no gate noise in the last {float(quench):.0%}"
+            label += " (straight-through)" if gradient else ""
         if len(inits) > 1 and init:
             label += f", init {init}"
         line = Series(label, SPARE_COLORS[i % len(SPARE_COLORS)], linestyle=":")

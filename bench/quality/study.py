@@ -91,11 +91,11 @@ def add_threads_argument(parser) -> None:
 
 
 def add_mask_start_arguments(parser) -> None:
-    """The drivers' --mask-start, --settle-fraction, --warmup-fraction, --quench-fraction and --soft-count options
-    (``PruneConfig.mask_start``, ``settle_fraction``, ``warmup_fraction``, ``quench_fraction`` and the VIB size
-    count, the same defaults)."""
+    """The drivers' --mask-start, --settle-fraction, --warmup-fraction, --quench-fraction, --quench-gradient and
+    --soft-count options (``PruneConfig.mask_start``, ``settle_fraction``, ``warmup_fraction``,
+    ``quench_fraction``, ``quench_gradient`` and the VIB size count, the same defaults)."""
     from vtrans_kernels.prune import PruneConfig
-    from vtrans_kernels.prune.config import MASK_STARTS
+    from vtrans_kernels.prune.config import MASK_STARTS, QUENCH_GRADIENTS
 
     parser.add_argument("--mask-start", choices=MASK_STARTS, default=PruneConfig.mask_start,
                         help="masks start at --log-sigma2-init, or at the one-shot plan (PruneConfig.mask_start)")
@@ -107,6 +107,9 @@ def add_mask_start_arguments(parser) -> None:
     parser.add_argument("--quench-fraction", type=float, default=PruneConfig.quench_fraction,
                         help="last fraction of mask steps (at most --settle-fraction) whose gates have no noise, so "
                              "the weights train in the model the plan compacts to (PruneConfig.quench_fraction)")
+    parser.add_argument("--quench-gradient", choices=QUENCH_GRADIENTS, default=PruneConfig.quench_gradient,
+                        help="the quenched gates' gradient: a removed unit's as if it were kept, or none "
+                             "(PruneConfig.quench_gradient)")
     parser.add_argument("--soft-count", action="store_true",
                         help="VIB masks: the Lagrangian sees DESIGN's soft count sigmoid(10 log SNR), not the "
                              "straight-through count (PRUNING_MASK_INIT straight_through None)")
@@ -117,16 +120,21 @@ def start_settings(mask_method: str | None, args) -> dict:
     holds them: "" for the one-shot baseline, which trains no masks (and in rows from before masks could start
     from the one-shot plan or settle); ``size_count`` is "soft" for VIB cells run with --soft-count, "" for the
     default count; ``warmup_fraction`` is "" at the default ramp (as in the rows from before it was an option),
-    ``quench_fraction`` "" without quenched steps (likewise)."""
+    ``quench_fraction`` "" without quenched steps (likewise), ``quench_gradient`` "straight_through" for quenched
+    steps with that gradient, else "" (no quench, or the exact gradient every quenched row from before the option
+    ran)."""
     from vtrans_kernels.prune import PruneConfig
 
     if mask_method is None:
-        return {"mask_start": "", "settle_fraction": "", "size_count": "", "warmup_fraction": "", "quench_fraction": ""}
+        return {"mask_start": "", "settle_fraction": "", "size_count": "", "warmup_fraction": "", "quench_fraction": "",
+                "quench_gradient": ""}
     warmup, quench = float(args.warmup_fraction), float(args.quench_fraction)
+    straight = quench > 0 and args.quench_gradient == "straight_through"
     return {"mask_start": args.mask_start, "settle_fraction": str(float(args.settle_fraction)),
             "size_count": "soft" if args.soft_count and mask_method == "vib" else "",
             "warmup_fraction": "" if warmup == PruneConfig.warmup_fraction else str(warmup),
-            "quench_fraction": "" if quench == PruneConfig.quench_fraction else str(quench)}
+            "quench_fraction": "" if quench == PruneConfig.quench_fraction else str(quench),
+            "quench_gradient": "straight_through" if straight else ""}
 
 
 def add_structures_argument(parser) -> None:
@@ -148,11 +156,13 @@ def structures_label(structures) -> str:
 
 
 def settings_label(init: str, mask_start: str, settle_fraction: str, size_count: str = "",
-                   warmup_fraction: str = "", structures: str = "", quench_fraction: str = "") -> str:
+                   warmup_fraction: str = "", structures: str = "", quench_fraction: str = "",
+                   quench_gradient: str = "") -> str:
     """The part of a mask cell's folder name that ``cell_folder`` takes as ``init``: the VIB init, the start, the
     settling, a non-default size count, a non-default ramp, quenched steps and a subset of the structures
     (``-1.0_oneshot_settle0.2``, ``-1.0_init_settle0.2_soft``, ``-1.0_init_settle0.2_warm0.8``,
-    ``-1.0_init_settle0.2_quench0.2``, ``-1.0_init_settle0.2_only-heads-ffn``), so cells of another objective never
+    ``-1.0_init_settle0.2_quench0.2``, ``-1.0_init_settle0.2_quench0.2st`` (straight-through quench gradient),
+    ``-1.0_init_settle0.2_only-heads-ffn``), so cells of another objective never
     resume each other's checkpoints; just ``init`` and the structures when ``mask_start`` is "" (rows of the older objective, and the
     one-shot baseline, whose cached plan depends on the structures too)."""
     only = f"_only-{structures.replace(' ', '-')}" if structures else ""
@@ -161,6 +171,7 @@ def settings_label(init: str, mask_start: str, settle_fraction: str, size_count:
     return (f"{init}_{mask_start}_settle{settle_fraction}" + (f"_{size_count}" if size_count else "")
             + (f"_warm{warmup_fraction}" if warmup_fraction else "")
             + (f"_quench{quench_fraction}" if quench_fraction else "")
+            + ("st" if quench_gradient == "straight_through" else "")
             + only)
 
 

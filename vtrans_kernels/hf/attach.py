@@ -111,6 +111,11 @@ class _MaskGates(GateSource):
         """Whether the gates are drawn: in a training forward, unless the masks' noise is off (quenched)."""
         return training and self.masks.noise
 
+    def _straight_through(self, training: bool) -> bool:
+        """Whether the gates are the quenched ones with the straight-through gradient (``UnitMask.quench_gate``):
+        a training forward with the noise off, under ``quench_gradient="straight_through"``."""
+        return training and not self.masks.noise and self.masks.quench_gradient == "straight_through"
+
     def active(self):
         return self.masks.enabled
 
@@ -118,8 +123,10 @@ class _MaskGates(GateSource):
         return self.masks.hidden is not None
 
     def hidden_gate(self, x, training):
-        training = self._sampled(training)
-        return self.masks.hidden.gate_last_dim(x, self.masks.site_seed(0), training)
+        hidden = self.masks.hidden
+        if self._straight_through(training):
+            return gate_blocks(x, hidden.quench_gate(), 1)
+        return hidden.gate_last_dim(x, self.masks.site_seed(0), self._sampled(training))
 
     def hidden_keep(self, training):
         training = self._sampled(training)
@@ -133,7 +140,7 @@ class _MaskGates(GateSource):
         # (mask, its site seed, whether every gate is zero this step)
         mask = self.masks.layer_mask(kind, layer)
         seed = self.masks.site_seed(1 + 2 * layer + (kind == "ffn"))
-        if training:
+        if self._sampled(training):
             keep = mask.training_keep(seed) if mask.method == "hard_concrete" else None
             removed = keep is not None and not bool(keep.any())
         else:
@@ -141,25 +148,29 @@ class _MaskGates(GateSource):
         return mask, seed, removed
 
     def gate_units(self, kind, layer, x, width, training):
-        training = self._sampled(training)
         mask, seed, removed = self._unit_mask(kind, layer, training)
+        if self._straight_through(training):
+            return gate_blocks(x, mask.quench_gate(), width), removed
         if width == 1:
-            return mask.gate_last_dim(x, seed, training), removed
-        return gate_blocks(x, mask.unit_gates(x.numel() // x.shape[-1], seed, training), width), removed
+            return mask.gate_last_dim(x, seed, self._sampled(training)), removed
+        return gate_blocks(x, mask.unit_gates(x.numel() // x.shape[-1], seed, self._sampled(training)), width), removed
 
     def hidden_gate_kwargs(self, training):
-        training = self._sampled(training)
-        return self.masks.hidden.fused_gate(self.masks.site_seed(0), training)
+        if self._straight_through(training):
+            return dict(out_gate=self.masks.hidden.quench_gate())
+        return self.masks.hidden.fused_gate(self.masks.site_seed(0), self._sampled(training))
 
     def unit_gate(self, kind, layer, rows, training):
-        training = self._sampled(training)
         mask, seed, removed = self._unit_mask(kind, layer, training)
-        return mask.unit_gates(rows, seed, training), removed
+        if self._straight_through(training):
+            return mask.quench_gate(), removed
+        return mask.unit_gates(rows, seed, self._sampled(training)), removed
 
     def unit_gate_kwargs(self, kind, layer, training):
-        training = self._sampled(training)
         mask, seed, removed = self._unit_mask(kind, layer, training)
-        return mask.fused_gate(seed, training), removed
+        if self._straight_through(training):
+            return dict(out_gate=mask.quench_gate()), removed
+        return mask.fused_gate(seed, self._sampled(training)), removed
 
 
 def attach(model: nn.Module, method: str = "vib", structures: Sequence[str] = STRUCTURES, *,

@@ -74,6 +74,18 @@ class UnitMask(nn.Module):
         """The deterministic gate: ``scale`` on kept units, 0 elsewhere."""
         raise NotImplementedError
 
+    def open_gate(self) -> torch.Tensor:
+        """The deterministic gate every unit would have if it were kept (differentiable; [units])."""
+        raise NotImplementedError
+
+    def quench_gate(self) -> torch.Tensor:
+        """The gate of a quenched training forward (``PruneConfig.quench_gradient="straight_through"``): the value
+        of :meth:`eval_gate`, the gradient of :meth:`open_gate` for every unit. A removed unit's gate is 0 in
+        the forward yet learns whether the task wants it back (the gradient at gate 0), so the ranking keeps
+        learning while the weights train in the model the plan compacts to."""
+        gate = self.open_gate()
+        return self.eval_gate().detach() + (gate - gate.detach())
+
     def constrain(self) -> None:
         """Project the parameters back into their valid range after an optimizer step."""
 
@@ -174,6 +186,9 @@ class VIBMask(UnitMask):
     def eval_gate(self):
         return self.mu * self.keep().to(self.mu.dtype)
 
+    def open_gate(self):
+        return self.mu
+
     def keep_top(self, count):
         count = self._check_count(count)
         if int(self.keep().sum()) == count:
@@ -242,10 +257,13 @@ class HardConcreteMask(UnitMask):
         return self.log_alpha.detach()
 
     def scale(self):
-        return torch.sigmoid(0.8 * self.log_alpha.detach() / mask_ops.BETA)
+        return self.open_gate().detach()
 
     def eval_gate(self):
         return mask_ops.hard_concrete_deterministic(self.log_alpha)
+
+    def open_gate(self):
+        return torch.sigmoid(0.8 * self.log_alpha / mask_ops.BETA)
 
     def constrain(self):
         with torch.no_grad():

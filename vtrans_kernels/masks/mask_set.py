@@ -65,6 +65,8 @@ class MaskSet(nn.Module):
         self.register_buffer("steps_drawn", torch.zeros((), dtype=torch.int64))
         self.enabled = True
         self.noise = True  # False: training forwards use the deterministic gates too (PruneConfig.quench_fraction)
+        # The gradient of those quenched gates (PruneConfig.quench_gradient): "straight_through" or "exact".
+        self.quench_gradient = "straight_through"
         self.step_seed = mix_seed(self.seed, 0)
 
     # ---- noise ------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ DEFAULT_SUBSET = {"vtrans": 1.0, "fast": 0.03, "faster": 0.03}
 # step 70 (then, without anti-windup, overshot to 0.96 by step 150; with it, stayed within 0.015).
 MASK_STARTS = ("init", "oneshot")
 COMPACT_SOURCES = ("trained", "original")
+# The gradient of a quenched gate (PruneConfig.quench_gradient): "straight_through" (a removed unit learns as if
+# kept) or "exact" (the deterministic gate's own gradient, zero for removed units; what quenching did at first).
+QUENCH_GRADIENTS = ("straight_through", "exact")
 PRUNING_MASK_INIT = {"vib": {"log_sigma2": -1.0, "straight_through": 1.0}, "hard_concrete": {}}
 
 
@@ -62,9 +65,11 @@ class PruneConfig:
     with the masks' own decision on the target and its last steps train the units of the final plan; in the last
     ``quench_fraction`` of them (at most ``settle_fraction``) the gates are the deterministic ones without noise,
     so the weights train in the very model the plan compacts to (VIB gates otherwise keep noise on kept units:
-    sigma/|mu| of 0.3-0.8 on MiniLM, which the weights learn to carry and the compacted model lacks; a removed
-    unit's quenched gate is 0 and learns nothing from the task, so a long quench freezes the ranking: on MiniLM at
-    50% 0.2 gained a little, 0.5 lost, docs/pruning.md);
+    sigma/|mu| of 0.3-0.8 on MiniLM, which the weights learn to carry and the compacted model lacks). A removed
+    unit's quenched gate is 0; with ``quench_gradient="straight_through"`` it still gets the gradient it would get
+    if kept (:meth:`~vtrans_kernels.masks.gates.UnitMask.quench_gate`), so the ranking keeps learning; with
+    ``"exact"`` it gets none and a long quench freezes the ranking (on MiniLM at 50% 0.2 gained a little, 0.5 lost;
+    docs/pruning.md);
     ``finetune_steps`` of the compacted model afterwards (default: 0 for faster, ``steps`` otherwise).
     ``grad_accumulation`` splits each batch into micro-batches; ``autocast`` ("bf16"/"fp16") runs the forward
     passes under ``torch.autocast`` (masks, lambdas and the mask terms stay in fp32).
@@ -114,6 +119,7 @@ class PruneConfig:
     warmup_fraction: float = 0.15
     settle_fraction: float = 0.2
     quench_fraction: float = 0.0
+    quench_gradient: str = "straight_through"
     finetune_steps: int | None = None
     subset_fraction: float | None = None
     batch_size: int = 16
@@ -166,6 +172,8 @@ class PruneConfig:
             raise ValueError(f"settle_fraction: the target ramp (warmup_fraction {self.warmup_fraction}) and the "
                              f"settling steps ({self.settle_fraction}) must fit in the run together (sum <= 1; "
                              "any settle_fraction up to 1 is allowed with mask_start='oneshot')")
+        if self.quench_gradient not in QUENCH_GRADIENTS:
+            raise ValueError(f"quench_gradient: expected one of {QUENCH_GRADIENTS}, got {self.quench_gradient!r}")
         if self.quench_fraction > self.settle_fraction:
             raise ValueError(f"quench_fraction: expected at most settle_fraction ({self.settle_fraction}), got "
                              f"{self.quench_fraction}: the gate noise stops only once the decision is held on the "

@@ -87,6 +87,8 @@ def _mask_entries(record: dict) -> dict:
     after = {f"settings.{k}" for k in AFTER_MASKS}
     if record.get("settings.mask_start", "init") != "oneshot":
         after.add("settings.calibration_batches")
+    if not record.get("settings.quench_fraction"):
+        after.add("settings.quench_gradient")  # no quenched step, so no quenched gate's gradient
     return {k: v for k, v in record.items() if k not in after}
 
 
@@ -125,10 +127,15 @@ def _normalise(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+# What a run recorded before a setting existed did, where the setting's default is not that.
+BEFORE_THEY_EXISTED = {"quench_gradient": "exact"}
+
+
 def _with_later_defaults(record: dict) -> dict:
     """``record`` with every setting it lacks at ``PruneConfig``'s default: a record written before a setting
-    existed ran as its default does (a new setting defaults to the old behaviour)."""
-    defaults = {f"settings.{k}": v for k, v in PruneConfig().to_dict().items()}
+    existed ran as its default does (a new setting defaults to the old behaviour), or as
+    :data:`BEFORE_THEY_EXISTED` says where the default changed the behaviour."""
+    defaults = {f"settings.{k}": v for k, v in {**PruneConfig().to_dict(), **BEFORE_THEY_EXISTED}.items()}
     return {**{k: v for k, v in defaults.items() if k not in record}, **record}
 
 

@@ -15,7 +15,7 @@ from ..masks.lagrangian import Lagrangian
 from ..masks.mask_set import mix_seed
 from .config import PruneConfig
 from .distributed import DistContext, fully_shard_model, is_sharded
-from .identity import check_same_run, mask_settings
+from .identity import BEFORE_THEY_EXISTED, check_same_run, mask_settings
 from .objective import hidden_distillation, logit_distillation
 
 
@@ -212,6 +212,7 @@ class Pruner:
     def _quench(self) -> None:
         """Gate noise off for the forwards of the last ``quench_steps`` steps (on from the step the count reaches)."""
         self.masks.noise = self.step < self.config.steps - self.config.quench_steps
+        self.masks.quench_gradient = self.config.quench_gradient
 
     def _reset_lambda1(self) -> None:
         """Anti-windup: lambda1 integrates the gap while the masks are short of the target, and Adam moves every
@@ -299,7 +300,7 @@ class Pruner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        saved = PruneConfig.from_dict(state["config"])
+        saved = PruneConfig.from_dict({**BEFORE_THEY_EXISTED, **state["config"]})
         check_same_run(mask_settings(saved), mask_settings(self.config), "the checkpoint")
         if int(state.get("world_size", 1)) != self.dist.world:
             raise ValueError(f"resume: the checkpoint was written by {state.get('world_size', 1)} processes, this run "
