@@ -162,9 +162,9 @@ def settings_label(init: str, mask_start: str, settle_fraction: str, size_count:
     settling, a non-default size count, a non-default ramp, quenched steps and a subset of the structures
     (``-1.0_oneshot_settle0.2``, ``-1.0_init_settle0.2_soft``, ``-1.0_init_settle0.2_warm0.8``,
     ``-1.0_init_settle0.2_quench0.2``, ``-1.0_init_settle0.2_quench0.2st`` (straight-through quench gradient),
-    ``-1.0_init_settle0.2_only-heads-ffn``), so cells of another objective never
-    resume each other's checkpoints; just ``init`` and the structures when ``mask_start`` is "" (rows of the older objective, and the
-    one-shot baseline, whose cached plan depends on the structures too)."""
+    ``-1.0_init_settle0.2_only-heads-ffn``), so cells of another objective never resume each other's checkpoints;
+    just ``init`` and the structures when ``mask_start`` is "" (rows of the older objective, and the one-shot
+    baseline, whose cached plan depends on the structures too)."""
     only = f"_only-{structures.replace(' ', '-')}" if structures else ""
     if not mask_start:
         return init + only

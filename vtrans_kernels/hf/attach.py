@@ -151,9 +151,10 @@ class _MaskGates(GateSource):
         mask, seed, removed = self._unit_mask(kind, layer, training)
         if self._straight_through(training):
             return gate_blocks(x, mask.quench_gate(), width), removed
+        sampled = self._sampled(training)
         if width == 1:
-            return mask.gate_last_dim(x, seed, self._sampled(training)), removed
-        return gate_blocks(x, mask.unit_gates(x.numel() // x.shape[-1], seed, self._sampled(training)), width), removed
+            return mask.gate_last_dim(x, seed, sampled), removed
+        return gate_blocks(x, mask.unit_gates(x.numel() // x.shape[-1], seed, sampled), width), removed
 
     def hidden_gate_kwargs(self, training):
         if self._straight_through(training):
