@@ -56,6 +56,12 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
         assert list(dev) == grid.split()
         assert dev[row["finetune_lr"]] == max(dev.values()) == pytest.approx(float(row["dev_after"]), abs=1e-4)
     assert f"| trec | 0.5 | faster_short [settle 0.2] | -1.0 | yes | {grid} → " in (results / "summary.md").read_text()
+    _check_row_records(results / "encoder_trec.csv", rows)
+    records = results / "encoder_trec.rows.jsonl"
+    first = records.read_text()
+    records.unlink()
+    encoder.main(args + ["--record-rows"])  # replays the finished cells: the same per-row results, no new rows
+    assert records.read_text() == first
     encoder.main(args)  # finished cells are skipped
     for bad in (["0"], ["1e-4", "1e-4"]):
         with pytest.raises(SystemExit):
@@ -368,6 +374,18 @@ def test_decoder_figure_best_documented_settings(tmp_path):
     assert fig.axes[0].get_yscale() == "log" and _legend_outside(fig)
     assert "unpruned model (23.8)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]  # its own set
     assert figures.decoder_figures(rows, tmp_path) == [tmp_path / "decoder_lm.png"]
+
+
+def _check_row_records(csv_path: Path, rows: list[dict]) -> None:
+    """Each row has a per-row record of its cell whose accuracies are the row's."""
+    import encoder
+    from row_records import flags, load_records, records_path
+
+    records = load_records(records_path(csv_path))
+    assert [r["cell"] for r in records] == [{k: row.get(k, "") for k in encoder.CELL_KEY} for row in rows]
+    for record, row in zip(records, rows):
+        for split in ("dev", "test"):
+            assert float(flags(record, split).float().mean()) == pytest.approx(float(row[f"{split}_after"]), abs=1e-4)
 
 
 def test_quenched_steps_are_part_of_a_cell_its_folder_and_its_label():

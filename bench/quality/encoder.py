@@ -14,12 +14,15 @@ fine-tuned on train (one per seed, cached); every method then gets --mask-steps 
 (Fast/Faster on their 3% subset) and --finetune-steps of distilled fine-tuning of the compacted model, at each
 learning rate of --finetune-lrs (the same search for every method); the rate with the best dev accuracy is kept.
 The table reports dev and test accuracy before and after that fine-tune. Test rows never feed a choice.
+Each finished cell also records which dev and test rows its fine-tuned model got right (row_records.py, next to
+the CSV), so paired.py can compare two methods row by row; --record-rows replays finished cells to add them.
 The mask objective's options (--mask-start, --settle-fraction, --warmup-fraction, --soft-count) are part of a
 mask cell's key and of its checkpoint folder's name, as in decoder.py; so is --structures (what every method
 prunes, the one-shot baseline included; the figures draw only the cells that prune all three).
 """
 import argparse
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +33,10 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, default_device, environment  # noqa: E402
 from minilm import model_path  # noqa: E402
 import summarize  # noqa: E402
+from row_records import append_record, recorded_cells, records_path  # noqa: E402
 from study import (BUDGET_COLUMNS, FinetuneChoice, add_compact_original_argument,  # noqa: E402
                    add_fold_scales_argument, add_mask_start_arguments, add_structures_argument, add_threads_argument,
-                   cell_folder, compact_label, done_cells, fold_label, init_label,
+                   cell_folder, compact_label, done_rows, fold_label, init_label,
                    kept_units, latencies, lr_label, machine, mask_plan, search_finetune_lr, settings_label,
                    start_settings, structures_label)
 
@@ -123,11 +127,16 @@ def teacher_state(args, task, seed, train_batches, labels, work: Path) -> dict:
 @dataclass
 class PlanScore:
     """Dev and test accuracy of a plan's masked model (``before``) and of its compacted, fine-tuned copy
-    (``after``); ``choice`` is the lr search's pick (the fine-tuned model, its rate, every rate's dev score)."""
+    (``after``, from ``correct``: that copy's per-row results, bool [rows] per split); ``choice`` is the lr
+    search's pick (the fine-tuned model, its rate, every rate's dev score)."""
 
     before: dict
-    after: dict
+    correct: dict
     choice: FinetuneChoice
+
+    @property
+    def after(self) -> dict:
+        return {split: float(flags.float().mean()) for split, flags in self.correct.items()}
 
 
 def score_plan(args, model, plan, feats, labels, teacher, seed: int, desc: str) -> PlanScore:
@@ -136,7 +145,7 @@ def score_plan(args, model, plan, feats, labels, teacher, seed: int, desc: str) 
     with the best dev accuracy kept (test never chooses)."""
     from vtrans_kernels.hf import compact, masked_by_plan
     from vtrans_kernels.prune.data import Batches
-    from vtrans_kernels.prune.evaluate import evaluate
+    from vtrans_kernels.prune.evaluate import correct_per_row, evaluate
     from vtrans_kernels.prune.finetune import finetune
 
     train = Batches(feats["train"], args.batch_size, seed=seed)
@@ -150,7 +159,7 @@ def score_plan(args, model, plan, feats, labels, teacher, seed: int, desc: str) 
         lambda small, lr: finetune(small, train, args.finetune_steps, lr=lr, teacher=distill_from, progress=True,
                                    desc=f"{desc} fine-tune lr {lr:g}"),
         lambda small: accuracy(small, "dev"), seed=seed)
-    return PlanScore(before, {k: accuracy(choice.model, k) for k in evaluation}, choice)
+    return PlanScore(before, {k: correct_per_row(choice.model, evaluation[k]) for k in evaluation}, choice)
 
 
 def cell_masks(args, model, feats, seed: int, sparsity: float, method: str, work: Path):
@@ -173,7 +182,9 @@ def cell_masks(args, model, feats, seed: int, sparsity: float, method: str, work
     return cell, masks
 
 
-def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: Path) -> dict:
+def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: Path) -> tuple[dict, dict]:
+    """Prune, compact, fine-tune and measure one cell: its CSV row (without the environment and teacher columns)
+    and the fine-tuned model's per-row results (``PlanScore.correct``)."""
     torch.manual_seed(seed)
     model = fresh_model(labels, teacher, args.device)
     cell, masks = cell_masks(args, model, feats, seed, sparsity, method, work)
@@ -194,7 +205,7 @@ def run_cell(args, task, seed, sparsity, method, feats, labels, teacher, work: P
         **latencies(small, probe),
         finetune_lr=lr_label([choice.lr]), dev_by_lr=choice.scores_label(),
         machine=machine(),
-    )
+    ), scored.correct
 
 
 def parser() -> argparse.ArgumentParser:
@@ -225,6 +236,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=default_device(), help="where models train (default: the GPU if any)")
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
     p.add_argument("--csv", default=None, help="default bench/results/quality/encoder_<task>.csv")
+    p.add_argument("--record-rows", action="store_true",
+                   help="also replay the finished cells asked for that have no per-row record (their masks from the "
+                        "checkpoint folder, the fine-tune again) and record them when they reproduce their row")
     add_structures_argument(p)
     add_threads_argument(p)
     return p
@@ -264,11 +278,14 @@ def main(argv=None) -> None:
     args = parse_args(parser(), argv)
     work = Path(args.work) / args.task
     csv_path = Path(args.csv) if args.csv else RESULTS_DIR / "quality" / f"encoder_{args.task}.csv"
-    done = done_cells(csv_path, CELL_KEY)
+    rows_path = records_path(csv_path)
+    done = done_rows(csv_path, CELL_KEY)
+    recorded = recorded_cells(rows_path, CELL_KEY)
     feats, labels = task_features(args, work)
     for seed in args.seeds:
         pending = [(sparsity, method) for sparsity in args.sparsities for method in args.methods
-                   if cell_key(args, seed, sparsity, method) not in done]
+                   if cell_key(args, seed, sparsity, method) not in done
+                   or (args.record_rows and cell_key(args, seed, sparsity, method) not in recorded)]
         if not pending:  # a finished seed needs neither its teacher nor the teacher's evaluation
             continue
         teacher = seed_teacher(args, feats, labels, seed, work)
@@ -277,11 +294,29 @@ def main(argv=None) -> None:
                        for k in ("dev", "test")}
         print(f"teacher seed {seed}: dev {teacher_acc['dev']:.4f} test {teacher_acc['test']:.4f}")
         for sparsity, method in pending:
-            row = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
-            row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))
-            append_rows(csv_path, [{**environment(args.device), **row}])
-            print({k: row[k] for k in ("method", "target_sparsity", "test_before", "test_after", "mask_time_s")})
+            key = cell_key(args, seed, sparsity, method)
+            row, correct = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
+            if key in done:  # --record-rows: a replay of a finished cell, recorded only if it reproduces its row
+                if not same_accuracy(done[key], row):
+                    continue
+            else:
+                row.update(teacher_dev=round(teacher_acc["dev"], 4), teacher_test=round(teacher_acc["test"], 4))
+                append_rows(csv_path, [{**environment(args.device), **row}])
+                print({k: row[k] for k in ("method", "target_sparsity", "test_before", "test_after", "mask_time_s")})
+            append_record(rows_path, dict(zip(CELL_KEY, key)), args.task, correct)
     summarize.main(["--results", str(csv_path.parent)])  # the table and plots of everything finished so far
+
+
+def same_accuracy(saved: dict, replayed: dict) -> bool:
+    """Whether a replayed cell reproduced its saved row's dev and test accuracy after the fine-tune (warns if
+    not: its per-row results would not be the row's)."""
+    columns = ("dev_after", "test_after")
+    if all(float(saved[c]) == float(replayed[c]) for c in columns):
+        return True
+    warnings.warn(f"--record-rows: the replay of {replayed['method']} at {replayed['target_sparsity']} seed "
+                  f"{replayed['seed']} gave {[replayed[c] for c in columns]}, its row says "
+                  f"{[saved[c] for c in columns]}; no record written")
+    return False
 
 
 if __name__ == "__main__":

@@ -26,16 +26,21 @@ from common import timed  # noqa: E402
 BUDGET_COLUMNS = ("mask_steps", "finetune_steps", "batch_size")
 
 
-def done_cells(csv_path: Path, keys: tuple[str, ...], derived: dict | None = None) -> set[tuple[str, ...]]:
-    """The ``keys`` columns of every row already in ``csv_path`` (as strings, "" where a row lacks one): the cells
-    to skip. ``derived`` maps a key column that older rows lack to a function computing it from their other
-    columns."""
+def done_rows(csv_path: Path, keys: tuple[str, ...], derived: dict | None = None) -> dict[tuple[str, ...], dict]:
+    """Every row already in ``csv_path`` by its ``keys`` columns (as strings, "" where a row lacks one; the last
+    row of a key wins). ``derived`` maps a key column that older rows lack to a function computing it from their
+    other columns."""
     if not csv_path.exists():
-        return set()
+        return {}
     derived = derived or {}
     value = lambda row, k: row.get(k) or (derived[k](row) if k in derived else "")  # noqa: E731
     with csv_path.open() as f:
-        return {tuple(value(row, k) for k in keys) for row in csv.DictReader(f)}
+        return {tuple(value(row, k) for k in keys): row for row in csv.DictReader(f)}
+
+
+def done_cells(csv_path: Path, keys: tuple[str, ...], derived: dict | None = None) -> set[tuple[str, ...]]:
+    """The ``keys`` values of every row already in ``csv_path``: the cells to skip (see :func:`done_rows`)."""
+    return set(done_rows(csv_path, keys, derived))
 
 
 def init_label(mask_method: str | None, log_sigma2_init: float) -> str:
