@@ -47,11 +47,13 @@ def test_prune_lm_on_a_decoder(tmp_path):
     data = write_data(tmp_path / "text.jsonl", fmt="jsonl", columns=("text",))
     assert main(_args(folder, data, tmp_path / "out", "--task", "lm", "--method", "hard_concrete",
                       "--variant", "fast", "--finetune-steps", "2", "--subset-fraction", "1.0",
-                      "--target", "flops", "--hidden-distill", "relative", "--no-fold-scales")) == 0
+                      "--target", "flops", "--hidden-distill", "relative", "--no-fold-scales",
+                      "--settle-fraction", "0.5", "--quench-fraction", "0.5", "--quench-gradient", "exact")) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["compacted"]["perplexity"] > 1 and summary["target"] == "flops"
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["hidden_distill"] == "relative" and config["fold_scales"] is False
+    assert (config["settle_fraction"], config["quench_fraction"], config["quench_gradient"]) == (0.5, 0.5, "exact")
     assert CompactionPlan.load(tmp_path / "out" / "plan.json").ffn_scale == {}
 
 
@@ -61,13 +63,15 @@ def test_prune_lm_on_a_decoder(tmp_path):
     ({"--target-sparsity": "1.2"}, "target_sparsity"),
     ({"--data": "nolabel.csv"}, "label"),
     ({"--data": "bad.txt"}, "--data"),
+    ({"--quench-fraction": "0.3"}, "quench_fraction: expected at most settle_fraction (0.2)"),
 ])
 def test_prune_errors(tmp_path, folder, capsys, change, message):
     write_data(tmp_path / "nolabel.csv", columns=("text",))
     (tmp_path / "bad.txt").write_text("not a table")
     args = {"--model": str(folder), "--data": str(write_data(tmp_path / "ok.csv")), "--target-sparsity": "0.5"}
     for key, value in change.items():
-        args[key] = value if key == "--target-sparsity" or value == "missing-dir" else str(tmp_path / value)
+        args[key] = value if key.endswith("-fraction") or key == "--target-sparsity" or value == "missing-dir" \
+            else str(tmp_path / value)
     argv = ["prune", "--out", str(tmp_path / "out"), "--no-progress"] + [x for kv in args.items() for x in kv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err

@@ -180,7 +180,9 @@ def _prune(args) -> int:
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
         **compaction_settings(args.no_fold_scales, args.compact_from), checkpoint_every=args.checkpoint_every,
         bias_compensation=args.bias_compensation, calibration_batches=args.calibration_batches,
-        mask_init=vib_mask_init(args.method, args.log_sigma2_init), mask_start=args.mask_start)
+        mask_init=vib_mask_init(args.method, args.log_sigma2_init), mask_start=args.mask_start,
+        settle_fraction=args.settle_fraction, quench_fraction=args.quench_fraction,
+        quench_gradient=args.quench_gradient)
     check_not_input(args.out, {"--model": args.model, "--data": args.data})
     head = _classifier_labels(args.model) if args.task == "classification" else None
     data = load_text_data(args.data, args.task, num_labels=head)
@@ -288,6 +290,16 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--mask-start", choices=("init", "oneshot"), default="init",
                    help="oneshot: the masks start at the one-shot plan of the target (activation x weight norms "
                         "on --calibration-batches training batches) instead of keeping every unit")
+    p.add_argument("--settle-fraction", type=float, default=0.2,
+                   help="last fraction of the mask steps that end by holding the masks' decision on the target "
+                        "(PruneConfig.settle_fraction)")
+    p.add_argument("--quench-fraction", type=float, default=0.0,
+                   help="last fraction of the mask steps (at most --settle-fraction) whose gates have no noise, so "
+                        "the weights train in the model the plan compacts to (PruneConfig.quench_fraction; 0.5 with "
+                        "--settle-fraction 0.5 was VTrans' best setting on MiniLM-L6, docs/pruning.md)")
+    p.add_argument("--quench-gradient", choices=("straight_through", "exact"), default="straight_through",
+                   help="the quenched gates' gradient: a removed unit's as if it were kept, or the exact one (zero "
+                        "for removed units; PruneConfig.quench_gradient)")
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
                    help="hidden-state distillation: plain MSE, or MSE relative to the teacher's power per layer "
                         "(for LLaMA-style residual streams, whose plain MSE drowns the size target)")
