@@ -256,6 +256,8 @@ def _interrupted(command: str, argv: list[str], out: str | None) -> int:
 
 
 def _add_prune_parser(sub) -> None:
+    from .prune.config import QUENCH_GRADIENTS, PruneConfig
+
     p = sub.add_parser("prune", help="train VTrans masks under a size target and write the compacted model")
     p.add_argument("--model", required=True, help="transformers model folder")
     p.add_argument("--data", required=True, help="local .csv/.jsonl with `text` (and `label`), or a datasets name")
@@ -290,14 +292,14 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--mask-start", choices=("init", "oneshot"), default="init",
                    help="oneshot: the masks start at the one-shot plan of the target (activation x weight norms "
                         "on --calibration-batches training batches) instead of keeping every unit")
-    p.add_argument("--settle-fraction", type=float, default=0.2,
+    p.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
                    help="last fraction of the mask steps that end by holding the masks' decision on the target "
                         "(PruneConfig.settle_fraction)")
-    p.add_argument("--quench-fraction", type=float, default=0.0,
+    p.add_argument("--quench-fraction", type=float, default=PruneConfig.quench_fraction,
                    help="last fraction of the mask steps (at most --settle-fraction) whose gates have no noise, so "
                         "the weights train in the model the plan compacts to (PruneConfig.quench_fraction; 0.5 with "
                         "--settle-fraction 0.5 was VTrans' best setting on MiniLM-L6, docs/pruning.md)")
-    p.add_argument("--quench-gradient", choices=("straight_through", "exact"), default="straight_through",
+    p.add_argument("--quench-gradient", choices=QUENCH_GRADIENTS, default=PruneConfig.quench_gradient,
                    help="the quenched gates' gradient: a removed unit's as if it were kept, or the exact one (zero "
                         "for removed units; PruneConfig.quench_gradient)")
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",

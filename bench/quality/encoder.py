@@ -283,9 +283,10 @@ def main(argv=None) -> None:
     recorded = recorded_cells(rows_path, CELL_KEY)
     feats, labels = task_features(args, work)
     for seed in args.seeds:
-        pending = [(sparsity, method) for sparsity in args.sparsities for method in args.methods
-                   if cell_key(args, seed, sparsity, method) not in done
-                   or (args.record_rows and cell_key(args, seed, sparsity, method) not in recorded)]
+        keys = {(sparsity, method): cell_key(args, seed, sparsity, method)
+                for sparsity in args.sparsities for method in args.methods}
+        pending = [cell for cell, key in keys.items()
+                   if key not in done or (args.record_rows and key not in recorded)]
         if not pending:  # a finished seed needs neither its teacher nor the teacher's evaluation
             continue
         teacher = seed_teacher(args, feats, labels, seed, work)
@@ -294,7 +295,7 @@ def main(argv=None) -> None:
                        for k in ("dev", "test")}
         print(f"teacher seed {seed}: dev {teacher_acc['dev']:.4f} test {teacher_acc['test']:.4f}")
         for sparsity, method in pending:
-            key = cell_key(args, seed, sparsity, method)
+            key = keys[(sparsity, method)]
             row, correct = run_cell(args, args.task, seed, sparsity, method, feats, labels, teacher, work)
             if key in done:  # --record-rows: a replay of a finished cell, recorded only if it reproduces its row
                 if not same_accuracy(done[key], row):
