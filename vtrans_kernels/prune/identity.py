@@ -131,12 +131,18 @@ def _normalise(value):
 BEFORE_THEY_EXISTED = {"quench_gradient": "exact"}
 
 
+def settings_as_run(settings: dict) -> dict:
+    """``settings`` (a ``PruneConfig.to_dict()`` written by any version) with every setting it lacks as the run
+    had it: a record written before a setting existed ran as its default does (a new setting defaults to the old
+    behaviour), or as :data:`BEFORE_THEY_EXISTED` says where the default changed the behaviour."""
+    return {**PruneConfig().to_dict(), **BEFORE_THEY_EXISTED, **settings}
+
+
 def _with_later_defaults(record: dict) -> dict:
-    """``record`` with every setting it lacks at ``PruneConfig``'s default: a record written before a setting
-    existed ran as its default does (a new setting defaults to the old behaviour), or as
-    :data:`BEFORE_THEY_EXISTED` says where the default changed the behaviour."""
-    defaults = {f"settings.{k}": v for k, v in {**PruneConfig().to_dict(), **BEFORE_THEY_EXISTED}.items()}
-    return {**{k: v for k, v in defaults.items() if k not in record}, **record}
+    """A run record with its ``settings.`` entries completed by :func:`settings_as_run`."""
+    prefix = "settings."
+    settings = {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
+    return {**record, **{prefix + k: v for k, v in settings_as_run(settings).items()}}
 
 
 def check_same_run(saved: dict | None, current: dict, where: str) -> None:

@@ -15,7 +15,7 @@ from ..masks.lagrangian import Lagrangian
 from ..masks.mask_set import mix_seed
 from .config import PruneConfig
 from .distributed import DistContext, fully_shard_model, is_sharded
-from .identity import BEFORE_THEY_EXISTED, check_same_run, mask_settings
+from .identity import check_same_run, mask_settings, settings_as_run
 from .objective import hidden_distillation, logit_distillation
 
 
@@ -300,7 +300,7 @@ class Pruner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        saved = PruneConfig.from_dict({**BEFORE_THEY_EXISTED, **state["config"]})
+        saved = PruneConfig.from_dict(settings_as_run(state["config"]))
         check_same_run(mask_settings(saved), mask_settings(self.config), "the checkpoint")
         if int(state.get("world_size", 1)) != self.dist.world:
             raise ValueError(f"resume: the checkpoint was written by {state.get('world_size', 1)} processes, this run "
