@@ -40,8 +40,10 @@ def test_short_run_reaches_the_target(tmp_path, features, method, variant, targe
     config = PruneConfig(method=method, variant=variant, target=target, seq_len=16, target_sparsity=0.45,
                          steps=30, batch_size=8, subset_fraction=1.0, log_every=5, checkpoint_every=10)
     result = run_pruning(model, Batches(features, 8), config, tmp_path, progress=False)
-    assert abs(result.summary["sparsity"] - 0.45) <= 0.02
-    assert abs(_achieved(model, result.plan, target) - 0.45) <= 0.02
+    # one hidden dim of this tiny model is 1/hidden of its size, more than 0.02: no plan can be nearer than that
+    tolerance = max(0.02, 1 / model.config.hidden_size)
+    assert abs(result.summary["sparsity"] - 0.45) <= tolerance
+    assert abs(_achieved(model, result.plan, target) - 0.45) <= tolerance
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30]
     assert records[-1]["expected_sparsity"] > records[0]["expected_sparsity"]

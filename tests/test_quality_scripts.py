@@ -396,14 +396,14 @@ def test_quenched_steps_are_part_of_a_cell_its_folder_and_its_label():
     from study import settings_label, start_settings
 
     args = encoder.parser().parse_args([])
-    plain = start_settings("vib", args)
+    plain = start_settings("vib", "faster", args)
     args.quench_fraction = 0.2
-    quenched = start_settings("vib", args)
+    quenched = start_settings("vib", "faster", args)
     assert (plain["quench_fraction"], quenched["quench_fraction"]) == ("", "0.2")
-    assert start_settings(None, args)["quench_fraction"] == ""  # the one-shot baseline trains no masks
+    assert start_settings(None, None, args)["quench_fraction"] == ""  # the one-shot baseline trains no masks
     assert encoder.cell_key(args, 0, 0.5, "vtrans") != encoder.cell_key(argparse.Namespace(
         **{**vars(args), "quench_fraction": 0.0}), 0, 0.5, "vtrans")
-    exact = start_settings("vib", argparse.Namespace(**{**vars(args), "quench_gradient": "exact"}))
+    exact = start_settings("vib", "faster", argparse.Namespace(**{**vars(args), "quench_gradient": "exact"}))
     assert (plain["quench_gradient"], quenched["quench_gradient"], exact["quench_gradient"]) == (
         "", "straight_through", "")  # "": no quench, or the exact gradient of every quenched row before the option
     assert encoder.cell_key(args, 0, 0.5, "vtrans") != encoder.cell_key(argparse.Namespace(
@@ -415,6 +415,27 @@ def test_quenched_steps_are_part_of_a_cell_its_folder_and_its_label():
     assert summarize.objective_label("vtrans", "init", "0.2", "", "", "", "0.2") == "vtrans [settle 0.2, quench 0.2]"
     assert (summarize.objective_label("vtrans", "init", "0.2", "", "", "", "0.2", "straight_through")
             == "vtrans [settle 0.2, quench 0.2 straight-through]")
+
+
+def test_a_cell_at_the_default_schedule_is_keyed_by_the_fractions_it_ran():
+    """The schedule's defaults depend on the variant: a VTrans cell run without --settle-fraction and
+    --quench-fraction is the cell of settle and quench 0.5 (straight-through), so rows of either spelling are one
+    cell; Faster's default is the 20% hold without a quench."""
+    import argparse
+
+    import encoder
+    from study import start_settings
+
+    default = encoder.parser().parse_args([])
+    spelled = encoder.parser().parse_args(["--settle-fraction", "0.5", "--quench-fraction", "0.5"])
+    assert encoder.cell_key(default, 0, 0.5, "vtrans") == encoder.cell_key(spelled, 0, 0.5, "vtrans")
+    assert encoder.cell_key(default, 0, 0.5, "hard_concrete") == encoder.cell_key(spelled, 0, 0.5, "hard_concrete")
+    assert encoder.cell_key(default, 0, 0.5, "faster") != encoder.cell_key(spelled, 0, 0.5, "faster")
+    columns = ("settle_fraction", "quench_fraction", "quench_gradient")
+    assert [start_settings("vib", "vtrans", default)[c] for c in columns] == ["0.5", "0.5", "straight_through"]
+    assert [start_settings("vib", "faster", default)[c] for c in columns] == ["0.2", "", ""]
+    unquenched = argparse.Namespace(**{**vars(default), "settle_fraction": 0.2, "quench_fraction": 0.0})
+    assert [start_settings("vib", "vtrans", unquenched)[c] for c in columns] == ["0.2", "", ""]
 
 
 def test_compact_original_is_a_cell_of_its_own_on_the_same_masks(monkeypatch, tmp_path):

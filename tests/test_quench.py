@@ -58,14 +58,37 @@ def test_quench_fraction_is_checked():
     assert PruneConfig(steps=150, settle_fraction=0.2, quench_fraction=0.2).quench_steps == 30
 
 
-def test_a_checkpoint_from_before_the_setting_resumes_at_its_default():
-    """Records written before quench_fraction existed lack it: they ran as its default does, and only that resumes."""
+def test_the_schedule_defaults_by_variant():
+    """The variants that train weights settle and quench the last half of the run (straight-through); "faster",
+    whose weights stay frozen, holds the last 20% without a quench. A quench left unset follows the settling."""
+    for variant in ("vtrans", "fast"):
+        config = PruneConfig(variant=variant)
+        assert (config.settle_fraction, config.quench_fraction, config.quench_gradient) == (
+            0.5, 0.5, "straight_through")
+        assert PruneConfig(variant=variant, settle_fraction=0.3).quench_fraction == 0.3
+        assert PruneConfig(variant=variant, quench_fraction=0.0).settle_fraction == 0.5
+    assert (PruneConfig(variant="faster").settle_fraction, PruneConfig(variant="faster").quench_fraction) == (0.2, 0.0)
+    assert PruneConfig.from_dict(PruneConfig(variant="vtrans").to_dict()) == PruneConfig(variant="vtrans")
+
+
+def test_a_checkpoint_from_before_the_settings_resumes_as_it_ran():
+    """Records written before quench_fraction (or settle_fraction) existed lack it: they ran without a quench (or
+    a settling), whatever the default now is, and only that resumes."""
     from vtrans_kernels.prune.identity import check_same_run, mask_settings
 
     older = {k: v for k, v in mask_settings(PruneConfig()).items() if k != "settings.quench_fraction"}
     check_same_run(older, mask_settings(PruneConfig()), "old.pt")
     with pytest.raises(ValueError, match=r"settings.quench_fraction: 0.0 \(checkpoint\) vs 0.2 \(this run\)"):
         check_same_run(older, mask_settings(PruneConfig(quench_fraction=0.2)), "old.pt")
+    unquenched = PruneConfig(variant="vtrans", settle_fraction=0.2, quench_fraction=0.0)
+    older = {k: v for k, v in mask_settings(unquenched).items() if k != "settings.quench_fraction"}
+    check_same_run(older, mask_settings(unquenched), "old.pt")
+    unsettled = PruneConfig(variant="vtrans", settle_fraction=0.0)
+    older = {k: v for k, v in mask_settings(unsettled).items() if k not in ("settings.settle_fraction",
+                                                                             "settings.quench_fraction")}
+    check_same_run(older, mask_settings(unsettled), "old.pt")
+    with pytest.raises(ValueError, match=r"settings.settle_fraction: 0.0 \(checkpoint\) vs 0.5 \(this run\)"):
+        check_same_run(older, mask_settings(PruneConfig(variant="vtrans")), "old.pt")
 
 
 @pytest.mark.parametrize("method", ["vib", "hard_concrete"])

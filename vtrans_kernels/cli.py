@@ -294,11 +294,13 @@ def _add_prune_parser(sub) -> None:
                         "on --calibration-batches training batches) instead of keeping every unit")
     p.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
                    help="last fraction of the mask steps that end by holding the masks' decision on the target "
-                        "(PruneConfig.settle_fraction)")
+                        "(PruneConfig.settle_fraction; default 0.5 for the variants that train weights, 0.2 for "
+                        "faster)")
     p.add_argument("--quench-fraction", type=float, default=PruneConfig.quench_fraction,
                    help="last fraction of the mask steps (at most --settle-fraction) whose gates have no noise, so "
-                        "the weights train in the model the plan compacts to (PruneConfig.quench_fraction; 0.5 with "
-                        "--settle-fraction 0.5 was VTrans' best setting on MiniLM-L6, docs/pruning.md)")
+                        "the weights train in the model the plan compacts to (PruneConfig.quench_fraction; default "
+                        "the whole settling for the variants that train weights, VTrans' best setting on MiniLM-L6, "
+                        "none for faster; docs/pruning.md)")
     p.add_argument("--quench-gradient", choices=QUENCH_GRADIENTS, default=PruneConfig.quench_gradient,
                    help="the quenched gates' gradient: a removed unit's as if it were kept, or the exact one (zero "
                         "for removed units; PruneConfig.quench_gradient)")

@@ -67,7 +67,7 @@ def mask_settings(method: str, args) -> dict:
     return dict(log_sigma2_init=init_label(METHODS[method][0], args.log_sigma2_init),
                 hidden_distill=args.hidden_distill, mask_lr=str(float(args.mask_lr)),
                 fold_scales=fold_label(METHODS[method][0], not args.no_fold_scales),
-                **start_settings(METHODS[method][0], args))
+                **start_settings(*METHODS[method], args))
 
 
 def cell_values(args, layers: int, seed: int, sparsity: float, method: str) -> dict:

@@ -123,7 +123,7 @@ def main(argv=None) -> None:
                        decision_sparsity=round(float(pruner.masks.sparsity(pruner.measure)), 4),
                        units_changed_from_start=changed_units(plan, plans[0]),
                        dev_ppl=round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
-                       dev_teacher_ppl=round(dev_teacher, 3), **start_settings("vib", args),
+                       dev_teacher_ppl=round(dev_teacher, 3), **start_settings("vib", "faster", args),
                        mask_lr=args.mask_lr, hidden_distill=args.hidden_distill,
                        log_sigma2_init=args.log_sigma2_init, mask_steps=args.steps, batch_size=args.batch_size,
                        dev_blocks=features["dev"]["input_ids"].shape[0],

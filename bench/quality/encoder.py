@@ -77,7 +77,7 @@ def cell_values(args, seed: int, sparsity: float, method: str) -> dict:
                 finetune_steps=args.finetune_steps, batch_size=args.batch_size,
                 finetune_lrs=lr_label(args.finetune_lrs),
                 uniform="True" if args.uniform and mask_method is not None else "",
-                structures=structures_label(args.structures), **start_settings(mask_method, args))
+                structures=structures_label(args.structures), **start_settings(*METHODS[method], args))
 
 
 def cell_key(args, seed: int, sparsity: float, method: str) -> tuple[str, ...]:

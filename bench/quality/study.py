@@ -105,13 +105,15 @@ def add_mask_start_arguments(parser) -> None:
     parser.add_argument("--mask-start", choices=MASK_STARTS, default=PruneConfig.mask_start,
                         help="masks start at --log-sigma2-init, or at the one-shot plan (PruneConfig.mask_start)")
     parser.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
-                        help="last fraction of mask steps that hold the decision on the target")
+                        help="last fraction of mask steps that hold the decision on the target (default by variant: "
+                             "PruneConfig.settle_fraction)")
     parser.add_argument("--warmup-fraction", type=float, default=PruneConfig.warmup_fraction,
                         help="fraction of mask steps over which the target ramps up from the masks' start "
                              "(PruneConfig.warmup_fraction; with the settling steps at most the whole run)")
     parser.add_argument("--quench-fraction", type=float, default=PruneConfig.quench_fraction,
                         help="last fraction of mask steps (at most --settle-fraction) whose gates have no noise, so "
-                             "the weights train in the model the plan compacts to (PruneConfig.quench_fraction)")
+                             "the weights train in the model the plan compacts to (default by variant: "
+                             "PruneConfig.quench_fraction)")
     parser.add_argument("--quench-gradient", choices=QUENCH_GRADIENTS, default=PruneConfig.quench_gradient,
                         help="the quenched gates' gradient: a removed unit's as if it were kept, or none "
                              "(PruneConfig.quench_gradient)")
@@ -120,25 +122,28 @@ def add_mask_start_arguments(parser) -> None:
                              "straight-through count (PRUNING_MASK_INIT straight_through None)")
 
 
-def start_settings(mask_method: str | None, args) -> dict:
+def start_settings(mask_method: str | None, variant: str | None, args) -> dict:
     """A cell's ``mask_start``, ``settle_fraction``, ``size_count`` and ``warmup_fraction`` columns as the CSV
     holds them: "" for the one-shot baseline, which trains no masks (and in rows from before masks could start
-    from the one-shot plan or settle); ``size_count`` is "soft" for VIB cells run with --soft-count, "" for the
-    default count; ``warmup_fraction`` is "" at the default ramp (as in the rows from before it was an option),
+    from the one-shot plan or settle); ``settle_fraction`` is the run's (``variant``'s default when --settle-fraction
+    is not given); ``size_count`` is "soft" for VIB cells run with --soft-count, "" for the default count;
+    ``warmup_fraction`` is "" at the default ramp (as in the rows from before it was an option),
     ``quench_fraction`` "" without quenched steps (likewise), ``quench_gradient`` "straight_through" for quenched
     steps with that gradient, else "" (no quench, or the exact gradient every quenched row from before the option
     ran)."""
     from vtrans_kernels.prune import PruneConfig
+    from vtrans_kernels.prune.config import schedule_fractions
 
     if mask_method is None:
         return {"mask_start": "", "settle_fraction": "", "size_count": "", "warmup_fraction": "", "quench_fraction": "",
                 "quench_gradient": ""}
-    warmup, quench = float(args.warmup_fraction), float(args.quench_fraction)
+    settle, quench = schedule_fractions(variant, args.settle_fraction, args.quench_fraction)
+    warmup = float(args.warmup_fraction)
     straight = quench > 0 and args.quench_gradient == "straight_through"
-    return {"mask_start": args.mask_start, "settle_fraction": str(float(args.settle_fraction)),
+    return {"mask_start": args.mask_start, "settle_fraction": str(float(settle)),
             "size_count": "soft" if args.soft_count and mask_method == "vib" else "",
             "warmup_fraction": "" if warmup == PruneConfig.warmup_fraction else str(warmup),
-            "quench_fraction": "" if quench == PruneConfig.quench_fraction else str(quench),
+            "quench_fraction": str(float(quench)) if quench > 0 else "",
             "quench_gradient": "straight_through" if straight else ""}
 
 

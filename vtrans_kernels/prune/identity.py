@@ -127,8 +127,9 @@ def _normalise(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-# What a run recorded before a setting existed did, where the setting's default is not that.
-BEFORE_THEY_EXISTED = {"quench_gradient": "exact"}
+# What a run recorded before a setting existed did, where the setting's default is not that (no settling and no
+# quench came before them; a quench came before its straight-through gradient).
+BEFORE_THEY_EXISTED = {"settle_fraction": 0.0, "quench_fraction": 0.0, "quench_gradient": "exact"}
 
 
 def settings_as_run(settings: dict) -> dict:
