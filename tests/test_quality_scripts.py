@@ -350,6 +350,45 @@ def test_headline_figures_one_series_per_method_legend_outside(tmp_path):
                      reference=("ref", 1.0))
 
 
+def test_heads_ffn_figure_draws_each_schedule_once(tmp_path):
+    """The every-hidden-dim-kept figure: VTrans at the default and the earlier schedule, hard-concrete and one-shot,
+    means over seeds; the same methods at other settings (another schedule, the original weights, another lr grid,
+    all structures pruned) score higher on purpose and are not drawn."""
+    import figures
+    import summarize
+
+    def row(method, sparsity, seed, acc, settle="0.2", quench="", gradient="", **extra):
+        masks = method != "oneshot"
+        return {**dict(task="sentiment", seed=seed, target_sparsity=sparsity, method=method, test_after=acc,
+                       structures="heads ffn", finetune_lrs=figures.SEARCHED_LRS, mask_steps=150,
+                       finetune_steps=100, batch_size=32, teacher_test=0.86, mask_start="init" if masks else "",
+                       settle_fraction=settle if masks else "", quench_fraction=quench, quench_gradient=gradient,
+                       log_sigma2_init="-1.0" if method == "vtrans" else "", fold_scales="True" if masks else ""),
+                **extra}
+
+    rows = []
+    for sparsity in (0.5, 0.7):
+        for seed in (0, 1):
+            base = 0.8 - 0.1 * sparsity + 0.01 * seed
+            # the decoys first: a series keeps the first row of a seed, so one let through would show
+            rows += [row("hard_concrete", sparsity, seed, 0.99, "0.5", "0.5", "straight_through"),
+                     row("vtrans", sparsity, seed, 0.99, compact_from="original"),
+                     row("vtrans", sparsity, seed, 0.99, "0.5", "0.5", "straight_through",
+                         finetune_lrs="5e-05 0.0001 0.0002 0.0004"),
+                     dict(row("oneshot", sparsity, seed, 0.99, settle=""), structures=""),
+                     row("vtrans", sparsity, seed, base + 0.02, "0.5", "0.5", "straight_through"),
+                     row("vtrans", sparsity, seed, base), row("hard_concrete", sparsity, seed, base + 0.01),
+                     row("oneshot", sparsity, seed, base - 0.01, settle="")]
+    drawn = _drawn(figures.heads_ffn_figure(rows, "sentiment"))
+    labels = [figures.HEADS_FFN_SERIES[key][0] for key in figures.HEADS_FFN_SERIES]
+    assert list(drawn) == labels
+    expected = {labels[0]: 0.02, labels[1]: 0.0, labels[2]: 0.01, labels[3]: -0.01}
+    for label, offset in expected.items():
+        assert drawn[label] == pytest.approx([0.755 + offset, 0.735 + offset], abs=1e-9)
+    assert tmp_path / "encoder_sentiment_heads_ffn.png" in figures.encoder_figures(rows, tmp_path)
+    assert (tmp_path / "encoder_sentiment_heads_ffn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_decoder_figure_best_documented_settings(tmp_path):
     import figures
 
@@ -374,6 +413,33 @@ def test_decoder_figure_best_documented_settings(tmp_path):
     assert fig.axes[0].get_yscale() == "log" and _legend_outside(fig)
     assert "unpruned model (23.8)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]  # its own set
     assert figures.decoder_figures(rows, tmp_path) == [tmp_path / "decoder_lm.png"]
+
+
+def test_decoder_heads_ffn_figure_draws_faster_at_its_setting_and_one_shot(tmp_path):
+    import figures
+
+    def row(method, sparsity, seed, ppl, quench="", gradient="", **extra):
+        masks = method != "oneshot"
+        return {**dict(layers=30, seed=seed, target_sparsity=sparsity, method=method, ppl_after=ppl,
+                       structures="heads ffn", hidden_distill="relative" if masks else "",
+                       mask_lr="0.1" if masks else "", fold_scales="False" if masks else "",
+                       log_sigma2_init="-1.0" if masks else "", mask_start="oneshot" if masks else "",
+                       settle_fraction="0.85" if masks else "", quench_fraction=quench, quench_gradient=gradient,
+                       mask_steps=60, finetune_steps=40, batch_size=4, teacher_ppl=22.1, eval_tokens="16384"),
+                **extra}
+
+    rows = []
+    for seed in (0, 1):  # the decoys first: a series keeps the first row of a seed
+        rows += [row("faster", 0.3, seed, 1.0, fold_scales="True"), row("faster", 0.3, seed, 1.0, mask_lr="0.02"),
+                 row("faster", 0.3, seed, 1.0, settle_fraction="0.2"), row("oneshot", 0.3, seed, 1.0, structures=""),
+                 row("oneshot", 0.3, seed, 1.0, eval_tokens="8192"),
+                 row("faster", 0.3, seed, 40 + seed), row("oneshot", 0.3, seed, 44 + seed),
+                 row("faster", 0.3, seed, 42 + seed, "0.85", "straight_through")]
+    drawn = _drawn(figures.decoder_heads_ffn_figure(rows))
+    labels = [figures.DECODER_HEADS_FFN_SERIES[key][0] for key in figures.DECODER_HEADS_FFN_SERIES]
+    assert drawn == {labels[0]: pytest.approx([44.5]), labels[1]: pytest.approx([40.5]),
+                     labels[2]: pytest.approx([42.5])}
+    assert tmp_path / "decoder_lm_heads_ffn.png" in figures.decoder_figures(rows, tmp_path)
 
 
 def _check_row_records(csv_path: Path, rows: list[dict]) -> None:

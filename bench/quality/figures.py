@@ -2,6 +2,10 @@
 settings (bench/results/quality/findings.md), at most ``MAX_SERIES`` series, the legend outside the axes.
 
 - ``encoder_<task>.png``: test accuracy after the fine-tune against parameter sparsity (MiniLM-L6), per method.
+- ``encoder_<task>_heads_ffn.png``: the same question with every hidden dim kept (``--structures heads ffn``),
+  where every method scores best: VTrans at its default schedule and at the earlier one, hard-concrete, one-shot.
+- ``decoder_lm_heads_ffn.png``: the decoder's question with every hidden dim kept: Faster-VTrans at its best
+  setting (one-shot start, the last 85% held) against one-shot.
 - ``decoder_lm.png``: held-out perplexity after the fine-tune against parameter sparsity (SmolLM2-135M).
 
 The ablations (other VIB inits, learning-rate grids, budgets, objectives) are not drawn: they stay in the tables
@@ -293,6 +297,101 @@ def decoder_figure(rows: list[dict]):
                 reference=(f"unpruned model ({teacher:.1f})", teacher), log_y=True)
 
 
+# --- Encoder, every hidden dim kept (findings.md, "A straight-through quench") ---
+# One series per (method, settling fraction, quench fraction, quench gradient) as the CSV holds them: VTrans at the
+# default schedule of the variants that train weights and at the earlier default, hard-concrete at the schedule
+# its 3-seed cells ran, one-shot (no masks). Masks from their initialisation (VIB log σ² -1), scales folded, the
+# weights the masks trained, the searched fine-tune grid, the study budget.
+HEADS_FFN_SERIES = {
+    ("vtrans", "0.5", "0.5", "straight_through"): ("VTrans, default schedule (last half held, no gate noise)", "C0"),
+    ("vtrans", "0.2", "", ""): ("VTrans, earlier default (last 20% held, gate noise to the end)", "C9"),
+    ("hard_concrete", "0.2", "", ""): ("hard-concrete (last 20% held)", COLORS["hard_concrete"]),
+    ("oneshot", "", "", ""): (ONESHOT, COLORS["oneshot"]),
+}
+
+
+def heads_ffn_series(rows: list[dict]) -> list[Series]:
+    """The series of a task's every-hidden-dim-kept figure, in ``HEADS_FFN_SERIES`` order (those with rows)."""
+    rows = _at_budget([r for r in rows if r.get("structures") == "heads ffn"
+                       and r.get("finetune_lrs") == SEARCHED_LRS and not r.get("uniform")
+                       and r.get("mask_start", "") in ("", "init") and not r.get("compact_from")
+                       and not r.get("warmup_fraction") and not r.get("size_count")
+                       and r.get("log_sigma2_init", "") in ("", str(DEFAULT_INIT))
+                       and r.get("fold_scales", "") in ("", "True")])
+    series = {}
+    for row in rows:
+        key = (row["method"], row.get("settle_fraction", ""), row.get("quench_fraction", ""),
+               row.get("quench_gradient", ""))
+        if key in HEADS_FFN_SERIES:
+            series.setdefault(key, Series(*HEADS_FFN_SERIES[key])).add(row, "test_after")
+    return [series[key] for key in HEADS_FFN_SERIES if key in series]
+
+
+def heads_ffn_figure(rows: list[dict], task: str):
+    """Test accuracy after the fine-tune against parameter sparsity with every hidden dim kept: which method keeps
+    the most accuracy when only heads and FFN neurons are pruned? ``None`` without such rows."""
+    series = heads_ffn_series(rows)
+    if not series:
+        return None
+    teachers = {r["seed"]: float(r["teacher_test"]) for r in rows if r.get("structures") == "heads ffn"}
+    teacher = statistics.mean(teachers.values())
+    mask_steps, finetune_steps, _ = _study_budget([r for r in rows if r.get("structures") == "heads ffn"])
+    title = (f"MiniLM-L6, {TASKS.get(task, task)}, heads and FFN neurons pruned (every hidden dim kept):\n"
+             f"which method keeps the most accuracy? {mask_steps} mask steps + {finetune_steps} distilled fine-tune "
+             "steps, fine-tune lr searched on dev")
+    seeds = f", mean of {len(teachers)} seeds" if len(teachers) > 1 else ""
+    return draw(series, title=title, xlabel="parameter sparsity of the encoder layers (%)",
+                ylabel="test accuracy after fine-tune (fraction)",
+                reference=(f"unpruned teacher ({teacher:.3f}{seeds})", teacher), dodge=0.35)
+
+
+# --- Decoder, every hidden dim kept (findings.md, "Keeping every hidden dim") ---
+# Faster at its best measured setting (one-shot start, the last 85% of the steps held, relative hidden-state
+# distillation, mask lr 0.1, gate values not folded), with and without a straight-through quench over the hold,
+# and one-shot; keyed by (method, mask start, settling fraction, quench fraction, quench gradient).
+DECODER_HEADS_FFN_SERIES = {
+    ("oneshot", "", "", "", ""): (ONESHOT, COLORS["oneshot"]),
+    ("faster", "oneshot", "0.85", "", ""): ("Faster-VTrans, one-shot start, last 85% held", COLORS["faster"]),
+    ("faster", "oneshot", "0.85", "0.85", "straight_through"):
+        ("Faster-VTrans, same, no gate noise while held", "C4"),
+}
+
+
+def decoder_heads_ffn_series(rows: list[dict]) -> list[Series]:
+    """The series of the decoder's every-hidden-dim-kept figure, in ``DECODER_HEADS_FFN_SERIES`` order, on the
+    held-out set most of its rows were measured on."""
+    rows = [r for r in rows if r.get("structures") == "heads ffn" and (
+        r["method"] == "oneshot" or (r.get("fold_scales") == "False" and r.get("log_sigma2_init") == str(DECODER_INIT)
+                                     and all(r.get(k) == v for k, v in DECODER_MASK_SETTINGS.items())))]
+    if not rows:
+        return []
+    tokens = Counter(r["eval_tokens"] for r in rows).most_common(1)[0][0]
+    series = {}
+    for row in _at_budget([r for r in rows if r["eval_tokens"] == tokens]):
+        key = (row["method"], row.get("mask_start", ""), row.get("settle_fraction", ""),
+               row.get("quench_fraction", ""), row.get("quench_gradient", ""))
+        if key in DECODER_HEADS_FFN_SERIES:
+            series.setdefault(key, Series(*DECODER_HEADS_FFN_SERIES[key])).add(row, "ppl_after")
+    return [series[key] for key in DECODER_HEADS_FFN_SERIES if key in series]
+
+
+def decoder_heads_ffn_figure(rows: list[dict]):
+    """Held-out perplexity after the fine-tune against sparsity with every hidden dim kept: does mask training
+    beat one-shot pruning on a decoder when only heads and FFN neurons go? ``None`` without such rows."""
+    series = decoder_heads_ffn_series(rows)
+    if not series:
+        return None
+    kept = [r for r in rows if r.get("structures") == "heads ffn"]
+    mask_steps, finetune_steps, batch = _study_budget(kept)
+    teacher = float(kept[0]["teacher_ppl"])
+    title = ("SmolLM2-135M, Python docs, every hidden dim kept: does mask training beat one-shot pruning?\n"
+             f"heads and FFN neurons pruned; {mask_steps} mask steps + {finetune_steps} distilled fine-tune steps "
+             f"at batch {batch}")
+    return draw(series, title=title, xlabel="parameter sparsity of the decoder layers (%)",
+                ylabel="held-out perplexity after fine-tune (log scale)",
+                reference=(f"unpruned model ({teacher:.1f})", teacher), log_y=True, dodge=0.35)
+
+
 def encoder_figures(rows: list[dict], folder: Path) -> list[Path]:
     """``encoder_<task>.png`` in ``folder`` for every task in ``rows`` (rows of one task may come from several
     CSVs, e.g. a separate one for the settling objective)."""
@@ -300,9 +399,14 @@ def encoder_figures(rows: list[dict], folder: Path) -> list[Path]:
     for row in rows:
         by_task[row["task"]].append(row)
     return [path for task, task_rows in sorted(by_task.items())
-            for path in _save(encoder_figure(task_rows, task), folder / f"encoder_{task}.png")]
+            for figure, name in ((encoder_figure, f"encoder_{task}.png"),
+                                 (heads_ffn_figure, f"encoder_{task}_heads_ffn.png"))
+            for path in _save(figure(task_rows, task), folder / name)]
 
 
 def decoder_figures(rows: list[dict], folder: Path) -> list[Path]:
-    """``decoder_lm.png`` in ``folder``."""
-    return _save(decoder_figure(rows), folder / "decoder_lm.png") if rows else []
+    """``decoder_lm.png`` and ``decoder_lm_heads_ffn.png`` in ``folder``."""
+    if not rows:
+        return []
+    return (_save(decoder_figure(rows), folder / "decoder_lm.png")
+            + _save(decoder_heads_ffn_figure(rows), folder / "decoder_lm_heads_ffn.png"))
