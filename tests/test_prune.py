@@ -40,7 +40,8 @@ def test_short_run_reaches_the_target(tmp_path, features, method, variant, targe
     config = PruneConfig(method=method, variant=variant, target=target, seq_len=16, target_sparsity=0.45,
                          steps=30, batch_size=8, subset_fraction=1.0, log_every=5, checkpoint_every=10)
     result = run_pruning(model, Batches(features, 8), config, tmp_path, progress=False)
-    # one hidden dim of this tiny model is 1/hidden of its size, more than 0.02: no plan can be nearer than that
+    # one hidden dim of this tiny model moves its size by about 1/hidden (0.04): the plan, one threshold on the
+    # masks' scores, may land that far from the target (hard-concrete with the default schedule: 0.474)
     tolerance = max(0.02, 1 / model.config.hidden_size)
     assert abs(result.summary["sparsity"] - 0.45) <= tolerance
     assert abs(_achieved(model, result.plan, target) - 0.45) <= tolerance

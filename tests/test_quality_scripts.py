@@ -355,7 +355,6 @@ def test_heads_ffn_figure_draws_each_schedule_once(tmp_path):
     means over seeds; the same methods at other settings (another schedule, the original weights, another lr grid,
     all structures pruned) score higher on purpose and are not drawn."""
     import figures
-    import summarize
 
     def row(method, sparsity, seed, acc, settle="0.2", quench="", gradient="", **extra):
         masks = method != "oneshot"
@@ -432,7 +431,7 @@ def test_decoder_heads_ffn_figure_draws_faster_at_its_setting_and_one_shot(tmp_p
     for seed in (0, 1):  # the decoys first: a series keeps the first row of a seed
         rows += [row("faster", 0.3, seed, 1.0, fold_scales="True"), row("faster", 0.3, seed, 1.0, mask_lr="0.02"),
                  row("faster", 0.3, seed, 1.0, settle_fraction="0.2"), row("oneshot", 0.3, seed, 1.0, structures=""),
-                 row("oneshot", 0.3, seed, 1.0, eval_tokens="8192"),
+                 row("oneshot", 0.3, seed, 1.0, eval_tokens="8192"), row("oneshot", 0.3, seed, 1.0, layers=4),
                  row("faster", 0.3, seed, 40 + seed), row("oneshot", 0.3, seed, 44 + seed),
                  row("faster", 0.3, seed, 42 + seed, "0.85", "straight_through")]
     drawn = _drawn(figures.decoder_heads_ffn_figure(rows))

@@ -108,6 +108,7 @@ def main(argv=None) -> None:
                       mask_init=vib_mask_init("vib", args.log_sigma2_init, args.soft_count),
                       hidden_distill=args.hidden_distill,
                       mask_start=args.mask_start, settle_fraction=args.settle_fraction,
+                      quench_fraction=args.quench_fraction, quench_gradient=args.quench_gradient,
                       warmup_fraction=args.warmup_fraction, fold_scales=False)
     torch.manual_seed(args.seed)
     pruner = Pruner(copy.deepcopy(teacher), cfg)

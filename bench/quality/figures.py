@@ -262,23 +262,36 @@ def _save(fig, path: Path) -> list[Path]:
     return [path]
 
 
+def accuracy_figure(series: list[Series], rows: list[dict], title: str):
+    """An encoder figure: test accuracy after the fine-tune against sparsity, the mean teacher of ``rows`` dashed."""
+    teachers = {r["seed"]: float(r["teacher_test"]) for r in rows}
+    teacher = statistics.mean(teachers.values())
+    seeds = f", mean of {len(teachers)} seeds" if len(teachers) > 1 else ""
+    return draw(series, title=title, xlabel="parameter sparsity of the encoder layers (%)",
+                ylabel="test accuracy after fine-tune (fraction)",
+                reference=(f"unpruned teacher ({teacher:.3f}{seeds})", teacher), dodge=0.35)
+
+
+def perplexity_figure(series: list[Series], teacher: float, title: str, dodge: float = 0.0):
+    """A decoder figure: held-out perplexity after the fine-tune (log scale) against sparsity, the unpruned model's
+    perplexity ``teacher`` dashed."""
+    return draw(series, title=title, xlabel="parameter sparsity of the decoder layers (%)",
+                ylabel="held-out perplexity after fine-tune (log scale)",
+                reference=(f"unpruned model ({teacher:.1f})", teacher), log_y=True, dodge=dodge)
+
+
 def encoder_figure(rows: list[dict], task: str):
     """Test accuracy after the fine-tune against parameter sparsity for one task's rows: which method keeps the
     most accuracy? ``None`` when no row is at the headline settings."""
     series, shown = encoder_series(rows)
     if not series:
         return None
-    teachers = {r["seed"]: float(r["teacher_test"]) for r in rows}
     mask_steps, finetune_steps, _ = shown["budget"]
     how = ("fine-tune lr searched on dev, VIB init per findings.md" if shown["lrs"] == SEARCHED_LRS else
            f"single fine-tune lr {shown['lrs']}, VIB init {PRE_SEARCH_INIT:g} (rows from before the lr search)")
     title = (f"MiniLM-L6, {TASKS.get(task, task)}: which pruning method keeps the most accuracy?\n"
              f"{mask_steps} mask steps + {finetune_steps} distilled fine-tune steps; {how}")
-    teacher = statistics.mean(teachers.values())
-    seeds = f", mean of {len(teachers)} seeds" if len(teachers) > 1 else ""
-    reference = (f"unpruned teacher ({teacher:.3f}{seeds})", teacher)
-    return draw(series, title=title, xlabel="parameter sparsity of the encoder layers (%)",
-                ylabel="test accuracy after fine-tune (fraction)", reference=reference, dodge=0.35)
+    return accuracy_figure(series, rows, title)
 
 
 def decoder_figure(rows: list[dict]):
@@ -288,13 +301,10 @@ def decoder_figure(rows: list[dict]):
     if not series:
         return None
     mask_steps, finetune_steps, batch = shown["budget"]
-    teacher = shown["teacher"]
     title = (f"SmolLM2-135M ({shown['layers']} layers), Python docs: does mask training beat one-shot pruning?\n"
              f"{mask_steps} mask steps + {finetune_steps} distilled fine-tune steps at batch {batch}; "
              "masks: relative hidden-state distillation")
-    return draw(series, title=title, xlabel="parameter sparsity of the decoder layers (%)",
-                ylabel="held-out perplexity after fine-tune (log scale)",
-                reference=(f"unpruned model ({teacher:.1f})", teacher), log_y=True)
+    return perplexity_figure(series, shown["teacher"], title)
 
 
 # --- Encoder, every hidden dim kept (findings.md, "A straight-through quench") ---
@@ -333,16 +343,12 @@ def heads_ffn_figure(rows: list[dict], task: str):
     series = heads_ffn_series(rows)
     if not series:
         return None
-    teachers = {r["seed"]: float(r["teacher_test"]) for r in rows if r.get("structures") == "heads ffn"}
-    teacher = statistics.mean(teachers.values())
-    mask_steps, finetune_steps, _ = _study_budget([r for r in rows if r.get("structures") == "heads ffn"])
+    kept = [r for r in rows if r.get("structures") == "heads ffn"]
+    mask_steps, finetune_steps, _ = _study_budget(kept)
     title = (f"MiniLM-L6, {TASKS.get(task, task)}, heads and FFN neurons pruned (every hidden dim kept):\n"
              f"which method keeps the most accuracy? {mask_steps} mask steps + {finetune_steps} distilled fine-tune "
              "steps, fine-tune lr searched on dev")
-    seeds = f", mean of {len(teachers)} seeds" if len(teachers) > 1 else ""
-    return draw(series, title=title, xlabel="parameter sparsity of the encoder layers (%)",
-                ylabel="test accuracy after fine-tune (fraction)",
-                reference=(f"unpruned teacher ({teacher:.3f}{seeds})", teacher), dodge=0.35)
+    return accuracy_figure(series, kept, title)
 
 
 # --- Decoder, every hidden dim kept (findings.md, "Keeping every hidden dim") ---
@@ -357,39 +363,40 @@ DECODER_HEADS_FFN_SERIES = {
 }
 
 
-def decoder_heads_ffn_series(rows: list[dict]) -> list[Series]:
-    """The series of the decoder's every-hidden-dim-kept figure, in ``DECODER_HEADS_FFN_SERIES`` order, on the
-    held-out set most of its rows were measured on."""
+def decoder_heads_ffn_series(rows: list[dict]) -> tuple[list[Series], dict]:
+    """The series of the decoder's every-hidden-dim-kept figure, in ``DECODER_HEADS_FFN_SERIES`` order, from the
+    deepest model's rows on the held-out set most of them were measured on, and what they show (``budget``,
+    ``teacher``: the unpruned perplexity on that set)."""
     rows = [r for r in rows if r.get("structures") == "heads ffn" and (
         r["method"] == "oneshot" or (r.get("fold_scales") == "False" and r.get("log_sigma2_init") == str(DECODER_INIT)
                                      and all(r.get(k) == v for k, v in DECODER_MASK_SETTINGS.items())))]
     if not rows:
-        return []
+        return [], {}
+    depth = max(int(r["layers"]) for r in rows)
+    rows = [r for r in rows if int(r["layers"]) == depth]
     tokens = Counter(r["eval_tokens"] for r in rows).most_common(1)[0][0]
+    rows = _at_budget([r for r in rows if r["eval_tokens"] == tokens])
     series = {}
-    for row in _at_budget([r for r in rows if r["eval_tokens"] == tokens]):
+    for row in rows:
         key = (row["method"], row.get("mask_start", ""), row.get("settle_fraction", ""),
                row.get("quench_fraction", ""), row.get("quench_gradient", ""))
         if key in DECODER_HEADS_FFN_SERIES:
             series.setdefault(key, Series(*DECODER_HEADS_FFN_SERIES[key])).add(row, "ppl_after")
-    return [series[key] for key in DECODER_HEADS_FFN_SERIES if key in series]
+    drawn = [series[key] for key in DECODER_HEADS_FFN_SERIES if key in series]
+    return drawn, {"budget": _study_budget(rows), "teacher": float(rows[0]["teacher_ppl"])}
 
 
 def decoder_heads_ffn_figure(rows: list[dict]):
     """Held-out perplexity after the fine-tune against sparsity with every hidden dim kept: does mask training
     beat one-shot pruning on a decoder when only heads and FFN neurons go? ``None`` without such rows."""
-    series = decoder_heads_ffn_series(rows)
+    series, shown = decoder_heads_ffn_series(rows)
     if not series:
         return None
-    kept = [r for r in rows if r.get("structures") == "heads ffn"]
-    mask_steps, finetune_steps, batch = _study_budget(kept)
-    teacher = float(kept[0]["teacher_ppl"])
+    mask_steps, finetune_steps, batch = shown["budget"]
     title = ("SmolLM2-135M, Python docs, every hidden dim kept: does mask training beat one-shot pruning?\n"
              f"heads and FFN neurons pruned; {mask_steps} mask steps + {finetune_steps} distilled fine-tune steps "
              f"at batch {batch}")
-    return draw(series, title=title, xlabel="parameter sparsity of the decoder layers (%)",
-                ylabel="held-out perplexity after fine-tune (log scale)",
-                reference=(f"unpruned model ({teacher:.1f})", teacher), log_y=True, dodge=0.35)
+    return perplexity_figure(series, shown["teacher"], title, dodge=0.35)
 
 
 def encoder_figures(rows: list[dict], folder: Path) -> list[Path]:

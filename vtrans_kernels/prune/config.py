@@ -44,17 +44,23 @@ def vib_mask_init(method: str, log_sigma2: float | None, soft_count: bool = Fals
 # The schedule's defaults (PruneConfig.settle_fraction / quench_fraction left None). The variants that train weights
 # spend the last half of the run in the model the plan compacts to: the decision held on the target, no gate noise,
 # the straight-through gate gradient. MiniLM-L6 (heads + FFN, dev after the fine-tune, against settle 0.2 without a
-# quench): sentiment +0.4 / +2.0 / +1.0 points at 50 / 70 / 90% (90%: one seed), TREC +1.6 / +1.4 at 50 / 70%. "faster" trains no
-# weights, so a quench changes only its masks' last steps (SmolLM2 at 20%, one seed: no better); it keeps a 20% hold.
+# quench): sentiment +0.4 / +2.0 / +1.0 points at 50 / 70 / 90% (90%: one seed), TREC +1.6 / +1.4 at 50 / 70%.
+# "faster" trains no weights, so a quench changes only its masks' last steps (SmolLM2 at 20%, one seed: no better);
+# it keeps a 20% hold.
 def schedule_fractions(variant: str, settle_fraction: float | None,
                        quench_fraction: float | None) -> tuple[float, float]:
     """``(settle_fraction, quench_fraction)`` of a run of ``variant``, a ``None`` taking its default: settling 0.5
     for the variants that train weights ("vtrans", "fast"), 0.2 for "faster"; the quench the whole settling for the
     variants that train weights, none for "faster"."""
-    trains_weights = variant != "faster"
-    settle = (0.5 if trains_weights else 0.2) if settle_fraction is None else settle_fraction
-    quench = (settle if trains_weights else 0.0) if quench_fraction is None else quench_fraction
+    trains = trains_weights(variant)
+    settle = (0.5 if trains else 0.2) if settle_fraction is None else settle_fraction
+    quench = (settle if trains else 0.0) if quench_fraction is None else quench_fraction
     return settle, quench
+
+
+def trains_weights(variant: str) -> bool:
+    """Whether mask training of ``variant`` trains the model's weights too ("vtrans", "fast"; not "faster")."""
+    return variant != "faster"
 
 
 def compaction_settings(no_fold_scales: bool, compact_from: str) -> dict:
@@ -172,6 +178,7 @@ class PruneConfig:
             raise ValueError(f"method: expected 'vib' or 'hard_concrete', got {self.method!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {self.variant!r}")
+        settle_given = self.settle_fraction is not None
         self.settle_fraction, self.quench_fraction = schedule_fractions(self.variant, self.settle_fraction,
                                                                         self.quench_fraction)
         if self.target not in ("params", "flops", "latency"):
@@ -189,9 +196,10 @@ class PruneConfig:
         # From the one-shot start the masks begin on the target (the ramp is flat), so holding from the first step
         # is meaningful; from "init" a hold during the ramp would drag the decision along it.
         if self.mask_start != "oneshot" and self.warmup_fraction + self.settle_fraction > 1.0:
+            default = "" if settle_given else f", the default for variant {self.variant!r}"
             raise ValueError(f"settle_fraction: the target ramp (warmup_fraction {self.warmup_fraction}) and the "
-                             f"settling steps ({self.settle_fraction}) must fit in the run together (sum <= 1; "
-                             "any settle_fraction up to 1 is allowed with mask_start='oneshot')")
+                             f"settling steps ({self.settle_fraction}{default}) must fit in the run together (sum "
+                             "<= 1; set a smaller settle_fraction, or any up to 1 with mask_start='oneshot')")
         if self.quench_gradient not in QUENCH_GRADIENTS:
             raise ValueError(f"quench_gradient: expected one of {QUENCH_GRADIENTS}, got {self.quench_gradient!r}")
         if self.quench_fraction > self.settle_fraction:
@@ -248,7 +256,7 @@ class PruneConfig:
 
     @property
     def trains_weights(self) -> bool:
-        return self.variant != "faster"
+        return trains_weights(self.variant)
 
     @property
     def initial_mask_values(self) -> dict:

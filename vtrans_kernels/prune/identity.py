@@ -152,7 +152,12 @@ def check_same_run(saved: dict | None, current: dict, where: str) -> None:
     if saved is None:
         raise ValueError(f"resume: {where} has no record of the model, data and settings it was made with (written "
                          "by an older vtrans-kernels); start a new run (--overwrite)")
-    diff = differences(_mask_entries(_with_later_defaults(saved)), _mask_entries(current))
+    saved, current = _mask_entries(_with_later_defaults(saved)), _mask_entries(current)
+    if "settings.quench_gradient" not in saved or "settings.quench_gradient" not in current:
+        # one side has no quenched step: the quench fractions differ, and the gradient adds nothing to say so
+        saved.pop("settings.quench_gradient", None)
+        current.pop("settings.quench_gradient", None)
+    diff = differences(saved, current)
     if diff:
         raise ValueError(f"resume: {where} belongs to another run; what differs: " + "; ".join(diff)
                          + ". Resume with the same model, data and settings, or start a new run (--overwrite)")
