@@ -44,7 +44,7 @@ def vib_mask_init(method: str, log_sigma2: float | None, soft_count: bool = Fals
 # The schedule's defaults (PruneConfig.settle_fraction / quench_fraction left None). The variants that train weights
 # spend the last half of the run in the model the plan compacts to: the decision held on the target, no gate noise,
 # the straight-through gate gradient. MiniLM-L6 (heads + FFN, dev after the fine-tune, against settle 0.2 without a
-# quench): sentiment +0.4 / +2.0 / +1.0 points at 50 / 70 / 90% (90%: one seed), TREC +1.6 / +1.4 at 50 / 70%.
+# quench; 3 seeds, 2 at 90%): sentiment +0.4 / +2.0 / +1.6 points at 50 / 70 / 90%, TREC +1.6 / +1.4 / +1.6.
 # "faster" trains no weights, so a quench changes only its masks' last steps (SmolLM2 at 20%, one seed: no better);
 # it keeps a 20% hold.
 def schedule_fractions(variant: str, settle_fraction: float | None,
