@@ -307,6 +307,17 @@ def decoder_figure(rows: list[dict]):
     return perplexity_figure(series, shown["teacher"], title)
 
 
+def _catalogued_series(rows: list[dict], catalogue: dict, columns: tuple[str, ...], value: str) -> list[Series]:
+    """One series per ``catalogue`` entry (key: the row's ``columns`` values, "" where absent; value: the series'
+    label and colour) drawing column ``value``, in the catalogue's order; rows of other keys are left out."""
+    series = {}
+    for row in rows:
+        key = tuple(row.get(column, "") for column in columns)
+        if key in catalogue:
+            series.setdefault(key, Series(*catalogue[key])).add(row, value)
+    return [series[key] for key in catalogue if key in series]
+
+
 # --- Encoder, every hidden dim kept (findings.md, "A straight-through quench") ---
 # One series per (method, settling fraction, quench fraction, quench gradient) as the CSV holds them: VTrans at the
 # default schedule of the variants that train weights and at the earlier default, hard-concrete at the schedule
@@ -328,13 +339,8 @@ def heads_ffn_series(rows: list[dict]) -> list[Series]:
                        and not r.get("warmup_fraction") and not r.get("size_count")
                        and r.get("log_sigma2_init", "") in ("", str(DEFAULT_INIT))
                        and r.get("fold_scales", "") in ("", "True")])
-    series = {}
-    for row in rows:
-        key = (row["method"], row.get("settle_fraction", ""), row.get("quench_fraction", ""),
-               row.get("quench_gradient", ""))
-        if key in HEADS_FFN_SERIES:
-            series.setdefault(key, Series(*HEADS_FFN_SERIES[key])).add(row, "test_after")
-    return [series[key] for key in HEADS_FFN_SERIES if key in series]
+    return _catalogued_series(rows, HEADS_FFN_SERIES, ("method", "settle_fraction", "quench_fraction",
+                                                       "quench_gradient"), "test_after")
 
 
 def heads_ffn_figure(rows: list[dict], task: str):
@@ -376,13 +382,8 @@ def decoder_heads_ffn_series(rows: list[dict]) -> tuple[list[Series], dict]:
     rows = [r for r in rows if int(r["layers"]) == depth]
     tokens = Counter(r["eval_tokens"] for r in rows).most_common(1)[0][0]
     rows = _at_budget([r for r in rows if r["eval_tokens"] == tokens])
-    series = {}
-    for row in rows:
-        key = (row["method"], row.get("mask_start", ""), row.get("settle_fraction", ""),
-               row.get("quench_fraction", ""), row.get("quench_gradient", ""))
-        if key in DECODER_HEADS_FFN_SERIES:
-            series.setdefault(key, Series(*DECODER_HEADS_FFN_SERIES[key])).add(row, "ppl_after")
-    drawn = [series[key] for key in DECODER_HEADS_FFN_SERIES if key in series]
+    drawn = _catalogued_series(rows, DECODER_HEADS_FFN_SERIES, ("method", "mask_start", "settle_fraction",
+                                                                "quench_fraction", "quench_gradient"), "ppl_after")
     return drawn, {"budget": _study_budget(rows), "teacher": float(rows[0]["teacher_ppl"])}
 
 
