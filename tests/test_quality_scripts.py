@@ -257,14 +257,32 @@ def test_decoder_trajectory_starts_at_the_oneshot_plan(tmp_path):
     out = tmp_path / "trajectory.csv"
     decoder_trajectory.main(["--layers", "1", "--docs", "12", "--dev-fraction", "0.3", "--steps", "4", "--every", "2",
                              "--batch-size", "2", "--block-size", "32", "--dev-blocks", "4", "--mask-start", "oneshot",
-                             "--settle-fraction", "1.0", "--finetune-steps", "2", *ALL_CORES, "--csv", str(out)])
+                             "--settle-fraction", "1.0", "--finetune-steps", "2", "--crossed", *ALL_CORES,
+                             "--csv", str(out)])
     rows = list(csv.DictReader(out.open()))
-    assert [r["step"] for r in rows] == ["0", "2", "4"]
+    crossed = rows[3:]
+    rows = rows[:3]
+    assert [r["step"] for r in rows] == ["0", "2", "4"] and all(r["plan"] == "" for r in rows)
+    assert [r["plan"] for r in crossed] == ["masks_ranks_start_counts", "start_ranks_masks_counts"]
+    assert all(r["step"] == "4" and float(r["dev_ppl_after"]) > 1 for r in crossed)
     assert rows[0]["units_changed_from_start"] == "0" and abs(float(rows[0]["decision_sparsity"]) - 0.2) < 0.02
     assert all(float(r["dev_ppl"]) > 1 for r in rows)
     # the start and the final plan are fine-tuned and measured again; the fine-tune changes the model
     assert [r["dev_ppl_after"] != "" for r in rows] == [True, False, True]
     assert all(float(r["dev_ppl_after"]) != float(r["dev_ppl"]) for r in (rows[0], rows[2]))
+
+
+def test_ranked_at_counts_takes_the_ranking_of_one_plan_and_the_counts_of_the_other():
+    from study import ranked_at_counts
+
+    from vtrans_kernels.hf import CompactionPlan
+
+    ranking = CompactionPlan(hidden=None, heads={0: [0, 1]}, ffn={0: [1, 2, 3], 1: [0]},
+                             scores={"hidden": None, "heads": {0: torch.tensor([3.0, 2.0, 1.0])},
+                                     "ffn": {0: torch.tensor([0.1, 0.4, 0.3, 0.2]), 1: torch.tensor([0.9, 0.1, 0.5])}})
+    counts = CompactionPlan(hidden=None, heads={0: [2]}, ffn={0: [0, 1], 1: [0, 1, 2]})
+    recut = ranked_at_counts(ranking, counts)
+    assert recut.heads == {0: [0]} and recut.ffn == {0: [1, 2], 1: [0, 1, 2]}
 
 
 def _synthetic_encoder_rows() -> list[dict]:
@@ -461,6 +479,8 @@ def test_quenched_steps_are_part_of_a_cell_its_folder_and_its_label():
     from study import settings_label, start_settings
 
     args = encoder.parser().parse_args([])
+    # the settings and labels are Faster's, whose default has no quench, so --quench-fraction alone adds one; the
+    # cell keys are VTrans' (a quench of 0.2 against none, then against the exact gradient)
     plain = start_settings("vib", "faster", args)
     args.quench_fraction = 0.2
     quenched = start_settings("vib", "faster", args)

@@ -8,7 +8,11 @@ model by the masks' plan at the target (gate values not folded, the study's head
 perplexity on --dev-blocks evenly spaced dev blocks. Step 0 is the plan the masks start from: with
 --mask-start oneshot, the one-shot plan. With --finetune-steps, the start plan and the final plan are also
 fine-tuned as decoder.py fine-tunes (same batches, seed and rate) and measured on dev again (``dev_ppl_after``),
-so a setting can be chosen on what the study reports after the fine-tune. A row per measured step goes to
+so a setting can be chosen on what the study reports after the fine-tune. With --crossed as well, two plans that
+separate the masks' choice of units within a layer from their allocation across layers are fine-tuned and
+measured the same way: the final plan's ranking cut at the start plan's counts per layer and structure
+(``masks_ranks_start_counts``), and the start plan's ranking cut at the final plan's counts
+(``start_ranks_masks_counts``). A row per measured step (column ``plan`` empty) and per crossed plan goes to
 bench/results/quality/decoder_trajectory.csv:
 
     python bench/quality/decoder_trajectory.py --sparsity 0.2 --mask-start oneshot
@@ -25,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import decoder  # noqa: E402
-from study import add_mask_start_arguments, machine, start_settings  # noqa: E402
+from study import (add_mask_start_arguments, add_structures_argument, machine, ranked_at_counts,  # noqa: E402
+                   start_settings, structures_label)
 
 
 def dev_features(args, tokenizer) -> dict:
@@ -88,15 +93,21 @@ def main(argv=None) -> None:
     p.add_argument("--log-sigma2-init", type=float, default=-1.0)
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default="relative")
     add_mask_start_arguments(p)
+    add_structures_argument(p)
     p.add_argument("--dev-fraction", type=float, default=0.1, help="fraction of the training documents for dev")
     p.add_argument("--dev-seed", type=int, default=4321)
     p.add_argument("--dev-blocks", type=int, default=32)
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="fine-tune the start plan and the final plan this many steps and measure both on dev")
     p.add_argument("--finetune-lr", type=float, default=5e-5)
+    p.add_argument("--crossed", action="store_true",
+                   help="with --finetune-steps, also fine-tune the final ranking at the start's counts and the "
+                        "start's ranking at the final counts")
     decoder.add_corpus_arguments(p)
     p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_trajectory.csv"))
     args = p.parse_args(argv)
+    if args.crossed and not args.finetune_steps:
+        p.error("--crossed: the crossed plans are judged after the fine-tune; give --finetune-steps too")
     torch.set_num_threads(args.threads)
 
     teacher, tokenizer = load_smollm2(min(args.layers or decoder.FULL_LAYERS, decoder.FULL_LAYERS))
@@ -109,7 +120,8 @@ def main(argv=None) -> None:
                       hidden_distill=args.hidden_distill,
                       mask_start=args.mask_start, settle_fraction=args.settle_fraction,
                       quench_fraction=args.quench_fraction, quench_gradient=args.quench_gradient,
-                      warmup_fraction=args.warmup_fraction, fold_scales=False)
+                      warmup_fraction=args.warmup_fraction, structures=tuple(args.structures),
+                      fold_scales=False)
     torch.manual_seed(args.seed)
     pruner = Pruner(copy.deepcopy(teacher), cfg)
     batches = Batches(features["train"], args.batch_size, seed=args.seed, fraction=cfg.data_fraction)
@@ -120,13 +132,14 @@ def main(argv=None) -> None:
     while True:
         if pruner.step % args.every == 0 or pruner.step == args.steps:
             plan = plans[pruner.step] = pruner.plan()
-            row = dict(target_sparsity=args.sparsity, seed=args.seed, step=pruner.step,
+            row = dict(target_sparsity=args.sparsity, seed=args.seed, step=pruner.step, plan="",
                        decision_sparsity=round(float(pruner.masks.sparsity(pruner.measure)), 4),
                        units_changed_from_start=changed_units(plan, plans[0]),
                        dev_ppl=round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
                        dev_teacher_ppl=round(dev_teacher, 3), **start_settings("vib", "faster", args),
                        mask_lr=args.mask_lr, hidden_distill=args.hidden_distill,
-                       log_sigma2_init=args.log_sigma2_init, mask_steps=args.steps, batch_size=args.batch_size,
+                       log_sigma2_init=args.log_sigma2_init, structures=structures_label(args.structures),
+                       mask_steps=args.steps, batch_size=args.batch_size,
                        dev_blocks=features["dev"]["input_ids"].shape[0],
                        elapsed_s=round(time.perf_counter() - began, 1), machine=machine())
             rows.append(row)
@@ -139,6 +152,15 @@ def main(argv=None) -> None:
         for row in (rows[0], rows[-1]):
             row.update(finetuned_dev(args, teacher, plans[row["step"]], features))
             print({k: row[k] for k in ("step", "dev_ppl", "dev_ppl_after")}, flush=True)
+    if args.crossed:
+        final, start = plans[pruner.step], plans[0]
+        for name, plan in (("masks_ranks_start_counts", ranked_at_counts(final, start)),
+                           ("start_ranks_masks_counts", ranked_at_counts(start, final))):
+            row = {**rows[-1], "plan": name, "units_changed_from_start": changed_units(plan, start),
+                   "dev_ppl": round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
+                   **finetuned_dev(args, teacher, plan, features)}
+            rows.append(row)
+            print({k: row[k] for k in ("plan", "dev_ppl", "dev_ppl_after")}, flush=True)
     append_rows(Path(args.csv), [{**environment("cpu"), **row} for row in rows])
 
 

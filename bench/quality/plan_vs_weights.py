@@ -29,26 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench"), str(ROOT / "bench" / "quality")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import encoder  # noqa: E402
-from study import kept_units, lr_label, machine  # noqa: E402
+from study import kept_units, lr_label, machine, ranked_at_counts  # noqa: E402
 
 PAIRS = ("masks", "oneshot_units", "mask_ranks_oneshot_counts", "masks_teacher_weights")
-
-
-def top_units(scores: torch.Tensor, count: int) -> list[int]:
-    """The indices of the ``count`` highest ``scores``, sorted."""
-    return sorted(torch.topk(scores, count).indices.tolist())
-
-
-def ranked_at_counts(masks_plan, counts_plan):
-    """``masks_plan``'s units re-cut by its own scores at ``counts_plan``'s count of every structure and layer."""
-    scores = masks_plan.scores
-
-    def recut(kind: str, plan_units: dict) -> dict:
-        return {layer: top_units(scores[kind][layer], len(units)) for layer, units in plan_units.items()}
-
-    hidden = None if counts_plan.hidden is None else top_units(scores["hidden"], len(counts_plan.hidden))
-    return replace(masks_plan, hidden=hidden, heads=recut("heads", counts_plan.heads),
-                   ffn=recut("ffn", counts_plan.ffn))
 
 
 def pair_plans(masks_plan, oneshot_plan) -> dict:
