@@ -218,6 +218,15 @@ def test_decoder_study_scales_and_summary(tmp_path):
     rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
     assert [(r["method"], r["eval_blocks"], r["eval_tokens"]) for r in rows[9:]] == [("oneshot", "3", "96")]
     assert rows[9]["ppl_before"] != rows[1]["ppl_before"]  # the same cached plan, measured on the new set
+    with pytest.raises(SystemExit):  # the masks' scales do not fit the units the calibration picks
+        decoder.parse_args(args + ["--unit-ranking", "calibration"])
+    decoder.main(args + ["--no-fold-scales", "--unit-ranking", "calibration"])  # the unfolded cell's masks, recut
+    rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
+    recut = rows[10]
+    assert len(rows) == 11 and (recut["method"], recut["unit_ranking"]) == ("faster", "calibration")
+    assert all(rows[5][k] == recut[k] for k in ("mask_time_s", "heads", "ffn", "achieved_sparsity"))
+    assert recut["ppl_before"] != rows[5]["ppl_before"]  # other units: the scores of two steps of masks are flat
+    assert all(r["unit_ranking"] == "" for r in rows[:10])
 
     scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", *ALL_CORES,
                  "--csv", str(tmp_path / "scales.csv")])
@@ -244,6 +253,8 @@ def test_decoder_study_scales_and_summary(tmp_path):
     assert "| 1 | 128 | 0.3 | faster [one-shot start, settle 0.5] | -1.0 | mse | 0.1 | no | 1 |" in table
     assert "| 1 | 128 | 0.3 | faster [settle 0.2] (prunes heads ffn only) | -1.0 | mse | 0.1 | yes | 1 |" in table
     assert "| 1 | 128 | 0.3 | oneshot (prunes heads ffn only) | - | - | - | - | 1 |" in table
+    assert ("| 1 | 128 | 0.3 | faster [settle 0.2], the one-shot scores' units at the masks' counts | -1.0 | mse "
+            "| 0.1 | no | 1 |") in table
     assert (results / "decoder_lm.png").is_file()
     assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together
 

@@ -23,7 +23,9 @@ both the distillation teacher and the reference perplexity.
 how many the target ramps up; each is part of a mask cell's key and of its checkpoint folder's name (rows from
 before they existed have "" there, as do rows at the default ramp). --structures limits what every method prunes
 (the one-shot baseline too), e.g. `--structures heads ffn` keeps every hidden dim; it is part of every cell's key
-("" when all are pruned).
+("" when all are pruned). --unit-ranking calibration keeps the masks' count of units in every layer and structure
+but picks which units by the one-shot baseline's calibration scores (the masks say how much each layer keeps,
+activation x weight norms which units; the masks' training is shared with the cell ranked by the masks).
 """
 import argparse
 import copy
@@ -40,7 +42,8 @@ from common import RESULTS_DIR, append_rows, default_device, environment  # noqa
 import summarize  # noqa: E402
 from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
                    add_structures_argument, add_threads_argument, cell_folder, done_cells, fold_label, init_label,
-                   kept_units, latencies, machine, mask_plan, settings_label, start_settings, structures_label)
+                   kept_units, latencies, machine, mask_plan, ranked_at_counts, settings_label, start_settings,
+                   structures_label)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
@@ -48,7 +51,7 @@ METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
 MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction",
                  "size_count", "warmup_fraction", "quench_fraction", "quench_gradient")
 CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + ("structures",) + BUDGET_COLUMNS + (
-    "eval_blocks",)
+    "eval_blocks", "unit_ranking")
 # rows from before the eval_blocks column: every held-out block was a full block of block_size tokens
 EVAL_BLOCKS_OF_OLDER_ROWS = {"eval_blocks": lambda row: str(int(row["eval_tokens"]) // int(row["block_size"]))}
 FULL_LAYERS = 30  # SmolLM2-135M
@@ -72,9 +75,11 @@ def mask_settings(method: str, args) -> dict:
 
 def cell_values(args, layers: int, seed: int, sparsity: float, method: str) -> dict:
     """A cell's ``CELL_KEY`` columns: what its row records and what the skip check compares."""
+    ranked_by_calibration = args.unit_ranking == "calibration" and METHODS[method][0] is not None
     return dict(layers=layers, seed=seed, target_sparsity=sparsity, method=method, **mask_settings(method, args),
                 structures=structures_label(args.structures), mask_steps=args.steps,
-                finetune_steps=args.finetune_steps, batch_size=args.batch_size, eval_blocks=args.eval_blocks)
+                finetune_steps=args.finetune_steps, batch_size=args.batch_size, eval_blocks=args.eval_blocks,
+                unit_ranking="calibration" if ranked_by_calibration else "")
 
 
 def masks_folder(work: Path, args) -> Path:
@@ -173,6 +178,17 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
     return masks.plan, record
 
 
+def calibration_ranked(args, seed, sparsity, plan, teacher, features):
+    """``plan``'s count of units in every layer and structure, filled with the units the one-shot baseline's
+    calibration scores rank highest (the scores of the one-shot cell: the same batches and structures)."""
+    from vtrans_kernels.prune.data import Batches
+    from vtrans_kernels.prune.oneshot import oneshot_plan
+
+    calibration = oneshot_plan(teacher, Batches(features["train"], args.batch_size, seed=seed), sparsity,
+                               structures=tuple(args.structures), seq_len=args.block_size)
+    return ranked_at_counts(calibration, plan)
+
+
 def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dict:
     """Prune, compact, fine-tune and measure one cell; returns its CSV row (without the environment columns)."""
     from vtrans_kernels.hf import compact
@@ -188,6 +204,9 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
                                                           cell["warmup_fraction"], cell["structures"],
                                                           cell["quench_fraction"], cell["quench_gradient"]),
                                            sparsity, seed))
+    if cell["unit_ranking"]:
+        plan = calibration_ranked(args, seed, sparsity, plan, teacher, features)
+        record = {**record, "ppl_before": round(perplexity(compact(teacher, plan), features["test"]), 3)}
     small = compact(teacher, plan)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -232,6 +251,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_mask_start_arguments(p)
     add_fold_scales_argument(p)
     add_structures_argument(p)
+    p.add_argument("--unit-ranking", choices=("masks", "calibration"), default="masks",
+                   help="which units a mask cell's plan keeps at the masks' counts per layer: the masks' own, or the "
+                        "one-shot calibration scores' (needs --no-fold-scales: the masks' scales belong to their "
+                        "own units)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=128, help="held-out blocks the perplexity is measured on")
@@ -239,7 +262,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=default_device(), help="where models train (default: the GPU if any)")
     p.add_argument("--work", default=str(ROOT / "runs" / "quality" / "decoder"))
     p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_lm.csv"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.unit_ranking == "calibration" and not args.no_fold_scales:
+        p.error("--unit-ranking calibration: expected --no-fold-scales too (the masks' scales belong to the masks' "
+                "own units, not to the ones the calibration scores pick)")
+    return args
 
 
 def main(argv=None) -> None:

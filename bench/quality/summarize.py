@@ -133,10 +133,12 @@ def summarize_decoder(path: Path) -> str:
     lines = []
     keys = ("layers", "eval_tokens", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_lr",
             "fold_scales", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures",
-            "quench_fraction", "quench_gradient", "mask_steps", "finetune_steps", "batch_size")
+            "quench_fraction", "quench_gradient", "unit_ranking", "mask_steps", "finetune_steps", "batch_size")
     for (layers, tokens, target, method, init, hidden, lr, fold, start, settle, count, warmup, structures, quench,
-         gradient, *_), group in _groups(rows, keys).items():
+         gradient, ranking, *_), group in _groups(rows, keys).items():
         method = objective_label(method, start, settle, count, warmup, structures, quench, gradient)
+        if ranking == "calibration":
+            method += ", the one-shot scores' units at the masks' counts"
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {layers} | {tokens} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
                      f"| {lr if lr != '' else '-'} | {_yes_no(fold)} "
