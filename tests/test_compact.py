@@ -188,3 +188,39 @@ def test_double_compaction_composes():
         expected = output(once, batch)
     assert_same(output(twice, batch), expected)
     assert twice.config.vtrans_compaction["sources"] == once.config.vtrans_compaction["sources"]
+
+
+def test_ranked_at_counts_keeps_one_plans_counts_and_anothers_best_scored_units():
+    model = build("llama-gqa", 0)
+    units = adapter_for(model).units()
+    counts = random_plan(model, 0, scales=False)  # random counts per layer, removed sublayers included
+    gen = torch.Generator().manual_seed(1)
+    rand = lambda n: torch.rand(n, generator=gen)  # noqa: E731
+    scores = {"hidden": rand(units.hidden), "heads": {i: rand(n) for i, n in enumerate(units.heads)},
+              "ffn": {i: rand(n) for i, n in enumerate(units.ffn)}}
+    ranking = CompactionPlan(hidden=list(range(units.hidden)), scores=scores, hidden_scale=rand(units.hidden) + 0.5,
+                             ffn_scale={0: rand(units.ffn[0]) + 0.5}, ffn_bias_shift={0: rand(units.hidden)})
+    recut = ranking.ranked_at_counts(counts)
+    best = lambda score, k: sorted(torch.topk(score, k).indices.tolist())  # noqa: E731
+    assert recut.hidden == best(scores["hidden"], len(counts.hidden))
+    for kind in ("heads", "ffn"):
+        assert getattr(recut, kind) == {i: best(scores[kind][i], len(kept)) for i, kept in getattr(counts, kind).items()}
+    assert recut.ffn[len(units.ffn) - 1] == [] and recut.heads[1] == []  # a removed sublayer stays removed
+    assert torch.equal(recut.hidden_scale, ranking.hidden_scale) and not recut.ffn_bias_shift
+    batch = inputs(model, 0)
+    with masked_by_plan(model, recut):
+        expected = output(model, batch)
+    assert_same(output(compact(model, recut), batch), expected)  # logits: the vocabulary is not pruned
+
+
+def test_ranked_at_counts_refuses_what_it_cannot_recut():
+    model = build("llama-gqa", 0)
+    counts = random_plan(model, 0, scales=False)
+    with pytest.raises(ValueError, match="no scores for the hidden dims"):
+        CompactionPlan().ranked_at_counts(counts)
+    units = adapter_for(model).units()
+    scores = {"hidden": torch.rand(units.hidden), "heads": {}, "ffn": {}}
+    with pytest.raises(ValueError, match="hidden_scale lists 2 values, not one per unit"):
+        CompactionPlan(hidden=[0, 1], hidden_scale=[1.0, 1.0], scores=scores).ranked_at_counts(counts)
+    with pytest.raises(ValueError, match="more than the 3 this plan scores"):
+        CompactionPlan(scores={"hidden": torch.rand(3)}).ranked_at_counts(CompactionPlan(hidden=[0, 1, 2, 3]))

@@ -283,19 +283,6 @@ def test_decoder_trajectory_starts_at_the_oneshot_plan(tmp_path):
     assert all(float(r["dev_ppl_after"]) != float(r["dev_ppl"]) for r in (rows[0], rows[2]))
 
 
-def test_ranked_at_counts_takes_the_ranking_of_one_plan_and_the_counts_of_the_other():
-    from study import ranked_at_counts
-
-    from vtrans_kernels.hf import CompactionPlan
-
-    ranking = CompactionPlan(hidden=None, heads={0: [0, 1]}, ffn={0: [1, 2, 3], 1: [0]},
-                             scores={"hidden": None, "heads": {0: torch.tensor([3.0, 2.0, 1.0])},
-                                     "ffn": {0: torch.tensor([0.1, 0.4, 0.3, 0.2]), 1: torch.tensor([0.9, 0.1, 0.5])}})
-    counts = CompactionPlan(hidden=None, heads={0: [2]}, ffn={0: [0, 1], 1: [0, 1, 2]})
-    recut = ranked_at_counts(ranking, counts)
-    assert recut.heads == {0: [0]} and recut.ffn == {0: [1, 2], 1: [0, 1, 2]}
-
-
 def _synthetic_encoder_rows() -> list[dict]:
     """Sentiment rows of every ablation the study ran (VIB inits, lr grids, unfolded scales, a short budget, 3 seeds
     at 70%): 18 settings, as many series as the old all-in-one chart drew. The headline rows score 0.8 - 0.1 x
@@ -461,12 +448,14 @@ def test_decoder_heads_ffn_figure_draws_faster_at_its_setting_and_one_shot(tmp_p
         rows += [row("faster", 0.3, seed, 1.0, fold_scales="True"), row("faster", 0.3, seed, 1.0, mask_lr="0.02"),
                  row("faster", 0.3, seed, 1.0, settle_fraction="0.2"), row("oneshot", 0.3, seed, 1.0, structures=""),
                  row("oneshot", 0.3, seed, 1.0, eval_tokens="8192"), row("oneshot", 0.3, seed, 1.0, layers=4),
+                 row("faster", 0.3, seed, 1.0, "0.85", "straight_through", unit_ranking="calibration"),
                  row("faster", 0.3, seed, 40 + seed), row("oneshot", 0.3, seed, 44 + seed),
-                 row("faster", 0.3, seed, 42 + seed, "0.85", "straight_through")]
+                 row("faster", 0.3, seed, 42 + seed, "0.85", "straight_through"),
+                 row("faster", 0.3, seed, 38 + seed, unit_ranking="calibration")]
     drawn = _drawn(figures.decoder_heads_ffn_figure(rows))
     labels = [figures.DECODER_HEADS_FFN_SERIES[key][0] for key in figures.DECODER_HEADS_FFN_SERIES]
     assert drawn == {labels[0]: pytest.approx([44.5]), labels[1]: pytest.approx([40.5]),
-                     labels[2]: pytest.approx([42.5])}
+                     labels[2]: pytest.approx([42.5]), labels[3]: pytest.approx([38.5])}
     assert tmp_path / "decoder_lm_heads_ffn.png" in figures.decoder_figures(rows, tmp_path)
 
 

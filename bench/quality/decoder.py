@@ -42,8 +42,7 @@ from common import RESULTS_DIR, append_rows, default_device, environment  # noqa
 import summarize  # noqa: E402
 from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
                    add_structures_argument, add_threads_argument, cell_folder, done_cells, fold_label, init_label,
-                   kept_units, latencies, machine, mask_plan, ranked_at_counts, settings_label, start_settings,
-                   structures_label)
+                   kept_units, latencies, machine, mask_plan, settings_label, start_settings, structures_label)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
@@ -186,7 +185,7 @@ def calibration_ranked(args, seed, sparsity, plan, teacher, features):
 
     calibration = oneshot_plan(teacher, Batches(features["train"], args.batch_size, seed=seed), sparsity,
                                structures=tuple(args.structures), seq_len=args.block_size)
-    return ranked_at_counts(calibration, plan)
+    return calibration.ranked_at_counts(plan)
 
 
 def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dict:

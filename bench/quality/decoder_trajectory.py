@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import decoder  # noqa: E402
-from study import (add_mask_start_arguments, add_structures_argument, machine, ranked_at_counts,  # noqa: E402
-                   start_settings, structures_label)
+from study import (add_mask_start_arguments, add_structures_argument, machine, start_settings,  # noqa: E402
+                   structures_label)
 
 
 def dev_features(args, tokenizer) -> dict:
@@ -154,8 +154,8 @@ def main(argv=None) -> None:
             print({k: row[k] for k in ("step", "dev_ppl", "dev_ppl_after")}, flush=True)
     if args.crossed:
         final, start = plans[pruner.step], plans[0]
-        for name, plan in (("masks_ranks_start_counts", ranked_at_counts(final, start)),
-                           ("start_ranks_masks_counts", ranked_at_counts(start, final))):
+        for name, plan in (("masks_ranks_start_counts", final.ranked_at_counts(start)),
+                           ("start_ranks_masks_counts", start.ranked_at_counts(final))):
             row = {**rows[-1], "plan": name, "units_changed_from_start": changed_units(plan, start),
                    "dev_ppl": round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
                    **finetuned_dev(args, teacher, plan, features)}

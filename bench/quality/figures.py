@@ -360,12 +360,15 @@ def heads_ffn_figure(rows: list[dict], task: str):
 # --- Decoder, every hidden dim kept (findings.md, "Keeping every hidden dim") ---
 # Faster at its best measured setting (one-shot start, the last 85% of the steps held, relative hidden-state
 # distillation, mask lr 0.1, gate values not folded), with and without a straight-through quench over the hold,
-# and one-shot; keyed by (method, mask start, settling fraction, quench fraction, quench gradient).
+# and with the one-shot scores' units at the masks' counts per layer, and one-shot; keyed by (method, mask start,
+# settling fraction, quench fraction, quench gradient, unit ranking).
 DECODER_HEADS_FFN_SERIES = {
-    ("oneshot", "", "", "", ""): (ONESHOT, COLORS["oneshot"]),
-    ("faster", "oneshot", "0.85", "", ""): ("Faster-VTrans, one-shot start, last 85% held", COLORS["faster"]),
-    ("faster", "oneshot", "0.85", "0.85", "straight_through"):
+    ("oneshot", "", "", "", "", ""): (ONESHOT, COLORS["oneshot"]),
+    ("faster", "oneshot", "0.85", "", "", ""): ("Faster-VTrans, one-shot start, last 85% held", COLORS["faster"]),
+    ("faster", "oneshot", "0.85", "0.85", "straight_through", ""):
         ("Faster-VTrans, same, no gate noise while held", "C4"),
+    ("faster", "oneshot", "0.85", "", "", "calibration"):
+        ("Faster-VTrans's counts per layer, one-shot's units", "C5"),
 }
 
 
@@ -383,7 +386,8 @@ def decoder_heads_ffn_series(rows: list[dict]) -> tuple[list[Series], dict]:
     tokens = Counter(r["eval_tokens"] for r in rows).most_common(1)[0][0]
     rows = _at_budget([r for r in rows if r["eval_tokens"] == tokens])
     drawn = _catalogued_series(rows, DECODER_HEADS_FFN_SERIES, ("method", "mask_start", "settle_fraction",
-                                                                "quench_fraction", "quench_gradient"), "ppl_after")
+                                                                "quench_fraction", "quench_gradient", "unit_ranking"),
+                               "ppl_after")
     return drawn, {"budget": _study_budget(rows), "teacher": float(rows[0]["teacher_ppl"])}
 
 

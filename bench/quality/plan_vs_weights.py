@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench"), str(ROOT / "bench" / "quality")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import encoder  # noqa: E402
-from study import kept_units, lr_label, machine, ranked_at_counts  # noqa: E402
+from study import kept_units, lr_label, machine  # noqa: E402
 
 PAIRS = ("masks", "oneshot_units", "mask_ranks_oneshot_counts", "masks_teacher_weights")
 
@@ -39,7 +39,7 @@ def pair_plans(masks_plan, oneshot_plan) -> dict:
     with_mask_scales = replace(oneshot_plan, hidden_scale=masks_plan.hidden_scale, head_scale=masks_plan.head_scale,
                                ffn_scale=masks_plan.ffn_scale)
     return {"masks": (masks_plan, False), "oneshot_units": (with_mask_scales, False),
-            "mask_ranks_oneshot_counts": (ranked_at_counts(masks_plan, oneshot_plan), False),
+            "mask_ranks_oneshot_counts": (masks_plan.ranked_at_counts(oneshot_plan), False),
             "masks_teacher_weights": (masks_plan.without_scales(), True)}
 
 

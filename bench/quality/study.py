@@ -1,7 +1,7 @@
 """What the quality-study drivers (encoder.py, decoder.py) share: the finished cells of a results CSV, the plan of
 one pruning method (mask training through ``run_pruning``, resumable, or the one-shot baseline), the fine-tune
-learning-rate search every method gets, a plan's ranking re-cut at another plan's counts, the kept units and
-achieved sparsity of a compacted model, CPU and GPU latency and the machine column."""
+learning-rate search every method gets, the kept units and achieved sparsity of a compacted model, CPU and GPU
+latency and the machine column."""
 import argparse
 import copy
 import csv
@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -312,23 +312,6 @@ def search_finetune_lr(model, lrs, fit, dev_score, *, seed: int, higher_is_bette
     if best is None:
         raise FloatingPointError(f"the fine-tune diverged at every learning rate of {lr_label(lrs)}")
     return FinetuneChoice(best[1], best[2], scores, best[3])
-
-
-def top_units(scores: torch.Tensor, count: int) -> list[int]:
-    """The indices of the ``count`` highest ``scores``, sorted."""
-    return sorted(torch.topk(scores, count).indices.tolist())
-
-
-def ranked_at_counts(masks_plan, counts_plan):
-    """``masks_plan``'s units re-cut by its own scores at ``counts_plan``'s count of every structure and layer."""
-    scores = masks_plan.scores
-
-    def recut(kind: str, plan_units: dict) -> dict:
-        return {layer: top_units(scores[kind][layer], len(units)) for layer, units in plan_units.items()}
-
-    hidden = None if counts_plan.hidden is None else top_units(scores["hidden"], len(counts_plan.hidden))
-    return replace(masks_plan, hidden=hidden, heads=recut("heads", counts_plan.heads),
-                   ffn=recut("ffn", counts_plan.ffn))
 
 
 def kept_units(small, dense) -> dict:

@@ -155,6 +155,37 @@ class CompactionPlan:
         their original weights instead of having the learned gate values folded in."""
         return replace(self, hidden_scale=None, head_scale={}, ffn_scale={})
 
+    def ranked_at_counts(self, counts: "CompactionPlan") -> "CompactionPlan":
+        """This plan's ranking cut at ``counts``' number of kept units in every structure and layer: for each, the
+        units with the highest of this plan's ``scores`` (e.g. a one-shot plan's calibration scores at the counts
+        a mask plan chose per layer). Scales stay with their units, so they must be full-length vectors; values
+        listed for the kept units only belong to units the cut may drop, and are refused. Bias shifts are dropped:
+        they are the removed units' contribution, and the cut removes others (``compensate_plan`` again)."""
+        def top(score, units, where):
+            if score is None:
+                raise ValueError(f"CompactionPlan.ranked_at_counts: this plan has no scores for {where}, which "
+                                 "counts prunes; expected a plan with scores over every unit there")
+            if len(units) > score.numel():
+                raise ValueError(f"CompactionPlan.ranked_at_counts: counts keeps {len(units)} units of {where}, "
+                                 f"more than the {score.numel()} this plan scores")
+            return sorted(torch.topk(score, len(units)).indices.tolist())
+
+        def recut(kind):
+            scores = self.scores[kind]
+            return {layer: top(scores.get(layer), units, f"{kind} of layer {layer}")
+                    for layer, units in getattr(counts, kind).items()}
+
+        for name, scale, score in [("hidden_scale", self.hidden_scale, self.scores["hidden"])] + [
+                (f"{kind}_scale[{layer}]", vec, self.scores[key].get(layer))
+                for kind, key in (("head", "heads"), ("ffn", "ffn"))
+                for layer, vec in getattr(self, f"{kind}_scale").items()]:
+            if scale is not None and (score is None or scale.numel() != score.numel()):
+                raise ValueError(f"CompactionPlan.ranked_at_counts: {name} lists {scale.numel()} values, not one "
+                                 "per unit; expected full-length scales (or none: without_scales())")
+        hidden = None if counts.hidden is None else top(self.scores["hidden"], counts.hidden, "the hidden dims")
+        return replace(self, hidden=hidden, heads=recut("heads"), ffn=recut("ffn"), head_bias_shift={},
+                       ffn_bias_shift={})
+
     # ---- persistence: plain JSON, no pickles -------------------------------------------------------------
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (layer keys become strings, tensors lists)."""
