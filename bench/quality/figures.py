@@ -368,7 +368,7 @@ DECODER_HEADS_FFN_SERIES = {
     ("faster", "oneshot", "0.85", "0.85", "straight_through", ""):
         ("Faster-VTrans, same, no gate noise while held", "C4"),
     ("faster", "oneshot", "0.85", "", "", "calibration"):
-        ("Faster-VTrans's counts per layer, one-shot's units", "C5"),
+        ("Faster-VTrans' counts per layer, one-shot's units", "C5"),
 }
 
 
