@@ -177,15 +177,16 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
     return masks.plan, record
 
 
-def calibration_ranked(args, seed, sparsity, plan, teacher, features):
+def calibration_ranked(args, seed, plan, teacher, features):
     """``plan``'s count of units in every layer and structure, filled with the units the one-shot baseline's
-    calibration scores rank highest (the scores of the one-shot cell: the same batches and structures)."""
+    calibration scores rank highest (the scores of the one-shot cell: the same batches, as ``oneshot_plan``
+    scores them)."""
+    from vtrans_kernels.hf import CompactionPlan
     from vtrans_kernels.prune.data import Batches
-    from vtrans_kernels.prune.oneshot import oneshot_plan
+    from vtrans_kernels.prune.oneshot import unit_scores
 
-    calibration = oneshot_plan(teacher, Batches(features["train"], args.batch_size, seed=seed), sparsity,
-                               structures=tuple(args.structures), seq_len=args.block_size)
-    return calibration.ranked_at_counts(plan)
+    scores = unit_scores(teacher, Batches(features["train"], args.batch_size, seed=seed))
+    return CompactionPlan(scores=scores).ranked_at_counts(plan)
 
 
 def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dict:
@@ -204,7 +205,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
                                                           cell["quench_fraction"], cell["quench_gradient"]),
                                            sparsity, seed))
     if cell["unit_ranking"]:
-        plan = calibration_ranked(args, seed, sparsity, plan, teacher, features)
+        plan = calibration_ranked(args, seed, plan, teacher, features)
         record = {**record, "ppl_before": round(perplexity(compact(teacher, plan), features["test"]), 3)}
     small = compact(teacher, plan)
     torch.manual_seed(seed)
