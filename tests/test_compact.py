@@ -211,6 +211,8 @@ def test_ranked_at_counts_keeps_one_plans_counts_and_anothers_best_scored_units(
     with masked_by_plan(model, recut):
         expected = output(model, batch)
     assert_same(output(compact(model, recut), batch), expected)  # logits: the vocabulary is not pruned
+    ffn_only = ranking.ranked_at_counts(counts, structures=("ffn",))  # the other structures keep counts' units
+    assert ffn_only.ffn == recut.ffn and ffn_only.heads == counts.heads and ffn_only.hidden == counts.hidden
 
 
 def test_ranked_at_counts_refuses_what_it_cannot_recut():
@@ -224,3 +226,6 @@ def test_ranked_at_counts_refuses_what_it_cannot_recut():
         CompactionPlan(hidden=[0, 1], hidden_scale=[1.0, 1.0], scores=scores).ranked_at_counts(counts)
     with pytest.raises(ValueError, match="more than the 3 this plan scores"):
         CompactionPlan(scores={"hidden": torch.rand(3)}).ranked_at_counts(CompactionPlan(hidden=[0, 1, 2, 3]))
+    for bad in ("ffn", ("ffn", "layers"), ()):
+        with pytest.raises(ValueError, match="structures=.*expected a non-empty sequence of names among"):
+            CompactionPlan(scores=scores).ranked_at_counts(counts, structures=bad)

@@ -274,7 +274,8 @@ def test_decoder_trajectory_starts_at_the_oneshot_plan(tmp_path):
     crossed = rows[3:]
     rows = rows[:3]
     assert [r["step"] for r in rows] == ["0", "2", "4"] and all(r["plan"] == "" for r in rows)
-    assert [r["plan"] for r in crossed] == ["masks_ranks_start_counts", "start_ranks_masks_counts"]
+    assert [r["plan"] for r in crossed] == ["masks_ranks_start_counts", "start_ranks_masks_counts",
+                                            "start_ranks_masks_counts_ffn"]
     assert all(r["step"] == "4" and float(r["dev_ppl_after"]) > 1 for r in crossed)
     assert rows[0]["units_changed_from_start"] == "0" and abs(float(rows[0]["decision_sparsity"]) - 0.2) < 0.02
     assert all(float(r["dev_ppl"]) > 1 for r in rows)

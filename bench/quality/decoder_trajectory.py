@@ -11,8 +11,9 @@ fine-tuned as decoder.py fine-tunes (same batches, seed and rate) and measured o
 so a setting can be chosen on what the study reports after the fine-tune. With --crossed as well, two plans that
 separate the masks' choice of units within a layer from their allocation across layers are fine-tuned and
 measured the same way: the final plan's ranking cut at the start plan's counts per layer and structure
-(``masks_ranks_start_counts``), and the start plan's ranking cut at the final plan's counts
-(``start_ranks_masks_counts``). A row per measured step (column ``plan`` empty) and per crossed plan goes to
+(``masks_ranks_start_counts``), the start plan's ranking cut at the final plan's counts
+(``start_ranks_masks_counts``), and the same for the FFN neurons only, the final plan's heads kept
+(``start_ranks_masks_counts_ffn``). A row per measured step (column ``plan`` empty) and per crossed plan goes to
 bench/results/quality/decoder_trajectory.csv:
 
     python bench/quality/decoder_trajectory.py --sparsity 0.2 --mask-start oneshot
@@ -101,8 +102,9 @@ def main(argv=None) -> None:
                    help="fine-tune the start plan and the final plan this many steps and measure both on dev")
     p.add_argument("--finetune-lr", type=float, default=5e-5)
     p.add_argument("--crossed", action="store_true",
-                   help="with --finetune-steps, also fine-tune the final ranking at the start's counts and the "
-                        "start's ranking at the final counts")
+                   help="with --finetune-steps, also fine-tune the final ranking at the start's counts, the "
+                        "start's ranking at the final counts, and the final plan with the start's ranking of "
+                        "FFN neurons at its counts")
     decoder.add_corpus_arguments(p)
     p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_trajectory.csv"))
     args = p.parse_args(argv)
@@ -155,7 +157,8 @@ def main(argv=None) -> None:
     if args.crossed:
         final, start = plans[pruner.step], plans[0]
         for name, plan in (("masks_ranks_start_counts", final.ranked_at_counts(start)),
-                           ("start_ranks_masks_counts", start.ranked_at_counts(final))):
+                           ("start_ranks_masks_counts", start.ranked_at_counts(final)),
+                           ("start_ranks_masks_counts_ffn", start.ranked_at_counts(final, structures=("ffn",)))):
             row = {**rows[-1], "plan": name, "units_changed_from_start": changed_units(plan, start),
                    "dev_ppl": round(decoder.perplexity(compact(teacher, plan), features["dev"]), 3),
                    **finetuned_dev(args, teacher, plan, features)}

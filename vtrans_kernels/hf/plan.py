@@ -9,6 +9,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from ..fileio import write_text
+from ..masks.mask_set import STRUCTURES
 
 Indices = Sequence[int]
 
@@ -155,12 +156,20 @@ class CompactionPlan:
         their original weights instead of having the learned gate values folded in."""
         return replace(self, hidden_scale=None, head_scale={}, ffn_scale={})
 
-    def ranked_at_counts(self, counts: "CompactionPlan") -> "CompactionPlan":
+    def ranked_at_counts(self, counts: "CompactionPlan",
+                         structures: Sequence[str] = STRUCTURES) -> "CompactionPlan":
         """This plan's ranking cut at ``counts``' number of kept units in every structure and layer: for each, the
         units with the highest of this plan's ``scores`` (e.g. a one-shot plan's calibration scores at the counts
-        a mask plan chose per layer). Scales stay with their units, so they must be full-length vectors; values
-        listed for the kept units only belong to units the cut may drop, and are refused. Bias shifts are dropped:
-        they are the removed units' contribution, and the cut removes others (``compensate_plan`` again)."""
+        a mask plan chose per layer). Only the ``structures`` named ("hidden", "heads", "ffn") are re-ranked; the
+        others keep ``counts``' own units (e.g. ``structures=("ffn",)``: the mask plan's heads, the calibration
+        scores' FFN neurons). Scales stay with their units, so they must be full-length vectors; values listed
+        for the kept units only belong to units the cut may drop, and are refused. Bias shifts are dropped: they
+        are the removed units' contribution, and the cut removes others (``compensate_plan`` again)."""
+        unknown = set(structures) - set(STRUCTURES)
+        if isinstance(structures, str) or unknown or not structures:
+            raise ValueError(f"CompactionPlan.ranked_at_counts: structures={structures!r}; expected a non-empty "
+                             f"sequence of names among {list(STRUCTURES)}")
+
         def top(score, units, where):
             if score is None:
                 raise ValueError(f"CompactionPlan.ranked_at_counts: this plan has no scores for {where}, which "
@@ -171,6 +180,8 @@ class CompactionPlan:
             return sorted(torch.topk(score, len(units)).indices.tolist())
 
         def recut(kind):
+            if kind not in structures:
+                return {layer: list(units) for layer, units in getattr(counts, kind).items()}
             scores = self.scores[kind]
             return {layer: top(scores.get(layer), units, f"{kind} of layer {layer}")
                     for layer, units in getattr(counts, kind).items()}
@@ -182,7 +193,9 @@ class CompactionPlan:
             if scale is not None and (score is None or scale.numel() != score.numel()):
                 raise ValueError(f"CompactionPlan.ranked_at_counts: {name} lists {scale.numel()} values, not one "
                                  "per unit; expected full-length scales (or none: without_scales())")
-        hidden = None if counts.hidden is None else top(self.scores["hidden"], counts.hidden, "the hidden dims")
+        hidden = counts.hidden
+        if hidden is not None and "hidden" in structures:
+            hidden = top(self.scores["hidden"], hidden, "the hidden dims")
         return replace(self, hidden=hidden, heads=recut("heads"), ffn=recut("ffn"), head_bias_shift={},
                        ffn_bias_shift={})
 
