@@ -112,8 +112,8 @@ def test_encoder_study_heads_and_summary(tmp_path, capsys):
         assert pairs["masks"][column] == masks_cell[column]
     for pair in ("oneshot_units", "mask_ranks_oneshot_counts"):  # one-shot's counts, whoever ranks the units
         assert (pairs[pair]["heads"], pairs[pair]["ffn"]) == (oneshot_cell["heads"], oneshot_cell["ffn"])
-    assert (pairs["masks_teacher_weights"]["heads"], pairs["masks_teacher_weights"]["ffn"]) == (
-        masks_cell["heads"], masks_cell["ffn"])
+    for pair in ("masks_teacher_weights", "oneshot_ranks_masks_counts_teacher_weights"):  # the masks' counts
+        assert (pairs[pair]["heads"], pairs[pair]["ffn"]) == (masks_cell["heads"], masks_cell["ffn"])
     with pytest.raises(SystemExit):
         plan_vs_weights.main(cell_args + ["--methods", "oneshot"])
     assert "--methods: expected mask methods" in capsys.readouterr().err

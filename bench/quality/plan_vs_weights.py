@@ -10,7 +10,10 @@ then after the distilled fine-tune with the lr search on dev):
   masks' scales on the units they share;
 - ``mask_ranks_oneshot_counts``: the masks' own ranking of units, cut at the one-shot plan's count for every
   structure and layer, on the mask-trained weights (the masks' choice of units without their shape);
-- ``masks_teacher_weights``: the masks' units, without their scales, on the teacher's weights.
+- ``masks_teacher_weights``: the masks' units, without their scales, on the teacher's weights;
+- ``oneshot_ranks_masks_counts_teacher_weights``: the one-shot plan's ranking of units cut at the masks' count
+  for every structure and layer, on the teacher's weights (the masks' shape without their choice of units, as
+  the decoder study's ``--unit-ranking calibration``).
 
 The one-shot plan on the teacher's weights is the study's ``oneshot`` cell. The mask cell is found (or trained)
 with encoder.py's options, so pass the ones its row was made with, e.g.
@@ -31,7 +34,8 @@ from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import encoder  # noqa: E402
 from study import kept_units, lr_label, machine  # noqa: E402
 
-PAIRS = ("masks", "oneshot_units", "mask_ranks_oneshot_counts", "masks_teacher_weights")
+PAIRS = ("masks", "oneshot_units", "mask_ranks_oneshot_counts", "masks_teacher_weights",
+         "oneshot_ranks_masks_counts_teacher_weights")
 
 
 def pair_plans(masks_plan, oneshot_plan) -> dict:
@@ -40,7 +44,9 @@ def pair_plans(masks_plan, oneshot_plan) -> dict:
                                ffn_scale=masks_plan.ffn_scale)
     return {"masks": (masks_plan, False), "oneshot_units": (with_mask_scales, False),
             "mask_ranks_oneshot_counts": (masks_plan.ranked_at_counts(oneshot_plan), False),
-            "masks_teacher_weights": (masks_plan.without_scales(), True)}
+            "masks_teacher_weights": (masks_plan.without_scales(), True),
+            "oneshot_ranks_masks_counts_teacher_weights": (oneshot_plan.without_scales().ranked_at_counts(masks_plan),
+                                                           True)}
 
 
 def main(argv=None) -> None:
