@@ -227,6 +227,10 @@ def test_decoder_study_scales_and_summary(tmp_path):
     assert all(rows[5][k] == recut[k] for k in ("mask_time_s", "heads", "ffn", "achieved_sparsity"))
     assert recut["ppl_before"] != rows[5]["ppl_before"]  # other units: the scores of two steps of masks are flat
     assert all(r["unit_ranking"] == "" for r in rows[:10])
+    decoder.main(args + ["--no-fold-scales", "--unit-ranking", "calibration_ffn"])  # FFN neurons only: a cell too
+    rows = list(csv.DictReader((results / "decoder_lm.csv").open()))
+    assert len(rows) == 12 and rows[11]["unit_ranking"] == "calibration_ffn"
+    assert all(rows[5][k] == rows[11][k] for k in ("mask_time_s", "hidden", "heads", "ffn", "achieved_sparsity"))
 
     scales.main(["--work", str(tmp_path / "work"), "--eval-blocks", "4", *ALL_CORES,
                  "--csv", str(tmp_path / "scales.csv")])
@@ -255,6 +259,8 @@ def test_decoder_study_scales_and_summary(tmp_path):
     assert "| 1 | 128 | 0.3 | oneshot (prunes heads ffn only) | - | - | - | - | 1 |" in table
     assert ("| 1 | 128 | 0.3 | faster [settle 0.2], the one-shot scores' units at the masks' counts | -1.0 | mse "
             "| 0.1 | no | 1 |") in table
+    assert ("| 1 | 128 | 0.3 | faster [settle 0.2], the one-shot scores' FFN neurons at the masks' counts (the masks' "
+            "heads) | -1.0 | mse | 0.1 | no | 1 |") in table
     assert (results / "decoder_lm.png").is_file()
     assert "| 2 / 1, 2 |" in table and "| 2 / 2, 2 |" in table  # one line per budget, never averaged together
 
@@ -452,11 +458,13 @@ def test_decoder_heads_ffn_figure_draws_faster_at_its_setting_and_one_shot(tmp_p
                  row("faster", 0.3, seed, 1.0, "0.85", "straight_through", unit_ranking="calibration"),
                  row("faster", 0.3, seed, 40 + seed), row("oneshot", 0.3, seed, 44 + seed),
                  row("faster", 0.3, seed, 42 + seed, "0.85", "straight_through"),
-                 row("faster", 0.3, seed, 38 + seed, unit_ranking="calibration")]
+                 row("faster", 0.3, seed, 38 + seed, unit_ranking="calibration"),
+                 row("faster", 0.3, seed, 36 + seed, unit_ranking="calibration_ffn")]
     drawn = _drawn(figures.decoder_heads_ffn_figure(rows))
     labels = [figures.DECODER_HEADS_FFN_SERIES[key][0] for key in figures.DECODER_HEADS_FFN_SERIES]
     assert drawn == {labels[0]: pytest.approx([44.5]), labels[1]: pytest.approx([40.5]),
-                     labels[2]: pytest.approx([42.5]), labels[3]: pytest.approx([38.5])}
+                     labels[2]: pytest.approx([42.5]), labels[3]: pytest.approx([38.5]),
+                     labels[4]: pytest.approx([36.5])}
     assert tmp_path / "decoder_lm_heads_ffn.png" in figures.decoder_figures(rows, tmp_path)
 
 

@@ -25,7 +25,8 @@ before they existed have "" there, as do rows at the default ramp). --structures
 (the one-shot baseline too), e.g. `--structures heads ffn` keeps every hidden dim; it is part of every cell's key
 ("" when all are pruned). --unit-ranking calibration keeps the masks' count of units in every layer and structure
 but picks which units by the one-shot baseline's calibration scores (the masks say how much each layer keeps,
-activation x weight norms which units; the masks' training is shared with the cell ranked by the masks).
+activation x weight norms which units; the masks' training is shared with the cell ranked by the masks);
+--unit-ranking calibration_ffn does so for the FFN neurons only and keeps the masks' own heads.
 """
 import argparse
 import copy
@@ -49,6 +50,8 @@ METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
 }
 MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction",
                  "size_count", "warmup_fraction", "quench_fraction", "quench_gradient")
+# --unit-ranking choices other than "masks" -> the structures whose units the calibration scores pick
+CALIBRATION_RANKED = {"calibration": ("hidden", "heads", "ffn"), "calibration_ffn": ("ffn",)}
 CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + ("structures",) + BUDGET_COLUMNS + (
     "eval_blocks", "unit_ranking")
 # rows from before the eval_blocks column: every held-out block was a full block of block_size tokens
@@ -74,11 +77,11 @@ def mask_settings(method: str, args) -> dict:
 
 def cell_values(args, layers: int, seed: int, sparsity: float, method: str) -> dict:
     """A cell's ``CELL_KEY`` columns: what its row records and what the skip check compares."""
-    ranked_by_calibration = args.unit_ranking == "calibration" and METHODS[method][0] is not None
+    ranked_by_calibration = args.unit_ranking != "masks" and METHODS[method][0] is not None
     return dict(layers=layers, seed=seed, target_sparsity=sparsity, method=method, **mask_settings(method, args),
                 structures=structures_label(args.structures), mask_steps=args.steps,
                 finetune_steps=args.finetune_steps, batch_size=args.batch_size, eval_blocks=args.eval_blocks,
-                unit_ranking="calibration" if ranked_by_calibration else "")
+                unit_ranking=args.unit_ranking if ranked_by_calibration else "")
 
 
 def masks_folder(work: Path, args) -> Path:
@@ -177,16 +180,16 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
     return masks.plan, record
 
 
-def calibration_ranked(args, seed, plan, teacher, features):
-    """``plan``'s count of units in every layer and structure, filled with the units the one-shot baseline's
-    calibration scores rank highest (the scores of the one-shot cell: the same batches, as ``oneshot_plan``
-    scores them)."""
+def calibration_ranked(args, seed, plan, teacher, features, structures):
+    """``plan``'s count of units in every layer and structure, filled in ``structures`` with the units the one-shot
+    baseline's calibration scores rank highest (the scores of the one-shot cell: the same batches, as
+    ``oneshot_plan`` scores them) and elsewhere with ``plan``'s own."""
     from vtrans_kernels.hf import CompactionPlan
     from vtrans_kernels.prune.data import Batches
     from vtrans_kernels.prune.oneshot import unit_scores
 
     scores = unit_scores(teacher, Batches(features["train"], args.batch_size, seed=seed))
-    return CompactionPlan(scores=scores).ranked_at_counts(plan)
+    return CompactionPlan(scores=scores).ranked_at_counts(plan, structures)
 
 
 def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dict:
@@ -205,7 +208,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
                                                           cell["quench_fraction"], cell["quench_gradient"]),
                                            sparsity, seed))
     if cell["unit_ranking"]:
-        plan = calibration_ranked(args, seed, plan, teacher, features)
+        plan = calibration_ranked(args, seed, plan, teacher, features, CALIBRATION_RANKED[cell["unit_ranking"]])
         record = {**record, "ppl_before": round(perplexity(compact(teacher, plan), features["test"]), 3)}
     small = compact(teacher, plan)
     torch.manual_seed(seed)
@@ -251,10 +254,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_mask_start_arguments(p)
     add_fold_scales_argument(p)
     add_structures_argument(p)
-    p.add_argument("--unit-ranking", choices=("masks", "calibration"), default="masks",
+    p.add_argument("--unit-ranking", choices=("masks", *CALIBRATION_RANKED), default="masks",
                    help="which units a mask cell's plan keeps at the masks' counts per layer: the masks' own, or the "
-                        "one-shot calibration scores' (needs --no-fold-scales: the masks' scales belong to their "
-                        "own units)")
+                        "one-shot calibration scores' (calibration_ffn: for the FFN neurons only; both need "
+                        "--no-fold-scales: the masks' scales belong to their own units)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--eval-blocks", type=int, default=128, help="held-out blocks the perplexity is measured on")
@@ -263,8 +266,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", default=str(ROOT / "runs" / "quality" / "decoder"))
     p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_lm.csv"))
     args = p.parse_args(argv)
-    if args.unit_ranking == "calibration" and not args.no_fold_scales:
-        p.error("--unit-ranking calibration: expected --no-fold-scales too (the masks' scales belong to the masks' "
+    if args.unit_ranking != "masks" and not args.no_fold_scales:
+        p.error(f"--unit-ranking {args.unit_ranking}: expected --no-fold-scales too (the masks' scales belong to the masks' "
                 "own units, not to the ones the calibration scores pick)")
     return args
 

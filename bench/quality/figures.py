@@ -360,8 +360,8 @@ def heads_ffn_figure(rows: list[dict], task: str):
 # --- Decoder, every hidden dim kept (findings.md, "Keeping every hidden dim") ---
 # Faster at its best measured setting (one-shot start, the last 85% of the steps held, relative hidden-state
 # distillation, mask lr 0.1, gate values not folded), with and without a straight-through quench over the hold,
-# and with the one-shot scores' units at the masks' counts per layer, and one-shot; keyed by (method, mask start,
-# settling fraction, quench fraction, quench gradient, unit ranking).
+# and with the one-shot scores' units (all, or the FFN neurons only) at the masks' counts per layer, and one-shot;
+# keyed by (method, mask start, settling fraction, quench fraction, quench gradient, unit ranking).
 DECODER_HEADS_FFN_SERIES = {
     ("oneshot", "", "", "", "", ""): (ONESHOT, COLORS["oneshot"]),
     ("faster", "oneshot", "0.85", "", "", ""): ("Faster-VTrans, one-shot start, last 85% held", COLORS["faster"]),
@@ -369,6 +369,8 @@ DECODER_HEADS_FFN_SERIES = {
         ("Faster-VTrans, same, no gate noise while held", "C4"),
     ("faster", "oneshot", "0.85", "", "", "calibration"):
         ("Faster-VTrans' counts per layer, one-shot's units", "C5"),
+    ("faster", "oneshot", "0.85", "", "", "calibration_ffn"):
+        ("Faster-VTrans' heads and counts, one-shot's FFN neurons", "C6"),
 }
 
 

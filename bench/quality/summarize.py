@@ -19,6 +19,9 @@ import figures  # noqa: E402
 
 QUALITY = RESULTS_DIR / "quality"
 DECODER_CSV = "decoder_lm.csv"
+# decoder.py --unit-ranking -> what a row's label adds (the masks' own units add nothing)
+RANKING_LABELS = {"calibration": ", the one-shot scores' units at the masks' counts",
+                  "calibration_ffn": ", the one-shot scores' FFN neurons at the masks' counts (the masks' heads)"}
 
 
 def _rows(paths: list[Path]) -> list[dict]:
@@ -137,8 +140,7 @@ def summarize_decoder(path: Path) -> str:
     for (layers, tokens, target, method, init, hidden, lr, fold, start, settle, count, warmup, structures, quench,
          gradient, ranking, *_), group in _groups(rows, keys).items():
         method = objective_label(method, start, settle, count, warmup, structures, quench, gradient)
-        if ranking == "calibration":
-            method += ", the one-shot scores' units at the masks' counts"
+        method += RANKING_LABELS.get(ranking, "")
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {layers} | {tokens} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "
                      f"| {lr if lr != '' else '-'} | {_yes_no(fold)} "
