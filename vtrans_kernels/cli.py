@@ -178,8 +178,9 @@ def _prune(args) -> int:
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
         round_to=args.round_to, uniform=args.uniform, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
-        **compaction_settings(args.no_fold_scales, args.compact_from), checkpoint_every=args.checkpoint_every,
-        bias_compensation=args.bias_compensation, calibration_batches=args.calibration_batches,
+        **compaction_settings(args.no_fold_scales, args.compact_from,
+                              tuple(filter(None, args.rank_by_calibration.split(",")))),
+        checkpoint_every=args.checkpoint_every, bias_compensation=args.bias_compensation, calibration_batches=args.calibration_batches,
         mask_init=vib_mask_init(args.method, args.log_sigma2_init), mask_start=args.mask_start,
         settle_fraction=args.settle_fraction, quench_fraction=args.quench_fraction,
         quench_gradient=args.quench_gradient)
@@ -313,6 +314,10 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--compact-from", choices=("trained", "original"), default="trained",
                    help="original: compact the input model's weights (before mask training) with the masks' units "
                         "and no scales, then fine-tune (variants vtrans and fast; implies --no-fold-scales)")
+    p.add_argument("--rank-by-calibration", default="", metavar="STRUCTURES",
+                   help="comma-separated structures (hidden,heads,ffn) whose units the plan takes from the one-shot "
+                        "calibration scores at the masks' count per layer, e.g. ffn (PruneConfig.rank_by_calibration; "
+                        "implies --no-fold-scales)")
     p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
     p.add_argument("--bias-compensation", action="store_true",
                    help="fold the mean contribution of each sublayer's removed units (measured on training batches) "

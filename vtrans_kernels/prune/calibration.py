@@ -35,7 +35,8 @@ def plan_log_odds(score: torch.Tensor, kept: list[int]) -> torch.Tensor:
 def start_from_calibration(pruner, batches: Batches, calibration_steps: int = 4) -> CompactionPlan:
     """Set ``pruner``'s masks (before its first step) to the one-shot plan at its target, scored on
     ``calibration_steps`` batches of ``batches`` with the masks disabled, and restart the target ramp from that
-    plan's sparsity. Returns the one-shot plan."""
+    plan's sparsity, keeping its scores as the pruner's calibration scores (:meth:`Pruner.score_units`). Returns
+    the one-shot plan."""
     if pruner.step != 0:
         raise ValueError(f"start_from_calibration: the pruner has taken {pruner.step} steps; the masks can only "
                          "start from a plan before the first one")
@@ -48,4 +49,5 @@ def start_from_calibration(pruner, batches: Batches, calibration_steps: int = 4)
         kept = plan.hidden if layer is None else getattr(plan, structure).get(layer, range(mask.units))
         mask.start_from(plan_log_odds(scores, kept))
     pruner.restart_ramp()
+    pruner.calibration_scores = plan.scores
     return plan

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Sequence
 
 from ..masks.mask_set import STRUCTURES
 
@@ -63,10 +64,12 @@ def trains_weights(variant: str) -> bool:
     return variant != "faster"
 
 
-def compaction_settings(no_fold_scales: bool, compact_from: str) -> dict:
-    """``fold_scales`` and ``compact_from`` for command-line ``--no-fold-scales`` and ``--compact-from``: compacting
-    the original weights implies no scales (they were learned with the trained weights)."""
-    return {"fold_scales": not (no_fold_scales or compact_from == "original"), "compact_from": compact_from}
+def compaction_settings(no_fold_scales: bool, compact_from: str, rank_by_calibration: Sequence[str] = ()) -> dict:
+    """``fold_scales``, ``compact_from`` and ``rank_by_calibration`` for command-line ``--no-fold-scales``,
+    ``--compact-from`` and ``--rank-by-calibration``: compacting the original weights, or units the calibration
+    scores pick, implies no scales (they were learned with the trained weights, for the masks' own units)."""
+    return {"fold_scales": not (no_fold_scales or compact_from == "original" or rank_by_calibration),
+            "compact_from": compact_from, "rank_by_calibration": tuple(rank_by_calibration)}
 
 
 @dataclass
@@ -128,6 +131,14 @@ class PruneConfig:
     that plan and swaps the doubtful units (:func:`vtrans_kernels.prune.calibration.start_from_calibration`);
     "init" starts every unit at ``mask_init``'s values. The one-shot start begins on the target, so
     ``settle_fraction`` may then be anything up to 1 (1: every step ends on the target), whatever the warmup.
+    ``rank_by_calibration`` names structures ("hidden", "heads", "ffn") whose kept units the plan takes from the
+    one-shot calibration scores (activation x weight norms of the weights before mask training, on
+    ``calibration_batches`` training batches) instead of the masks, at the masks' count in every layer
+    (:meth:`vtrans_kernels.hf.CompactionPlan.ranked_at_counts`; needs ``fold_scales`` False). The masks then say
+    how much each layer keeps, the scores which units. On SmolLM2-135M (Faster, heads and FFN, findings.md) the
+    calibration scores' FFN neurons at the masks' counts, the masks' own heads, had lower perplexity than both the
+    masks' plan and the one-shot plan at 20%, 30% and 50%, on dev and on test; re-ranking the heads as well won at
+    30% and lost badly at 50%. Empty (default): the masks pick every unit.
     """
 
     method: str = "vib"
@@ -168,12 +179,17 @@ class PruneConfig:
     uniform: bool = False
     bias_compensation: bool = False
     calibration_batches: int = 8
+    rank_by_calibration: tuple[str, ...] = ()
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 50
 
     def __post_init__(self):
         self.structures = tuple(self.structures)
+        if isinstance(self.rank_by_calibration, str) or not set(self.rank_by_calibration) <= set(STRUCTURES):
+            raise ValueError(f"rank_by_calibration: expected a sequence of names among {list(STRUCTURES)}, got "
+                             f"{self.rank_by_calibration!r}")
+        self.rank_by_calibration = tuple(self.rank_by_calibration)
         if self.method not in ("vib", "hard_concrete"):
             raise ValueError(f"method: expected 'vib' or 'hard_concrete', got {self.method!r}")
         if self.variant not in VARIANTS:
@@ -232,6 +248,9 @@ class PruneConfig:
             if self.fold_scales:
                 raise ValueError("fold_scales: expected False with compact_from='original' (the masks' scales were "
                                  "learned with the trained weights; the original weights take the units alone)")
+        if self.rank_by_calibration and self.fold_scales:
+            raise ValueError("fold_scales: expected False with rank_by_calibration (the masks' scales belong to the "
+                             "masks' units, not to the ones the calibration scores pick)")
 
     def _latency_settings(self) -> None:
         """With target "latency": the sparsity of the speedup, an existing table, widths left to the table."""
@@ -288,6 +307,7 @@ class PruneConfig:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["structures"] = list(self.structures)
+        out["rank_by_calibration"] = list(self.rank_by_calibration)
         return out
 
     @classmethod

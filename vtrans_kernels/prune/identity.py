@@ -12,8 +12,9 @@ from .config import PruneConfig
 
 # PruneConfig fields that do not change the trained masks: logging, checkpoint spacing and what happens after the
 # masks are trained (compaction, bias compensation and fine-tuning). Every other field must match for a checkpoint
-# to resume, but for ``calibration_batches``, which shapes the masks only when they start from the one-shot plan
-# (``mask_start`` "oneshot"; otherwise only bias compensation reads it).
+# to resume, but for ``calibration_batches``, which shapes the run only when the masks start from the one-shot plan
+# (``mask_start`` "oneshot") or the plan ranks units by the calibration scores (``rank_by_calibration``, scored before
+# the first step); otherwise only bias compensation reads it.
 AFTER_MASKS = ("log_every", "checkpoint_every", "finetune_steps", "round_to", "fold_scales", "uniform",
                "bias_compensation", "compact_from")
 # Config entries that vary between copies of the same model (where it was loaded from, library versions).
@@ -82,10 +83,11 @@ def mask_settings(config: PruneConfig) -> dict:
 
 def _mask_entries(record: dict) -> dict:
     """``record`` without the ``settings.`` entries that do not shape the masks (:data:`AFTER_MASKS`, and
-    ``calibration_batches`` unless the masks start from the one-shot plan). A record written by an older
+    ``calibration_batches`` unless the masks start from the one-shot plan or the plan ranks units by the calibration
+    scores). A record written by an older
     version may still hold some of them; they are dropped the same way."""
     after = {f"settings.{k}" for k in AFTER_MASKS}
-    if record.get("settings.mask_start", "init") != "oneshot":
+    if record.get("settings.mask_start", "init") != "oneshot" and not record.get("settings.rank_by_calibration"):
         after.add("settings.calibration_batches")
     if not record.get("settings.quench_fraction"):
         after.add("settings.quench_gradient")  # no quenched step, so no quenched gate's gradient

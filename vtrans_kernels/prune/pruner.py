@@ -104,6 +104,7 @@ class Pruner:
             groups.append({"params": list(model.parameters()), "lr": config.weight_lr, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups)
         self.step = 0
+        self.calibration_scores = None  # one-shot unit scores before mask training (score_units)
         self._quench()
 
     def restart_ramp(self) -> None:
@@ -266,12 +267,35 @@ class Pruner:
             raise NonFiniteLossError(f"{what} became {float(value.detach())} at step {self.step}; stopping (lower the learning "
                                      "rates or use fp32; the last good checkpoint is kept)")
 
+    @torch.no_grad()
+    def score_units(self, batches, calibration_steps: int | None = None) -> dict:
+        """Keep the one-shot calibration scores of every unit (:func:`vtrans_kernels.prune.oneshot.unit_scores`,
+        masks disabled, ``calibration_steps`` batches, default ``config.calibration_batches``) for a plan with
+        ``config.rank_by_calibration``. Before the first step only: they score the weights before mask training."""
+        from .oneshot import unit_scores
+
+        if self.step != 0:
+            raise ValueError(f"score_units: the pruner has taken {self.step} steps; the calibration scores are "
+                             "taken before the first one, on the weights mask training starts from")
+        with self.masks.disabled():
+            self.calibration_scores = unit_scores(self.model, batches,
+                                                  calibration_steps or self.config.calibration_batches)
+        return self.calibration_scores
+
     # ---- results ----------------------------------------------------------------------------------------
     def plan(self, target_sparsity: float | None = None) -> CompactionPlan:
         """The final masks as a plan hitting ``target_sparsity`` (default: the configured target), with the
-        masks' scales unless ``config.fold_scales`` is False, recording the model's type and unit counts."""
+        masks' scales unless ``config.fold_scales`` is False, recording the model's type and unit counts. With
+        ``config.rank_by_calibration`` the named structures keep the masks' count per layer, filled with the
+        units the calibration scores (:meth:`score_units`) rank highest."""
         target = self.config.target_sparsity if target_sparsity is None else target_sparsity
         plan = self.masks.plan(target, self.measure, uniform=self.config.uniform, round_to=self.config.round_to)
+        if self.config.rank_by_calibration:
+            if self.calibration_scores is None:
+                raise ValueError("rank_by_calibration: the pruner has no calibration scores; call "
+                                 "pruner.score_units(batches) (or start_from_calibration) before the first step")
+            plan = CompactionPlan(scores=self.calibration_scores).ranked_at_counts(
+                plan, self.config.rank_by_calibration)
         plan.model = dict(self.model_record)  # compact() then refuses to apply it to another architecture
         return plan if self.config.fold_scales else plan.without_scales()
 
@@ -295,6 +319,8 @@ class Pruner:
                  "lagrangian_initial": self.lagrangian.initial, "config": self.config.to_dict(),
                  "world_size": self.dist.world, "rng": self.dist.gather(_rng_state())}
         state["optimizer"] = self.optimizer.state_dict()
+        if self.calibration_scores is not None:
+            state["calibration_scores"] = self.calibration_scores
         if self.config.trains_weights and self.manage_weights:
             state["model"] = self.model.state_dict()
         return state
@@ -314,6 +340,7 @@ class Pruner:
         self.optimizer.load_state_dict(state["optimizer"])
         if "model" in state:
             self.model.load_state_dict(state["model"])
+        self.calibration_scores = state.get("calibration_scores")
         _set_rng_state(state["rng"][self.dist.rank])
 
 

@@ -90,6 +90,8 @@ def run_pruning(model: nn.Module, batches: Batches, config: PruneConfig, out_dir
     elif config.mask_start == "oneshot":
         from .calibration import start_from_calibration
         start_from_calibration(pruner, batches, config.calibration_batches)
+    elif config.rank_by_calibration:
+        pruner.score_units(batches)
     if main:
         log = JsonLog(out / LOG, resume_step=pruner.step if resume else None)
         write_text(out / "config.json", json.dumps(config.to_dict(), indent=1))
