@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from interrupted_runs import interrupt_then_resume
 from tiny_models import build
 from tiny_text import classification_features
 from vtrans_kernels.masks import HardConcreteMask, VIBMask
@@ -78,23 +79,8 @@ def test_a_run_from_the_oneshot_plan_resumes_exactly(tmp_path, features, monkeyp
     config = PruneConfig(mask_start="oneshot", steps=6, batch_size=8, seq_len=16, checkpoint_every=3,
                          calibration_batches=2, subset_fraction=1.0)
     whole = run_pruning(build("bert"), Batches(features, 8), config, tmp_path / "whole", progress=False)
-
-    class Interrupt(Exception):
-        pass
-
-    original = Pruner.train_step
-
-    def interrupted(self, batch):
-        if self.step == 4:
-            raise Interrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(Pruner, "train_step", interrupted)
-    with pytest.raises(Interrupt):
-        run_pruning(build("bert"), Batches(features, 8), config, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(Pruner, "train_step", original)
-    resumed = run_pruning(build("bert"), Batches(features, 8), config, tmp_path / "cut", resume=True,
-                          progress=False)
+    resumed = interrupt_then_resume(lambda: build("bert"), lambda: Batches(features, 8), config, tmp_path / "cut",
+                                    4, monkeypatch)
     for (_, _, a), (_, _, b) in zip(whole.pruner.masks.masks(), resumed.pruner.masks.masks()):
         for pa, pb in zip(a.parameters(), b.parameters()):
             torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6)

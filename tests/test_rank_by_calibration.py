@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from interrupted_runs import interrupt_then_resume
 from tiny_models import build
 from tiny_text import classification_features, model_folder, write_data
 from vtrans_kernels.hf.plan import CompactionPlan
@@ -66,23 +67,8 @@ def test_a_run_keeps_its_scores_through_a_resume(tmp_path, features, monkeypatch
     config = PruneConfig(steps=6, batch_size=8, seq_len=16, checkpoint_every=3, calibration_batches=2,
                          subset_fraction=1.0, fold_scales=False, rank_by_calibration=("heads", "ffn"))
     whole = run_pruning(build("bert"), Batches(features, 8), config, tmp_path / "whole", progress=False)
-
-    class Interrupt(Exception):
-        pass
-
-    original = Pruner.train_step
-
-    def interrupted(self, batch):
-        if self.step == 4:
-            raise Interrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(Pruner, "train_step", interrupted)
-    with pytest.raises(Interrupt):
-        run_pruning(build("bert"), Batches(features, 8), config, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(Pruner, "train_step", original)
-    resumed = run_pruning(build("bert"), Batches(features, 8), config, tmp_path / "cut", resume=True,
-                          progress=False)
+    resumed = interrupt_then_resume(lambda: build("bert"), lambda: Batches(features, 8), config, tmp_path / "cut",
+                                    4, monkeypatch)
     assert resumed.pruner.plan().to_dict() == whole.pruner.plan().to_dict()
     other = PruneConfig(**{**config.to_dict(), "rank_by_calibration": ("ffn",)})
     with pytest.raises(ValueError, match="rank_by_calibration"):  # it shapes the plan: a resume must keep it
