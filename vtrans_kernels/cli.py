@@ -180,7 +180,8 @@ def _prune(args) -> int:
         grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
         **compaction_settings(args.no_fold_scales, args.compact_from,
                               tuple(filter(None, args.rank_by_calibration.split(",")))),
-        checkpoint_every=args.checkpoint_every, bias_compensation=args.bias_compensation, calibration_batches=args.calibration_batches,
+        checkpoint_every=args.checkpoint_every, bias_compensation=args.bias_compensation,
+        calibration_batches=args.calibration_batches,
         mask_init=vib_mask_init(args.method, args.log_sigma2_init), mask_start=args.mask_start,
         settle_fraction=args.settle_fraction, quench_fraction=args.quench_fraction,
         quench_gradient=args.quench_gradient)

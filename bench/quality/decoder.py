@@ -267,8 +267,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--csv", default=str(RESULTS_DIR / "quality" / "decoder_lm.csv"))
     args = p.parse_args(argv)
     if args.unit_ranking != "masks" and not args.no_fold_scales:
-        p.error(f"--unit-ranking {args.unit_ranking}: expected --no-fold-scales too (the masks' scales belong to the masks' "
-                "own units, not to the ones the calibration scores pick)")
+        p.error(f"--unit-ranking {args.unit_ranking}: expected --no-fold-scales too (the masks' scales belong to "
+                "the masks' own units, not to the ones the calibration scores pick)")
     return args
 
 

@@ -84,8 +84,7 @@ def mask_settings(config: PruneConfig) -> dict:
 def _mask_entries(record: dict) -> dict:
     """``record`` without the ``settings.`` entries that do not shape the masks (:data:`AFTER_MASKS`, and
     ``calibration_batches`` unless the masks start from the one-shot plan or the plan ranks units by the calibration
-    scores). A record written by an older
-    version may still hold some of them; they are dropped the same way."""
+    scores). A record written by an older version may still hold some of them; they are dropped the same way."""
     after = {f"settings.{k}" for k in AFTER_MASKS}
     if record.get("settings.mask_start", "init") != "oneshot" and not record.get("settings.rank_by_calibration"):
         after.add("settings.calibration_batches")
