@@ -9,7 +9,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from ..fileio import write_text
-from ..masks.mask_set import STRUCTURES
+from ..masks.mask_set import STRUCTURES, structure_names
 
 Indices = Sequence[int]
 
@@ -165,10 +165,7 @@ class CompactionPlan:
         scores' FFN neurons). Scales stay with their units, so they must be full-length vectors; values listed
         for the kept units only belong to units the cut may drop, and are refused. Bias shifts are dropped: they
         are the removed units' contribution, and the cut removes others (``compensate_plan`` again)."""
-        unknown = set(structures) - set(STRUCTURES)
-        if isinstance(structures, str) or unknown or not structures:
-            raise ValueError(f"CompactionPlan.ranked_at_counts: structures={structures!r}; expected a non-empty "
-                             f"sequence of names among {list(STRUCTURES)}")
+        structures = structure_names(structures, "CompactionPlan.ranked_at_counts(structures=...)")
 
         def top(score, units, where):
             if score is None:

@@ -12,6 +12,16 @@ from .gates import UnitMask, make_mask
 from .size_model import ArchitectureSpec, SizeMeasure
 
 STRUCTURES = ("hidden", "heads", "ffn")
+
+
+def structure_names(value, what: str, *, empty_ok: bool = False) -> tuple[str, ...]:
+    """``value`` as a tuple of structure names, or a ``ValueError`` naming ``what`` unless it is a sequence (not a
+    string) of names among :data:`STRUCTURES`, non-empty unless ``empty_ok``."""
+    names = () if isinstance(value, str) else tuple(value)
+    if isinstance(value, str) or not set(names) <= set(STRUCTURES) or not (names or empty_ok):
+        kind = "a sequence" if empty_ok else "a non-empty sequence"
+        raise ValueError(f"{what}: expected {kind} of names among {list(STRUCTURES)}, got {value!r}")
+    return names
 _MASK64 = (1 << 64) - 1
 
 
@@ -52,10 +62,7 @@ class MaskSet(nn.Module):
     def __init__(self, spec: ArchitectureSpec, method: str = "vib", structures: Sequence[str] = STRUCTURES,
                  *, seed: int = 0, mask_init: dict | None = None):
         super().__init__()
-        structures = tuple(structures)
-        unknown = [s for s in structures if s not in STRUCTURES]
-        if not structures or unknown:
-            raise ValueError(f"structures: expected a non-empty subset of {STRUCTURES}, got {structures!r}")
+        structures = structure_names(structures, "structures")
         make_mask(method, 1, mask_init)  # validates the method and the init
         self.spec, self.method, self.structures, self.seed = spec, method, structures, int(seed)
         make = lambda units: make_mask(method, units, mask_init)  # noqa: E731

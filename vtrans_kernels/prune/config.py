@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
-from ..masks.mask_set import STRUCTURES
+from ..masks.mask_set import STRUCTURES, structure_names
 
 VARIANTS = ("vtrans", "fast", "faster")
 # Data fraction each variant trains the masks on by default (DESIGN 2.4: Fast and Faster use about 3%).
@@ -187,10 +187,7 @@ class PruneConfig:
 
     def __post_init__(self):
         self.structures = tuple(self.structures)
-        if isinstance(self.rank_by_calibration, str) or not set(self.rank_by_calibration) <= set(STRUCTURES):
-            raise ValueError(f"rank_by_calibration: expected a sequence of names among {list(STRUCTURES)}, got "
-                             f"{self.rank_by_calibration!r}")
-        self.rank_by_calibration = tuple(self.rank_by_calibration)
+        self.rank_by_calibration = structure_names(self.rank_by_calibration, "rank_by_calibration", empty_ok=True)
         if self.method not in ("vib", "hard_concrete"):
             raise ValueError(f"method: expected 'vib' or 'hard_concrete', got {self.method!r}")
         if self.variant not in VARIANTS:
