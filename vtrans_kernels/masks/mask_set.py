@@ -12,6 +12,7 @@ from .gates import UnitMask, make_mask
 from .size_model import ArchitectureSpec, SizeMeasure
 
 STRUCTURES = ("hidden", "heads", "ffn")
+_MASK64 = (1 << 64) - 1
 
 
 def structure_names(value, what: str, *, empty_ok: bool = False) -> tuple[str, ...]:
@@ -22,7 +23,6 @@ def structure_names(value, what: str, *, empty_ok: bool = False) -> tuple[str, .
         kind = "a sequence" if empty_ok else "a non-empty sequence"
         raise ValueError(f"{what}: expected {kind} of names among {list(STRUCTURES)}, got {value!r}")
     return names
-_MASK64 = (1 << 64) - 1
 
 
 def mix_seed(seed: int, salt: int) -> int:
