@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from vtrans_kernels.prune.options import add_mask_options, mask_config
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minilm import model_path  # noqa: E402
 from movie_reviews import write_csv  # noqa: E402
@@ -20,18 +22,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="runs/minilm-sentiment")
     parser.add_argument("--target-sparsity", type=float, default=0.5)
-    parser.add_argument("--method", default="vib", choices=("vib", "hard_concrete"))
-    parser.add_argument("--variant", default="faster", choices=("vtrans", "fast", "faster"))
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--teacher-steps", type=int, default=80)
-    parser.add_argument("--mask-lr", type=float, default=0.1)
-    parser.add_argument("--log-sigma2-init", type=float, default=None,
-                        help="VIB initial log sigma^2 (default: PruneConfig's -1)")
     parser.add_argument("--finetune-steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=40)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N sentences")
     parser.add_argument("--subset-fraction", type=float, default=None)
+    add_mask_options(parser)
+    parser.set_defaults(mask_lr=0.1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -39,7 +38,6 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from vtrans_kernels.prune import PruneConfig
-    from vtrans_kernels.prune.config import vib_mask_init
     from vtrans_kernels.prune.data import load_text_data
     from vtrans_kernels.prune.pipeline import PipelineOptions, format_summary, prune_pipeline
 
@@ -50,11 +48,9 @@ def main(argv=None) -> dict:
     path = model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(data.label_names))
-    config = PruneConfig(method=args.method, variant=args.variant, target_sparsity=args.target_sparsity,
-                         steps=args.steps, batch_size=args.batch_size, finetune_steps=args.finetune_steps,
-                         subset_fraction=args.subset_fraction, seq_len=args.max_length, log_every=5,
-                         checkpoint_every=25, mask_lr=args.mask_lr,
-                         mask_init=vib_mask_init(args.method, args.log_sigma2_init))
+    config = PruneConfig(target_sparsity=args.target_sparsity, steps=args.steps, batch_size=args.batch_size,
+                         finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
+                         seq_len=args.max_length, log_every=5, checkpoint_every=25, **mask_config(args))
     options = PipelineOptions(task="classification", max_length=args.max_length, teacher_steps=args.teacher_steps,
                               resume=args.resume, progress=not args.no_progress)
     summary = prune_pipeline(model, tokenizer, data, config, out, options)

@@ -164,27 +164,21 @@ def _init_distributed(device: str | None) -> str:
 def _prune(args) -> int:
     import torch.distributed as dist
 
-    from .prune.config import PruneConfig, compaction_settings, vib_mask_init
+    from .prune.config import PruneConfig
     from .prune.data import load_text_data
+    from .prune.options import mask_config
     from .prune.outdir import check_not_input, prepare_out
     from .prune.pipeline import PipelineOptions, format_summary, prune_pipeline
     from .prune.run import CHECKPOINT
     from .prune.seeding import seed_everything
 
     config = PruneConfig(
-        method=args.method, variant=args.variant, structures=tuple(args.structures.split(",")),
         target_sparsity=args.target_sparsity, target=args.target, seq_len=args.seq_len, steps=args.steps,
         target_speedup=args.target_speedup, latency_table=args.profile,
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, subset_fraction=args.subset_fraction,
-        round_to=args.round_to, uniform=args.uniform, seed=args.seed, mask_lr=args.mask_lr, autocast=args.autocast,
-        grad_accumulation=args.grad_accumulation, hidden_distill=args.hidden_distill,
-        **compaction_settings(args.no_fold_scales, args.compact_from,
-                              tuple(filter(None, args.rank_by_calibration.split(",")))),
-        checkpoint_every=args.checkpoint_every, bias_compensation=args.bias_compensation,
-        calibration_batches=args.calibration_batches,
-        mask_init=vib_mask_init(args.method, args.log_sigma2_init), mask_start=args.mask_start,
-        settle_fraction=args.settle_fraction, quench_fraction=args.quench_fraction,
-        quench_gradient=args.quench_gradient)
+        round_to=args.round_to, uniform=args.uniform, seed=args.seed, autocast=args.autocast,
+        grad_accumulation=args.grad_accumulation, checkpoint_every=args.checkpoint_every,
+        bias_compensation=args.bias_compensation, calibration_batches=args.calibration_batches, **mask_config(args))
     check_not_input(args.out, {"--model": args.model, "--data": args.data})
     head = _classifier_labels(args.model) if args.task == "classification" else None
     data = load_text_data(args.data, args.task, num_labels=head)
@@ -258,15 +252,13 @@ def _interrupted(command: str, argv: list[str], out: str | None) -> int:
 
 
 def _add_prune_parser(sub) -> None:
-    from .prune.config import QUENCH_GRADIENTS, PruneConfig
+    from .prune.options import add_mask_options
 
     p = sub.add_parser("prune", help="train VTrans masks under a size target and write the compacted model")
     p.add_argument("--model", required=True, help="transformers model folder")
     p.add_argument("--data", required=True, help="local .csv/.jsonl with `text` (and `label`), or a datasets name")
     p.add_argument("--task", choices=("classification", "lm"), default="classification")
-    p.add_argument("--method", choices=("vib", "hard_concrete"), default="vib")
-    p.add_argument("--variant", choices=("vtrans", "fast", "faster"), default="faster")
-    p.add_argument("--structures", default="hidden,heads,ffn", help="comma-separated subset of hidden,heads,ffn")
+    add_mask_options(p)
     p.add_argument("--target-sparsity", type=float, default=0.5, help="in (0, 1)")
     p.add_argument("--target", choices=("params", "flops", "latency"), default="params",
                    help="what the sparsity counts: layer parameters, FLOPs per sequence of --seq-len tokens, or the "
@@ -287,38 +279,6 @@ def _add_prune_parser(sub) -> None:
     p.add_argument("--subset-fraction", type=float, default=None, help="data fraction (default by variant)")
     p.add_argument("--grad-accumulation", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="mixed-precision forward passes")
-    p.add_argument("--mask-lr", type=float, default=0.05)
-    p.add_argument("--log-sigma2-init", type=float, default=None,
-                   help="VIB initial log sigma^2 (default -1: near the decision boundary, so a few "
-                        "hundred steps reach the target)")
-    p.add_argument("--mask-start", choices=("init", "oneshot"), default="init",
-                   help="oneshot: the masks start at the one-shot plan of the target (activation x weight norms "
-                        "on --calibration-batches training batches) instead of keeping every unit")
-    p.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
-                   help="last fraction of the mask steps that end by holding the masks' decision on the target "
-                        "(PruneConfig.settle_fraction; default 0.5 for the variants that train weights, 0.2 for "
-                        "faster)")
-    p.add_argument("--quench-fraction", type=float, default=PruneConfig.quench_fraction,
-                   help="last fraction of the mask steps (at most --settle-fraction) whose gates have no noise, so "
-                        "the weights train in the model the plan compacts to (PruneConfig.quench_fraction; default "
-                        "the whole settling for the variants that train weights, VTrans' best setting on MiniLM-L6, "
-                        "none for faster; docs/pruning.md)")
-    p.add_argument("--quench-gradient", choices=QUENCH_GRADIENTS, default=PruneConfig.quench_gradient,
-                   help="the quenched gates' gradient: a removed unit's as if it were kept, or the exact one (zero "
-                        "for removed units; PruneConfig.quench_gradient)")
-    p.add_argument("--hidden-distill", choices=("mse", "relative"), default="mse",
-                   help="hidden-state distillation: plain MSE, or MSE relative to the teacher's power per layer "
-                        "(for LLaMA-style residual streams, whose plain MSE drowns the size target)")
-    p.add_argument("--no-fold-scales", action="store_true",
-                   help="keep the chosen units at their original weights instead of folding the masks' learned "
-                        "gate values into them (PruneConfig.fold_scales)")
-    p.add_argument("--compact-from", choices=("trained", "original"), default="trained",
-                   help="original: compact the input model's weights (before mask training) with the masks' units "
-                        "and no scales, then fine-tune (variants vtrans and fast; implies --no-fold-scales)")
-    p.add_argument("--rank-by-calibration", default="", metavar="STRUCTURES",
-                   help="comma-separated structures (hidden,heads,ffn) whose units the plan takes from the one-shot "
-                        "calibration scores at the masks' count per layer, e.g. ffn (PruneConfig.rank_by_calibration; "
-                        "implies --no-fold-scales)")
     p.add_argument("--round-to", type=int, default=1, help="round FFN and hidden widths to multiples of K")
     p.add_argument("--bias-compensation", action="store_true",
                    help="fold the mean contribution of each sublayer's removed units (measured on training batches) "

@@ -100,23 +100,12 @@ def add_mask_start_arguments(parser) -> None:
     --soft-count options (``PruneConfig.mask_start``, ``settle_fraction``, ``warmup_fraction``,
     ``quench_fraction``, ``quench_gradient`` and the VIB size count, the same defaults)."""
     from vtrans_kernels.prune import PruneConfig
-    from vtrans_kernels.prune.config import MASK_STARTS, QUENCH_GRADIENTS
+    from vtrans_kernels.prune.options import add_schedule_options
 
-    parser.add_argument("--mask-start", choices=MASK_STARTS, default=PruneConfig.mask_start,
-                        help="masks start at --log-sigma2-init, or at the one-shot plan (PruneConfig.mask_start)")
-    parser.add_argument("--settle-fraction", type=float, default=PruneConfig.settle_fraction,
-                        help="last fraction of mask steps that hold the decision on the target (default by variant: "
-                             "PruneConfig.settle_fraction)")
+    add_schedule_options(parser)
     parser.add_argument("--warmup-fraction", type=float, default=PruneConfig.warmup_fraction,
                         help="fraction of mask steps over which the target ramps up from the masks' start "
                              "(PruneConfig.warmup_fraction; with the settling steps at most the whole run)")
-    parser.add_argument("--quench-fraction", type=float, default=PruneConfig.quench_fraction,
-                        help="last fraction of mask steps (at most --settle-fraction) whose gates have no noise, so "
-                             "the weights train in the model the plan compacts to (default by variant: "
-                             "PruneConfig.quench_fraction)")
-    parser.add_argument("--quench-gradient", choices=QUENCH_GRADIENTS, default=PruneConfig.quench_gradient,
-                        help="the quenched gates' gradient: a removed unit's as if it were kept, or none "
-                             "(PruneConfig.quench_gradient)")
     parser.add_argument("--soft-count", action="store_true",
                         help="VIB masks: the Lagrangian sees DESIGN's soft count sigmoid(10 log SNR), not the "
                              "straight-through count (PRUNING_MASK_INIT straight_through None)")

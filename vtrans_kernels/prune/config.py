@@ -186,7 +186,7 @@ class PruneConfig:
     checkpoint_every: int = 50
 
     def __post_init__(self):
-        self.structures = tuple(self.structures)
+        self.structures = structure_names(self.structures, "structures")
         self.rank_by_calibration = structure_names(self.rank_by_calibration, "rank_by_calibration", empty_ok=True)
         if self.method not in ("vib", "hard_concrete"):
             raise ValueError(f"method: expected 'vib' or 'hard_concrete', got {self.method!r}")
