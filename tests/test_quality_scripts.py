@@ -440,31 +440,30 @@ def test_decoder_figure_best_documented_settings(tmp_path):
 def test_decoder_heads_ffn_figure_draws_faster_at_its_setting_and_one_shot(tmp_path):
     import figures
 
-    def row(method, sparsity, seed, ppl, quench="", gradient="", **extra):
+    def row(method, sparsity, seed, ppl, ranking="", steps="60", **extra):
         masks = method != "oneshot"
         return {**dict(layers=30, seed=seed, target_sparsity=sparsity, method=method, ppl_after=ppl,
                        structures="heads ffn", hidden_distill="relative" if masks else "",
                        mask_lr="0.1" if masks else "", fold_scales="False" if masks else "",
                        log_sigma2_init="-1.0" if masks else "", mask_start="oneshot" if masks else "",
-                       settle_fraction="0.85" if masks else "", quench_fraction=quench, quench_gradient=gradient,
-                       mask_steps=60, finetune_steps=40, batch_size=4, teacher_ppl=22.1, eval_tokens="16384"),
-                **extra}
+                       settle_fraction="0.85" if masks else "", quench_fraction="", quench_gradient="",
+                       unit_ranking=ranking, mask_steps=steps, finetune_steps=40, batch_size=4, teacher_ppl=22.1,
+                       eval_tokens="16384"), **extra}
 
     rows = []
     for seed in (0, 1):  # the decoys first: a series keeps the first row of a seed
         rows += [row("faster", 0.3, seed, 1.0, fold_scales="True"), row("faster", 0.3, seed, 1.0, mask_lr="0.02"),
                  row("faster", 0.3, seed, 1.0, settle_fraction="0.2"), row("oneshot", 0.3, seed, 1.0, structures=""),
                  row("oneshot", 0.3, seed, 1.0, eval_tokens="8192"), row("oneshot", 0.3, seed, 1.0, layers=4),
-                 row("faster", 0.3, seed, 1.0, "0.85", "straight_through", unit_ranking="calibration"),
-                 row("faster", 0.3, seed, 40 + seed), row("oneshot", 0.3, seed, 44 + seed),
-                 row("faster", 0.3, seed, 42 + seed, "0.85", "straight_through"),
-                 row("faster", 0.3, seed, 38 + seed, unit_ranking="calibration"),
-                 row("faster", 0.3, seed, 36 + seed, unit_ranking="calibration_ffn")]
+                 row("faster", 0.3, seed, 1.0, quench_fraction="0.85", quench_gradient="straight_through"),
+                 row("faster", 0.3, seed, 1.0, "calibration"), row("faster", 0.3, seed, 1.0, finetune_steps=80),
+                 row("oneshot", 0.3, seed, 44 + seed), row("oneshot", 0.3, seed, 1.0, steps="120"),
+                 row("faster", 0.3, seed, 40 + seed), row("faster", 0.3, seed, 38 + seed, "calibration_ffn"),
+                 row("faster", 0.3, seed, 30 + seed, "calibration_ffn", steps="120")]
     drawn = _drawn(figures.decoder_heads_ffn_figure(rows))
     labels = [figures.DECODER_HEADS_FFN_SERIES[key][0] for key in figures.DECODER_HEADS_FFN_SERIES]
-    assert drawn == {labels[0]: pytest.approx([44.5]), labels[1]: pytest.approx([40.5]),
-                     labels[2]: pytest.approx([42.5]), labels[3]: pytest.approx([38.5]),
-                     labels[4]: pytest.approx([36.5])}
+    assert drawn == {labels[0]: pytest.approx([44.5]), labels[1]: pytest.approx([30.5]),
+                     labels[2]: pytest.approx([38.5]), labels[3]: pytest.approx([40.5])}
     assert tmp_path / "decoder_lm_heads_ffn.png" in figures.decoder_figures(rows, tmp_path)
 
 

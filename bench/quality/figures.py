@@ -4,8 +4,9 @@ settings (bench/results/quality/findings.md), at most ``MAX_SERIES`` series, the
 - ``encoder_<task>.png``: test accuracy after the fine-tune against parameter sparsity (MiniLM-L6), per method.
 - ``encoder_<task>_heads_ffn.png``: the same question with every hidden dim kept (``--structures heads ffn``),
   where every method scores best: VTrans at its default schedule and at the earlier one, hard-concrete, one-shot.
-- ``decoder_lm_heads_ffn.png``: the decoder's question with every hidden dim kept: Faster-VTrans at its best
-  setting (one-shot start, the last 85% held) against one-shot.
+- ``decoder_lm_heads_ffn.png``: the decoder's question with every hidden dim kept: Faster-VTrans at its default
+  setting (its heads and per-layer counts, the one-shot scores' FFN neurons) at 120 and 60 mask steps, its own
+  units at 60, against one-shot.
 - ``decoder_lm.png``: held-out perplexity after the fine-tune against parameter sparsity (SmolLM2-135M).
 
 The ablations (other VIB inits, learning-rate grids, budgets, objectives) are not drawn: they stay in the tables
@@ -357,40 +358,43 @@ def heads_ffn_figure(rows: list[dict], task: str):
     return accuracy_figure(series, kept, title)
 
 
-# --- Decoder, every hidden dim kept (findings.md, "Keeping every hidden dim") ---
+# --- Decoder, every hidden dim kept (findings.md, "Keeping every hidden dim" and the sections after it) ---
 # Faster at its best measured setting (one-shot start, the last 85% of the steps held, relative hidden-state
-# distillation, mask lr 0.1, gate values not folded), with and without a straight-through quench over the hold,
-# and with the one-shot scores' units (all, or the FFN neurons only) at the masks' counts per layer, and one-shot;
-# keyed by (method, mask start, settling fraction, quench fraction, quench gradient, unit ranking).
+# distillation, mask lr 0.1, gate values not folded, no quench) with the masks' heads and per-layer counts and the
+# one-shot scores' FFN neurons, at the 120 mask steps chosen on dev (the SmolLM2 recipe's default) and at the
+# study's 60; the masks' own units at 60; one-shot, which trains no masks (its rows count for every mask budget).
+# Keyed by (method, unit ranking, mask steps); the other unit rankings and the quench are ablations (summary.md).
 DECODER_HEADS_FFN_SERIES = {
-    ("oneshot", "", "", "", "", ""): (ONESHOT, COLORS["oneshot"]),
-    ("faster", "oneshot", "0.85", "", "", ""): ("Faster-VTrans, one-shot start, last 85% held", COLORS["faster"]),
-    ("faster", "oneshot", "0.85", "0.85", "straight_through", ""):
-        ("Faster-VTrans, same, no gate noise while held", "C4"),
-    ("faster", "oneshot", "0.85", "", "", "calibration"):
-        ("Faster-VTrans' counts per layer, one-shot's units", "C5"),
-    ("faster", "oneshot", "0.85", "", "", "calibration_ffn"):
-        ("Faster-VTrans' heads and counts, one-shot's FFN neurons", "C6"),
+    ("oneshot", "", ""): (ONESHOT, COLORS["oneshot"]),
+    ("faster", "calibration_ffn", "120"): ("Faster-VTrans, 120 mask steps (default):\nits heads and counts, "
+                                           "one-shot's FFN neurons", "C6"),
+    ("faster", "calibration_ffn", "60"): ("the same, 60 mask steps", "C9"),
+    ("faster", "", "60"): ("Faster-VTrans' own units, 60 mask steps", COLORS["faster"]),
 }
+DECODER_HEADS_FFN_SCHEDULE = {"mask_start": "oneshot", "settle_fraction": "0.85", "quench_fraction": ""}
 
 
 def decoder_heads_ffn_series(rows: list[dict]) -> tuple[list[Series], dict]:
     """The series of the decoder's every-hidden-dim-kept figure, in ``DECODER_HEADS_FFN_SERIES`` order, from the
-    deepest model's rows on the held-out set most of them were measured on, and what they show (``budget``,
-    ``teacher``: the unpruned perplexity on that set)."""
+    deepest model's rows on the held-out set most of them were measured on, at the fine-tune budget most of them
+    share, and what they show (``finetune``: (steps, batch size); ``teacher``: the unpruned perplexity on that
+    set)."""
     rows = [r for r in rows if r.get("structures") == "heads ffn" and (
         r["method"] == "oneshot" or (r.get("fold_scales") == "False" and r.get("log_sigma2_init") == str(DECODER_INIT)
-                                     and all(r.get(k) == v for k, v in DECODER_MASK_SETTINGS.items())))]
+                                     and all(r.get(k) == v for k, v in DECODER_MASK_SETTINGS.items())
+                                     and all(r.get(k, "") == v for k, v in DECODER_HEADS_FFN_SCHEDULE.items())))]
     if not rows:
         return [], {}
     depth = max(int(r["layers"]) for r in rows)
     rows = [r for r in rows if int(r["layers"]) == depth]
     tokens = Counter(r["eval_tokens"] for r in rows).most_common(1)[0][0]
-    rows = _at_budget([r for r in rows if r["eval_tokens"] == tokens])
-    drawn = _catalogued_series(rows, DECODER_HEADS_FFN_SERIES, ("method", "mask_start", "settle_fraction",
-                                                                "quench_fraction", "quench_gradient", "unit_ranking"),
+    rows = [r for r in rows if r["eval_tokens"] == tokens]
+    finetune = Counter((r["finetune_steps"], r.get("batch_size")) for r in rows).most_common(1)[0][0]
+    rows = [{**r, "mask_steps": ""} if r["method"] == "oneshot" else r for r in rows
+            if (r["finetune_steps"], r.get("batch_size")) == finetune]
+    drawn = _catalogued_series(rows, DECODER_HEADS_FFN_SERIES, ("method", "unit_ranking", "mask_steps"),
                                "ppl_after")
-    return drawn, {"budget": _study_budget(rows), "teacher": float(rows[0]["teacher_ppl"])}
+    return drawn, {"finetune": finetune, "teacher": float(rows[0]["teacher_ppl"])}
 
 
 def decoder_heads_ffn_figure(rows: list[dict]):
@@ -399,10 +403,10 @@ def decoder_heads_ffn_figure(rows: list[dict]):
     series, shown = decoder_heads_ffn_series(rows)
     if not series:
         return None
-    mask_steps, finetune_steps, batch = shown["budget"]
+    finetune_steps, batch = shown["finetune"]
     title = ("SmolLM2-135M, Python docs, every hidden dim kept: does mask training beat one-shot pruning?\n"
-             f"heads and FFN neurons pruned; {mask_steps} mask steps + {finetune_steps} distilled fine-tune steps "
-             f"at batch {batch}")
+             f"heads and FFN neurons pruned; masks trained at batch {batch}, then {finetune_steps} distilled "
+             "fine-tune steps")
     return perplexity_figure(series, shown["teacher"], title, dodge=0.35)
 
 
