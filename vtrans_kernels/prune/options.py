@@ -2,7 +2,8 @@
 and one place where the flags become :class:`PruneConfig` fields."""
 import argparse
 
-from .config import MASK_STARTS, QUENCH_GRADIENTS, VARIANTS, PruneConfig, compaction_settings, vib_mask_init
+from .config import (COMPACT_SOURCES, MASK_STARTS, QUENCH_GRADIENTS, VARIANTS, PruneConfig, compaction_settings,
+                     vib_mask_init)
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -53,7 +54,7 @@ def add_mask_options(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fold-scales", action="store_true",
                    help="keep the chosen units at their original weights instead of folding the masks' learned "
                         "gate values into them (PruneConfig.fold_scales)")
-    p.add_argument("--compact-from", choices=("trained", "original"), default="trained",
+    p.add_argument("--compact-from", choices=COMPACT_SOURCES, default=PruneConfig.compact_from,
                    help="original: compact the input model's weights (before mask training) with the masks' units "
                         "and no scales, then fine-tune (variants vtrans and fast; implies --no-fold-scales)")
     p.add_argument("--rank-by-calibration", default="", metavar="STRUCTURES",
