@@ -212,3 +212,70 @@ def test_hold_keeps_vib_scores_comparable_across_masks():
     held = torch.cat([m.score() for _, _, m in masks.masks()])
     assert torch.allclose(held - scores, (held - scores)[:1].expand_as(held), atol=1e-5)  # one shift for all
     assert masks.decide(measure, 0.6).ffn[1].tolist() == masks.decision().ffn[1].tolist()
+
+
+def _scrambled_masks(method: str, seed: int) -> MaskSet:
+    torch.manual_seed(seed)
+    masks = MaskSet(SPEC, method)
+    with torch.no_grad():
+        for p in masks.mask_parameters():
+            p.normal_(0, 2)
+        if method == "vib":  # the heads of the first layer far above everything else: "scores" keeps them all
+            masks.heads[0].log_sigma2.sub_(20.0)
+    return masks
+
+
+def _fractions(decision, spec) -> dict:
+    hidden, heads, ffn = decision.counts(spec)
+    return {"hidden": hidden / spec.hidden_size, "heads": [k / n for k, n in zip(heads, spec.units_per_layer)],
+            "ffn": [k / n for k, n in zip(ffn, spec.ffn_per_layer)]}
+
+
+@pytest.mark.parametrize("method", ["vib", "hard_concrete"])
+@pytest.mark.parametrize("target", [0.3, 0.6])
+def test_allocations_share_the_target_as_they_say(method, target):
+    masks = _scrambled_masks(method, 5)
+    measure = SizeMeasure(SPEC)
+    heads_total, ffn_total = sum(SPEC.units_per_layer), sum(SPEC.ffn_per_layer)
+    for allocation in ("structure", "layer"):
+        decision = masks.decide(measure, target, allocation=allocation)
+        assert abs(masks.sparsity(measure, decision) - target) < 0.02, allocation
+        _, heads, ffn = decision.counts(SPEC)
+        fractions = _fractions(decision, SPEC)
+        # hidden dims and heads keep one fraction (rounded up per group); the FFN's is re-chosen to land on target
+        head_fraction = sum(heads) / heads_total
+        assert abs(fractions["hidden"] - head_fraction) <= 1 / min(SPEC.units_per_layer) + 1e-9, allocation
+        assert abs(sum(ffn) / ffn_total - head_fraction) < 0.35, allocation
+        if allocation == "layer":
+            assert len(set(fractions["heads"])) == 1 and len(set(fractions["ffn"])) == 1
+        # within a group (all heads, or one layer's) the kept units outscore the dropped ones
+        pairs = list(zip(decision.heads, [m for s, _, m in masks.masks() if s == "heads"]))
+        groups = [pairs] if allocation == "structure" else [[pair] for pair in pairs]
+        for group in groups:
+            kept = torch.cat([m.score()[k] for k, m in group])
+            dropped = torch.cat([m.score()[~k] for k, m in group])
+            if kept.numel() and dropped.numel():
+                assert kept.min() >= dropped.max(), allocation
+    if method == "vib":  # by one threshold the first layer keeps every head; shared fractions do not
+        assert masks.decide(measure, target).heads[0].all()
+        assert not masks.decide(measure, target, allocation="layer").heads[0].all()
+
+
+@pytest.mark.parametrize("allocation", ["structure", "layer"])
+def test_hold_under_an_allocation_makes_it_the_masks_own_decision(allocation):
+    masks = _scrambled_masks("vib", 6)
+    measure = SizeMeasure(SPEC)
+    planned = masks.decide(measure, 0.5, allocation=allocation)
+    masks.hold(measure, 0.5, allocation)
+    held = masks.decision()
+    assert all(torch.equal(a, b) for a, b in zip([planned.hidden, *planned.heads, *planned.ffn],
+                                                  [held.hidden, *held.heads, *held.ffn]))
+    # the plan of the held masks needs no adjusting: the own decision is the allocation's
+    again = masks.decide(measure, 0.5, allocation=allocation)
+    assert all(torch.equal(a, b) for a, b in zip(held.heads + held.ffn, again.heads + again.ffn))
+
+
+def test_allocation_is_checked():
+    masks = MaskSet(SPEC, "vib")
+    with pytest.raises(ValueError, match="allocation"):
+        masks.decide(SizeMeasure(SPEC), 0.5, allocation="even")

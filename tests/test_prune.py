@@ -277,3 +277,29 @@ def test_oneshot_baseline_hits_the_target(features, name):
     assert plan.scores["ffn"][0].shape == (37,)
     with pytest.raises(ValueError, match="target_sparsity"):
         oneshot_plan(model, batches, 1.5)
+
+
+@pytest.mark.parametrize("allocation", ["layer", "structure"])
+def test_an_allocation_is_what_the_masks_decide_at_the_end(tmp_path, features, allocation):
+    model = _model()
+    config = PruneConfig(variant="vtrans", structures=("heads", "ffn"), seq_len=16, target_sparsity=0.5, steps=16,
+                         batch_size=8, subset_fraction=1.0, allocation=allocation, log_every=4, checkpoint_every=8)
+    result = run_pruning(model, Batches(features, 8), config, tmp_path, progress=False)
+    pruner = result.pruner
+    own = pruner.masks.decision()
+    _, heads, ffn = own.counts(pruner.masks.spec)
+    spec = pruner.masks.spec
+    head_fraction, ffn_fraction = sum(heads) / sum(spec.units_per_layer), sum(ffn) / sum(spec.ffn_per_layer)
+    if allocation == "layer":  # every layer keeps one fraction of its heads and one of its neurons
+        assert len({k / n for k, n in zip(heads, spec.units_per_layer)}) == 1
+        assert len({k / n for k, n in zip(ffn, spec.ffn_per_layer)}) == 1
+    assert abs(head_fraction - ffn_fraction) <= 1 / min(spec.units_per_layer) + 1e-9
+    assert abs(result.summary["mask_decision_sparsity"] - 0.5) <= 0.05
+    assert result.plan.heads == {i: k.nonzero().flatten().tolist() for i, k in enumerate(own.heads)}
+
+
+def test_allocation_errors():
+    with pytest.raises(ValueError, match="allocation: expected one of"):
+        PruneConfig(allocation="even")
+    with pytest.raises(ValueError, match="allocation: 'layer' cannot combine with uniform"):
+        PruneConfig(allocation="layer", uniform=True)

@@ -18,21 +18,21 @@ def test_every_flag_reaches_its_config_field():
     args = parsed(["--method", "vib", "--variant", "vtrans", "--structures", "heads,ffn", "--mask-lr", "0.2",
                    "--log-sigma2-init", "-3", "--mask-start", "oneshot", "--settle-fraction", "0.6",
                    "--quench-fraction", "0.3", "--quench-gradient", "exact", "--hidden-distill", "relative",
-                   "--compact-from", "original", "--rank-by-calibration", "ffn"])
+                   "--compact-from", "original", "--rank-by-calibration", "ffn", "--allocation", "layer"])
     config = PruneConfig(**mask_config(args))
     assert (config.method, config.variant, config.structures) == ("vib", "vtrans", ("heads", "ffn"))
     assert (config.mask_lr, config.mask_init["log_sigma2"], config.mask_start) == (0.2, -3.0, "oneshot")
     assert (config.settle_fraction, config.quench_fraction, config.quench_gradient) == (0.6, 0.3, "exact")
     assert (config.hidden_distill, config.compact_from, config.rank_by_calibration) == ("relative", "original",
                                                                                          ("ffn",))
-    assert config.fold_scales is False
+    assert config.fold_scales is False and config.allocation == "layer"
 
 
 def test_defaults_are_vtrans_prunes_and_pruneconfigs():
     config = PruneConfig(**mask_config(parsed([])))
     reference = PruneConfig()
     for name in ("method", "variant", "structures", "mask_lr", "mask_start", "settle_fraction", "quench_fraction",
-                 "quench_gradient", "hidden_distill", "fold_scales", "compact_from", "rank_by_calibration"):
+                 "quench_gradient", "hidden_distill", "fold_scales", "compact_from", "rank_by_calibration", "allocation"):
         assert getattr(config, name) == getattr(reference, name), name
 
 

@@ -531,6 +531,30 @@ def test_a_cell_at_the_default_schedule_is_keyed_by_the_fractions_it_ran():
     assert [start_settings("vib", "vtrans", unquenched)[c] for c in columns] == ["0.2", "", ""]
 
 
+def test_an_allocation_is_a_cell_and_a_folder_of_its_own(monkeypatch, tmp_path):
+    """--allocation keys its own row and masks folder, reaches the masks' config, and leaves the default's cells
+    (and the one-shot baseline's, which has no masks) as they were."""
+    import encoder
+    from study import cell_settings_label
+
+    default = encoder.parser().parse_args([])
+    layer = encoder.parser().parse_args(["--allocation", "layer"])
+    spelled = encoder.parser().parse_args(["--allocation", "scores"])
+    assert encoder.cell_key(default, 0, 0.5, "vtrans") == encoder.cell_key(spelled, 0, 0.5, "vtrans")
+    assert encoder.cell_key(default, 0, 0.5, "vtrans") != encoder.cell_key(layer, 0, 0.5, "vtrans")
+    assert encoder.cell_key(default, 0, 0.5, "oneshot") == encoder.cell_key(layer, 0, 0.5, "oneshot")
+    cells = [encoder.cell_values(a, 0, 0.5, "vtrans") for a in (default, layer)]
+    assert [c["allocation"] for c in cells] == ["", "layer"]
+    labels = [cell_settings_label(c) for c in cells]
+    assert labels[1] == labels[0] + "_alloc-layer"
+    calls = []
+    monkeypatch.setattr(encoder, "mask_plan", lambda model, train, method, sparsity, folder, **config: calls.append(
+        (folder, config["allocation"])))
+    for a in (default, layer):
+        encoder.cell_masks(a, None, {"train": None}, 0, 0.5, "vtrans", tmp_path)
+    assert calls[0][0] != calls[1][0] and [c[1] for c in calls] == ["scores", "layer"]
+
+
 def test_compact_original_is_a_cell_of_its_own_on_the_same_masks(monkeypatch, tmp_path):
     """--compact-original keys its own row, trains (or replays) the masks of the same folder with
     compact_from='original', and scores the plan on the pruner's weights from before mask training."""

@@ -43,13 +43,14 @@ from common import RESULTS_DIR, append_rows, default_device, environment  # noqa
 import summarize  # noqa: E402
 from study import (BUDGET_COLUMNS, add_fold_scales_argument, add_mask_start_arguments,  # noqa: E402
                    add_structures_argument, add_threads_argument, cell_folder, done_cells, fold_label, init_label,
-                   kept_units, latencies, machine, mask_plan, settings_label, start_settings, structures_label)
+                   kept_units, latencies, machine, mask_plan, cell_settings_label, start_config, start_settings,
+                   structures_label)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "faster": ("vib", "faster"), "hard_concrete": ("hard_concrete", "faster"), "oneshot": (None, None),
 }
 MASK_SETTINGS = ("log_sigma2_init", "hidden_distill", "mask_lr", "fold_scales", "mask_start", "settle_fraction",
-                 "size_count", "warmup_fraction", "quench_fraction", "quench_gradient")
+                 "size_count", "warmup_fraction", "quench_fraction", "quench_gradient", "allocation")
 # --unit-ranking choices other than "masks" -> the structures whose units the calibration scores pick
 CALIBRATION_RANKED = {"calibration": ("hidden", "heads", "ffn"), "calibration_ffn": ("ffn",)}
 CELL_KEY = ("layers", "seed", "target_sparsity", "method") + MASK_SETTINGS + ("structures",) + BUDGET_COLUMNS + (
@@ -165,10 +166,7 @@ def trained_plan(args, seed, sparsity, method, teacher, features, out: Path):
     masks = mask_plan(model, features["train"], METHODS[method], sparsity, out, batch_size=args.batch_size,
                       seq_len=args.block_size, seed=seed, steps=args.steps, mask_lr=args.mask_lr,
                       log_sigma2_init=args.log_sigma2_init, log_every=max(1, min(10, args.steps)),
-                      hidden_distill=args.hidden_distill, mask_start=args.mask_start,
-                      settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
-                      quench_fraction=args.quench_fraction, quench_gradient=args.quench_gradient,
-                      soft_count=args.soft_count,
+                      hidden_distill=args.hidden_distill, **start_config(args), soft_count=args.soft_count,
                       structures=tuple(args.structures))
     out.mkdir(parents=True, exist_ok=True)
     masks.plan.save(out / "plan.json")
@@ -202,11 +200,7 @@ def run_cell(args, seed, sparsity, method, teacher, features, work: Path) -> dic
     masks_work = work if METHODS[method][0] is None else masks_folder(work, args)
     plan, record = pruned_plan(args, seed, sparsity, method, teacher, features,
                                cell_folder(masks_work, args.steps, args.batch_size, method,
-                                           settings_label(cell["log_sigma2_init"], cell["mask_start"],
-                                                          cell["settle_fraction"], cell["size_count"],
-                                                          cell["warmup_fraction"], cell["structures"],
-                                                          cell["quench_fraction"], cell["quench_gradient"]),
-                                           sparsity, seed))
+                                           cell_settings_label(cell), sparsity, seed))
     if cell["unit_ranking"]:
         plan = calibration_ranked(args, seed, plan, teacher, features, CALIBRATION_RANKED[cell["unit_ranking"]])
         record = {**record, "ppl_before": round(perplexity(compact(teacher, plan), features["test"]), 3)}

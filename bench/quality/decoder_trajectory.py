@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "bench")]
 from common import RESULTS_DIR, append_rows, environment  # noqa: E402
 import decoder  # noqa: E402
-from study import (add_mask_start_arguments, add_structures_argument, machine, start_settings,  # noqa: E402
-                   structures_label)
+from study import (add_mask_start_arguments, add_structures_argument, machine, start_config,  # noqa: E402
+                   start_settings, structures_label)
 
 
 def dev_features(args, tokenizer) -> dict:
@@ -119,10 +119,7 @@ def main(argv=None) -> None:
     cfg = PruneConfig(method="vib", variant="faster", target_sparsity=args.sparsity, steps=args.steps,
                       batch_size=args.batch_size, seq_len=args.block_size, seed=args.seed, mask_lr=args.mask_lr,
                       mask_init=vib_mask_init("vib", args.log_sigma2_init, args.soft_count),
-                      hidden_distill=args.hidden_distill,
-                      mask_start=args.mask_start, settle_fraction=args.settle_fraction,
-                      quench_fraction=args.quench_fraction, quench_gradient=args.quench_gradient,
-                      warmup_fraction=args.warmup_fraction, structures=tuple(args.structures),
+                      hidden_distill=args.hidden_distill, **start_config(args), structures=tuple(args.structures),
                       fold_scales=False)
     torch.manual_seed(args.seed)
     pruner = Pruner(copy.deepcopy(teacher), cfg)

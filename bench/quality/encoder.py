@@ -37,8 +37,8 @@ from row_records import append_record, recorded_cells, records_path  # noqa: E40
 from study import (BUDGET_COLUMNS, FinetuneChoice, add_compact_original_argument,  # noqa: E402
                    add_fold_scales_argument, add_mask_start_arguments, add_structures_argument, add_threads_argument,
                    cell_folder, compact_label, done_rows, fold_label, init_label,
-                   kept_units, latencies, lr_label, machine, mask_plan, search_finetune_lr, settings_label,
-                   start_settings, structures_label)
+                   kept_units, latencies, lr_label, machine, mask_plan, search_finetune_lr, cell_settings_label,
+                   start_config, start_settings, structures_label)
 
 METHODS = {  # name -> (mask method, variant); "oneshot" has no masks
     "vtrans": ("vib", "vtrans"), "fast": ("vib", "fast"), "faster": ("vib", "faster"),
@@ -53,7 +53,7 @@ FINETUNE_LRS = (5e-5, 1e-4, 2e-4)
 # What makes a cell: a run that differs in any of these trains its own cell instead of skipping it as done.
 CELL_KEY = ("seed", "target_sparsity", "method", "log_sigma2_init", "fold_scales") + BUDGET_COLUMNS + (
     "finetune_lrs", "uniform", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures",
-    "quench_fraction", "compact_from", "quench_gradient")
+    "quench_fraction", "compact_from", "quench_gradient", "allocation")
 
 
 def method_steps(args, method: str) -> int:
@@ -168,16 +168,11 @@ def cell_masks(args, model, feats, seed: int, sparsity: float, method: str, work
     The plan compacts ``masks.pruner.compaction_model()`` (``model``, or its weights from before mask training
     with --compact-original); the one-shot baseline's compacts ``model``."""
     cell = cell_values(args, seed, sparsity, method)
-    settings = settings_label(cell["log_sigma2_init"], cell["mask_start"], cell["settle_fraction"],
-                              cell["size_count"], cell["warmup_fraction"], cell["structures"], cell["quench_fraction"],
-                              cell["quench_gradient"])
-    folder = cell_folder(work, cell["mask_steps"], args.batch_size, method, settings, sparsity, seed)
+    folder = cell_folder(work, cell["mask_steps"], args.batch_size, method, cell_settings_label(cell), sparsity, seed)
     masks = mask_plan(model, feats["train"], METHODS[method], sparsity, folder,
                       batch_size=args.batch_size, seq_len=args.max_length, seed=seed, steps=cell["mask_steps"],
                       mask_lr=args.mask_lr, log_sigma2_init=args.log_sigma2_init, soft_count=args.soft_count,
-                      **compaction(args), uniform=args.uniform, mask_start=args.mask_start,
-                      settle_fraction=args.settle_fraction, warmup_fraction=args.warmup_fraction,
-                      quench_fraction=args.quench_fraction, quench_gradient=args.quench_gradient,
+                      **compaction(args), uniform=args.uniform, **start_config(args),
                       structures=tuple(args.structures))
     return cell, masks
 

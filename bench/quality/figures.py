@@ -123,15 +123,16 @@ def encoder_series(rows: list[dict]) -> tuple[list[Series], dict]:
 def _settled_series(rows: list[dict], room: int, value: str = "test_after",
                     methods: dict = ENCODER_METHODS) -> list[Series]:
     """Rows of the newer objective (``mask_start`` set: masks that may start from the one-shot plan and settle on
-    the target), one series per method, start, settling fraction, VIB init, size count, ramp and quench (and its
-    gradient), drawing column ``value`` and labelled by ``methods``; when there are more than ``room``, the ones
+    the target), one series per method, start, settling fraction, VIB init, size count, ramp, quench (and its
+    gradient) and allocation, drawing column ``value`` and labelled by ``methods``; when there are more than ``room``, the ones
     measured at the most sparsities are drawn (the rest are in summary.md)."""
     groups = defaultdict(list)
     for row in rows:
         if row.get("mask_start"):
             groups[(row["method"], row["mask_start"], row.get("settle_fraction", ""),
                     row.get("log_sigma2_init", ""), row.get("size_count", ""), row.get("warmup_fraction", ""),
-                    row.get("quench_fraction", ""), row.get("quench_gradient", ""))].append(row)
+                    row.get("quench_fraction", ""), row.get("quench_gradient", ""),
+                    row.get("allocation", ""))].append(row)
     inits = {key[3] for key in groups}
     keys = sorted(groups, key=lambda k: (-len({r["target_sparsity"] for r in groups[k]}), k))
     if len(keys) > room:
@@ -139,7 +140,7 @@ def _settled_series(rows: list[dict], room: int, value: str = "test_after",
               file=sys.stderr)
     drawn = []
     for i, key in enumerate(keys[:max(room, 0)]):
-        method, start, settle, init, count, warmup, quench, gradient = key
+        method, start, settle, init, count, warmup, quench, gradient, allocation = key
         label = f"{methods[method]}, {start} start, settles last {float(settle or 0):.0%}"
         if count:
             label += f", {count} count"
@@ -148,6 +149,8 @@ def _settled_series(rows: list[dict], room: int, value: str = "test_after",
         if quench:
             label += f", no gate noise in the last {float(quench):.0%}"
             label += " (straight-through)" if gradient else ""
+        if allocation:
+            label += f", same fraction per {allocation}"
         if len(inits) > 1 and init:
             label += f", init {init}"
         line = Series(label, SPARE_COLORS[i % len(SPARE_COLORS)], linestyle=":")
@@ -320,15 +323,16 @@ def _catalogued_series(rows: list[dict], catalogue: dict, columns: tuple[str, ..
 
 
 # --- Encoder, every hidden dim kept (findings.md, "A straight-through quench") ---
-# One series per (method, settling fraction, quench fraction, quench gradient) as the CSV holds them: VTrans at the
+# One series per (method, settling fraction, quench fraction, quench gradient, allocation) as the CSV holds them: VTrans at the
 # default schedule of the variants that train weights and at the earlier default, hard-concrete at the schedule
 # its 3-seed cells ran, one-shot (no masks). Masks from their initialisation (VIB log σ² -1), scales folded, the
 # weights the masks trained, the searched fine-tune grid, the study budget.
 HEADS_FFN_SERIES = {
-    ("vtrans", "0.5", "0.5", "straight_through"): ("VTrans, default schedule (last half held, no gate noise)", "C0"),
-    ("vtrans", "0.2", "", ""): ("VTrans, earlier default (last 20% held, gate noise to the end)", "C9"),
-    ("hard_concrete", "0.2", "", ""): ("hard-concrete (last 20% held)", COLORS["hard_concrete"]),
-    ("oneshot", "", "", ""): (ONESHOT, COLORS["oneshot"]),
+    ("vtrans", "0.5", "0.5", "straight_through", ""): ("VTrans, default schedule (last half held, no gate noise)",
+                                                       "C0"),
+    ("vtrans", "0.2", "", "", ""): ("VTrans, earlier default (last 20% held, gate noise to the end)", "C9"),
+    ("hard_concrete", "0.2", "", "", ""): ("hard-concrete (last 20% held)", COLORS["hard_concrete"]),
+    ("oneshot", "", "", "", ""): (ONESHOT, COLORS["oneshot"]),
 }
 
 
@@ -341,7 +345,7 @@ def heads_ffn_series(rows: list[dict]) -> list[Series]:
                        and r.get("log_sigma2_init", "") in ("", str(DEFAULT_INIT))
                        and r.get("fold_scales", "") in ("", "True")])
     return _catalogued_series(rows, HEADS_FFN_SERIES, ("method", "settle_fraction", "quench_fraction",
-                                                       "quench_gradient"), "test_after")
+                                                       "quench_gradient", "allocation"), "test_after")
 
 
 def heads_ffn_figure(rows: list[dict], task: str):
@@ -371,7 +375,8 @@ DECODER_HEADS_FFN_SERIES = {
     ("faster", "calibration_ffn", "60"): ("the same, 60 mask steps", "C9"),
     ("faster", "", "60"): ("Faster-VTrans' own units, 60 mask steps", COLORS["faster"]),
 }
-DECODER_HEADS_FFN_SCHEDULE = {"mask_start": "oneshot", "settle_fraction": "0.85", "quench_fraction": ""}
+DECODER_HEADS_FFN_SCHEDULE = {"mask_start": "oneshot", "settle_fraction": "0.85", "quench_fraction": "",
+                              "allocation": ""}
 
 
 def decoder_heads_ffn_series(rows: list[dict]) -> tuple[list[Series], dict]:

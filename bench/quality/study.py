@@ -96,19 +96,28 @@ def add_threads_argument(parser) -> None:
 
 
 def add_mask_start_arguments(parser) -> None:
-    """The drivers' --mask-start, --settle-fraction, --warmup-fraction, --quench-fraction, --quench-gradient and
-    --soft-count options (``PruneConfig.mask_start``, ``settle_fraction``, ``warmup_fraction``,
-    ``quench_fraction``, ``quench_gradient`` and the VIB size count, the same defaults)."""
+    """The drivers' --mask-start, --settle-fraction, --warmup-fraction, --quench-fraction, --quench-gradient,
+    --allocation and --soft-count options (``PruneConfig.mask_start``, ``settle_fraction``, ``warmup_fraction``,
+    ``quench_fraction``, ``quench_gradient``, ``allocation`` and the VIB size count, the same defaults)."""
     from vtrans_kernels.prune import PruneConfig
-    from vtrans_kernels.prune.options import add_schedule_options
+    from vtrans_kernels.prune.options import add_allocation_option, add_schedule_options
 
     add_schedule_options(parser)
+    add_allocation_option(parser)
     parser.add_argument("--warmup-fraction", type=float, default=PruneConfig.warmup_fraction,
                         help="fraction of mask steps over which the target ramps up from the masks' start "
                              "(PruneConfig.warmup_fraction; with the settling steps at most the whole run)")
     parser.add_argument("--soft-count", action="store_true",
                         help="VIB masks: the Lagrangian sees DESIGN's soft count sigmoid(10 log SNR), not the "
                              "straight-through count (PRUNING_MASK_INIT straight_through None)")
+
+
+def start_config(args) -> dict:
+    """The ``PruneConfig`` settings of the options :func:`add_mask_start_arguments` added, but the size count
+    (which goes into the masks' init)."""
+    return dict(mask_start=args.mask_start, settle_fraction=args.settle_fraction,
+                warmup_fraction=args.warmup_fraction, quench_fraction=args.quench_fraction,
+                quench_gradient=args.quench_gradient, allocation=args.allocation)
 
 
 def start_settings(mask_method: str | None, variant: str | None, args) -> dict:
@@ -119,13 +128,13 @@ def start_settings(mask_method: str | None, variant: str | None, args) -> dict:
     ``warmup_fraction`` is "" at the default ramp (as in the rows from before it was an option),
     ``quench_fraction`` "" without quenched steps (likewise), ``quench_gradient`` "straight_through" for quenched
     steps with that gradient, else "" (no quench, or the exact gradient every quenched row from before the option
-    ran)."""
+    ran), ``allocation`` "" for the default "scores" (and rows from before the option)."""
     from vtrans_kernels.prune import PruneConfig
     from vtrans_kernels.prune.config import schedule_fractions
 
     if mask_method is None:
         return {"mask_start": "", "settle_fraction": "", "size_count": "", "warmup_fraction": "", "quench_fraction": "",
-                "quench_gradient": ""}
+                "quench_gradient": "", "allocation": ""}
     settle, quench = schedule_fractions(variant, args.settle_fraction, args.quench_fraction)
     warmup = float(args.warmup_fraction)
     straight = quench > 0 and args.quench_gradient == "straight_through"
@@ -133,7 +142,8 @@ def start_settings(mask_method: str | None, variant: str | None, args) -> dict:
             "size_count": "soft" if args.soft_count and mask_method == "vib" else "",
             "warmup_fraction": "" if warmup == PruneConfig.warmup_fraction else str(warmup),
             "quench_fraction": str(float(quench)) if quench > 0 else "",
-            "quench_gradient": "straight_through" if straight else ""}
+            "quench_gradient": "straight_through" if straight else "",
+            "allocation": "" if args.allocation == PruneConfig.allocation else args.allocation}
 
 
 def add_structures_argument(parser) -> None:
@@ -156,12 +166,13 @@ def structures_label(structures) -> str:
 
 def settings_label(init: str, mask_start: str, settle_fraction: str, size_count: str = "",
                    warmup_fraction: str = "", structures: str = "", quench_fraction: str = "",
-                   quench_gradient: str = "") -> str:
+                   quench_gradient: str = "", allocation: str = "") -> str:
     """The part of a mask cell's folder name that ``cell_folder`` takes as ``init``: the VIB init, the start, the
     settling, a non-default size count, a non-default ramp, quenched steps and a subset of the structures
     (``-1.0_oneshot_settle0.2``, ``-1.0_init_settle0.2_soft``, ``-1.0_init_settle0.2_warm0.8``,
     ``-1.0_init_settle0.2_quench0.2``, ``-1.0_init_settle0.2_quench0.2st`` (straight-through quench gradient),
-    ``-1.0_init_settle0.2_only-heads-ffn``), so cells of another objective never resume each other's checkpoints;
+    ``-1.0_init_settle0.2_alloc-layer``, ``-1.0_init_settle0.2_only-heads-ffn``), so cells of another objective
+    never resume each other's checkpoints;
     just ``init`` and the structures when ``mask_start`` is "" (rows of the older objective, and the one-shot
     baseline, whose cached plan depends on the structures too)."""
     only = f"_only-{structures.replace(' ', '-')}" if structures else ""
@@ -171,7 +182,16 @@ def settings_label(init: str, mask_start: str, settle_fraction: str, size_count:
             + (f"_warm{warmup_fraction}" if warmup_fraction else "")
             + (f"_quench{quench_fraction}" if quench_fraction else "")
             + ("st" if quench_gradient == "straight_through" else "")
+            + (f"_alloc-{allocation}" if allocation else "")
             + only)
+
+
+def cell_settings_label(cell: dict) -> str:
+    """:func:`settings_label` of a cell's columns (those of :func:`start_settings`, ``log_sigma2_init`` and
+    ``structures``)."""
+    return settings_label(cell["log_sigma2_init"], cell["mask_start"], cell["settle_fraction"], cell["size_count"],
+                          cell["warmup_fraction"], cell["structures"], cell["quench_fraction"],
+                          cell["quench_gradient"], cell["allocation"])
 
 
 def cell_folder(work: Path, mask_steps: int, batch_size: int, method: str, init: str, sparsity: float,

@@ -78,18 +78,19 @@ def _optional_mean(group: list[dict], key: str, digits: int) -> str:
 
 
 def objective_label(method: str, start: str, settle: str, size_count: str, warmup: str = "",
-                    structures: str = "", quench: str = "", quench_gradient: str = "") -> str:
+                    structures: str = "", quench: str = "", quench_gradient: str = "", allocation: str = "") -> str:
     """A table's method label: rows of the objective that settles on the target (``start`` set; they may start
     from the one-shot plan, VIB rows may use DESIGN's soft size count, and the target may ramp over another
-    fraction of the steps, or quench the gate noise in the last ones, with the straight-through gradient) say so
-    in brackets; rows that prune a subset of the structures (any method) say which
-    in parentheses."""
+    fraction of the steps, or quench the gate noise in the last ones, with the straight-through gradient, or share
+    the target by another allocation) say so in brackets; rows that prune a subset of the structures (any method)
+    say which in parentheses."""
     label = method
     if start:
         label += (f" [{'one-shot start, ' if start == 'oneshot' else ''}settle {settle}"
                   f"{', soft count' if size_count else ''}{f', warm-up {warmup}' if warmup else ''}"
                   f"{f', quench {quench}' if quench else ''}"
-                  f"{' straight-through' if quench_gradient else ''}]")
+                  f"{' straight-through' if quench_gradient else ''}"
+                  f"{f', same fraction per {allocation}' if allocation else ''}]")
     return label + (f" (prunes {structures} only)" if structures else "")
 
 
@@ -101,10 +102,10 @@ def summarize(paths: list[Path]) -> str:
     # budgets, VIB initialisations, scale folding and learning-rate grids never mix in a line
     keys = ("task", "target_sparsity", "method", "log_sigma2_init", "fold_scales", "finetune_lrs", "mask_steps",
             "finetune_steps", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures",
-            "quench_fraction", "compact_from", "quench_gradient")
+            "quench_fraction", "compact_from", "quench_gradient", "allocation")
     for (task, target, method, init, fold, lrs, _, _, start, settle, count, warmup, structures, quench, source,
-         gradient), group in _groups(rows, keys).items():
-        method = objective_label(method, start, settle, count, warmup, structures, quench, gradient)
+         gradient, allocation), group in _groups(rows, keys).items():
+        method = objective_label(method, start, settle, count, warmup, structures, quench, gradient, allocation)
         if source == "original":
             method += ", its units compacted from the weights before mask training"
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
@@ -136,10 +137,11 @@ def summarize_decoder(path: Path) -> str:
     lines = []
     keys = ("layers", "eval_tokens", "target_sparsity", "method", "log_sigma2_init", "hidden_distill", "mask_lr",
             "fold_scales", "mask_start", "settle_fraction", "size_count", "warmup_fraction", "structures",
-            "quench_fraction", "quench_gradient", "unit_ranking", "mask_steps", "finetune_steps", "batch_size")
+            "quench_fraction", "quench_gradient", "unit_ranking", "allocation", "mask_steps", "finetune_steps",
+            "batch_size")
     for (layers, tokens, target, method, init, hidden, lr, fold, start, settle, count, warmup, structures, quench,
-         gradient, ranking, *_), group in _groups(rows, keys).items():
-        method = objective_label(method, start, settle, count, warmup, structures, quench, gradient)
+         gradient, ranking, allocation, *_), group in _groups(rows, keys).items():
+        method = objective_label(method, start, settle, count, warmup, structures, quench, gradient, allocation)
         method += RANKING_LABELS.get(ranking, "")
         pick = lambda key, group=group: _column(group, key)  # noqa: E731
         lines.append(f"| {layers} | {tokens} | {target} | {method} | {init if init != '' else '-'} | {hidden or '-'} "

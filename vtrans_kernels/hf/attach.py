@@ -41,10 +41,12 @@ class ModelMasks(MaskSet):
         return SizeMeasure(self.spec, target, seq_len, embeddings)
 
     def plan(self, target_sparsity: float | None = None, measure: SizeMeasure | None = None,
-             tolerance: float = 0.005, *, uniform: bool = False, round_to: int = 1) -> CompactionPlan:
+             tolerance: float = 0.005, *, uniform: bool = False, round_to: int = 1,
+             allocation: str = "scores") -> CompactionPlan:
         """The final masks as a :class:`CompactionPlan`: kept units by the deterministic decision (adjusted to hit
         ``target_sparsity`` under ``measure`` when given, see :meth:`MaskSet.decide`), each mask's scale to
-        fold in, and its scores for rounding.
+        fold in, and its scores for rounding. ``allocation`` shares the target among structures and layers (see
+        :data:`~vtrans_kernels.masks.allocation.ALLOCATIONS`).
 
         ``uniform=True`` keeps the same number of heads (KV groups) and FFN neurons in every layer, in shapes the
         model's config class can express, so the compacted model loads with plain ``from_pretrained``; the counts
@@ -56,7 +58,7 @@ class ModelMasks(MaskSet):
             target = self.sparsity(measure) if target_sparsity is None else target_sparsity
             decision = uniform_decision(self, measure, target, round_to)
         else:
-            decision = self.decide(measure, target_sparsity, tolerance)
+            decision = self.decide(measure, target_sparsity, tolerance, allocation)
         kept = lambda keep: keep.nonzero().flatten().tolist()  # noqa: E731
         by_layer = lambda masks, keeps: {i: kept(k) for i, k in enumerate(keeps)} if masks is not None else {}  # noqa: E731
         per_layer = lambda masks, fn: {i: fn(m) for i, m in enumerate(masks)} if masks is not None else {}  # noqa: E731

@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .allocation import RankedGroup, check_allocation, closest_fraction
 from .gates import UnitMask, make_mask
 from .size_model import ArchitectureSpec, SizeMeasure
 
@@ -155,13 +156,21 @@ class MaskSet(nn.Module):
         )
 
     def decide(self, measure: SizeMeasure, target_sparsity: float | None = None,
-               tolerance: float = 0.005) -> Decision:
+               tolerance: float = 0.005, allocation: str = "scores") -> Decision:
         """The decision, or, when it misses ``target_sparsity`` by more than ``tolerance``, the one threshold on
         the mask scores (applied to every mask) whose sparsity is closest to the target. The hidden mask always
-        keeps at least one dim. A measure with its own ``decide`` (a latency table, which admits only the widths
-        it shows are fast) makes the decision instead."""
+        keeps at least one dim. With ``allocation`` "structure" or "layer" (see
+        :data:`~vtrans_kernels.masks.allocation.ALLOCATIONS`) and a target, the decision keeps the same fraction
+        of each structure's (or each layer's) units, ranked by the scores, whatever the masks' own decision. A
+        measure with its own ``decide`` (a latency table, which admits only the widths it shows are fast) makes
+        the decision instead."""
         if hasattr(measure, "decide"):
+            if check_allocation(allocation) != "scores":
+                raise ValueError(f"allocation: {allocation!r} needs a size measure; a latency table chooses the "
+                                 "widths itself (use 'scores')")
             return measure.decide(self, target_sparsity, tolerance)
+        if check_allocation(allocation) != "scores" and target_sparsity is not None:
+            return self._shared_fraction_decision(measure, target_sparsity, allocation)
         decision = self.decision()
         if target_sparsity is None or abs(measure.sparsity(*decision.counts(self.spec)) - target_sparsity) \
                 <= tolerance:
@@ -193,26 +202,65 @@ class MaskSet(nn.Module):
         best = min(candidates, key=lambda k: abs(sparsity(k) - target_sparsity))
         return keep_top(best)
 
-    def hold(self, measure: SizeMeasure, target_sparsity: float) -> None:
+    def hold(self, measure: SizeMeasure, target_sparsity: float, allocation: str = "scores") -> None:
         """Project the masks onto the target: shift each mask's parameters (its ranking unchanged) so that its
-        decision keeps as many units as :meth:`decide` at ``target_sparsity`` does. A run ends with a few steps
-        of training under this projection, so the masks' own decision is on the target and the last steps
-        train the model the final plan makes."""
-        decision = self.decide(measure, target_sparsity, tolerance=0.0)
-        keeps = [(mask, decision.hidden if layer is None else getattr(decision, structure)[layer])
-                 for structure, layer, mask in self.masks()]
+        decision keeps as many units as :meth:`decide` at ``target_sparsity`` under ``allocation`` does. A run
+        ends with a few steps of training under this projection, so the masks' own decision is on the target and
+        the last steps train the model the final plan makes."""
+        decision = self.decide(measure, target_sparsity, tolerance=0.0, allocation=allocation)
+        def keep_of(structure: str, layer: int | None) -> torch.Tensor:
+            return decision.hidden if layer is None else getattr(decision, structure)[layer]
+
         if self.method == "vib":
-            # One shift for every mask where the decision is a threshold on the scores (the size measures'), so
-            # scores stay comparable across masks: the plans made from them later (another target, a latency
-            # re-plan) rank units as before. Masks it leaves off their count (the latency table's widths, the
-            # hidden dim kept against the threshold) shift on their own below.
-            kept = torch.cat([mask.score()[keep.to(mask.score().device)].cpu() for mask, keep in keeps])
-            dropped = torch.cat([mask.score()[~keep.to(mask.score().device)].cpu() for mask, keep in keeps])
-            if kept.numel() and dropped.numel() and kept.min() > dropped.max():
-                for mask, _ in keeps:
-                    mask.shift_boundary(float(kept.min() + dropped.max()) / 2)
-        for mask, keep in keeps:
-            mask.keep_top(int(keep.sum()))
+            # One shift for the masks that share a threshold on the scores (all of them under "scores", the size
+            # measures' decision; a structure's or a layer's under the other allocations), so scores stay
+            # comparable within it: the plans made from them later (another target, a latency re-plan) rank units
+            # as before. Masks left off their count (the latency table's widths, the hidden dim kept against the
+            # threshold) shift on their own below.
+            for group in self._allocation_groups(allocation):
+                keeps = [(mask, keep_of(structure, layer).to(mask.score().device))
+                         for structure, layer, mask in group]
+                kept = torch.cat([mask.score()[keep].cpu() for mask, keep in keeps])
+                dropped = torch.cat([mask.score()[~keep].cpu() for mask, keep in keeps])
+                if kept.numel() and dropped.numel() and kept.min() > dropped.max():
+                    for mask, _ in keeps:
+                        mask.shift_boundary(float(kept.min() + dropped.max()) / 2)
+        for structure, layer, mask in self.masks():
+            mask.keep_top(int(keep_of(structure, layer).sum()))
+
+    def _allocation_groups(self, allocation: str) -> list[list[tuple[str, int | None, UnitMask]]]:
+        """The masks that keep one fraction together (and share a threshold on their scores) under
+        ``allocation``: all of them, those of each structure, or each mask alone (one layer's heads or neurons)."""
+        masks = list(self.masks())
+        if check_allocation(allocation) == "scores":
+            return [masks]
+        if allocation == "layer":
+            return [[entry] for entry in masks]
+        return [[entry for entry in masks if entry[0] == s] for s in STRUCTURES if getattr(self, s) is not None]
+
+    def _shared_fraction_decision(self, measure: SizeMeasure, target_sparsity: float, allocation: str) -> Decision:
+        """The decision keeping the same fraction of every group's units (:meth:`_allocation_groups`), the top
+        scores of each group, the fraction closest to the target; then the FFN neurons' fraction alone re-chosen
+        the same way, since heads come in a few coarse units a layer."""
+        groups = [(group[0][0], [layer for _, layer, _ in group], RankedGroup([m.score() for _, _, m in group]))
+                  for group in self._allocation_groups(allocation)]
+
+        def decision(fraction: float, ffn_fraction: float) -> Decision:
+            keep: dict = {"hidden": None, "heads": {}, "ffn": {}}
+            for structure, layers, ranked in groups:
+                kept = ranked.keeps(ffn_fraction if structure == "ffn" else fraction)
+                if structure == "hidden":
+                    keep["hidden"] = kept[0]
+                else:
+                    keep[structure].update(zip(layers, kept))
+            ordered = lambda s: [keep[s][i] for i in sorted(keep[s])] if keep[s] else None  # noqa: E731
+            return Decision(keep["hidden"], ordered("heads"), ordered("ffn"))
+
+        sparsity = lambda d: measure.sparsity(*d.counts(self.spec))  # noqa: E731
+        fraction = closest_fraction(lambda r: sparsity(decision(r, r)), target_sparsity)
+        ffn_fraction = fraction if self.ffn is None else closest_fraction(
+            lambda f: sparsity(decision(fraction, f)), target_sparsity)
+        return decision(fraction, ffn_fraction)
 
     def sparsity(self, measure: SizeMeasure, decision: Decision | None = None) -> float:
         """Exact sparsity of ``decision`` (default: the deterministic decision) under ``measure``."""

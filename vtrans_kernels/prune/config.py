@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
+from ..masks.allocation import check_allocation
 from ..masks.mask_set import STRUCTURES, structure_names
 
 VARIANTS = ("vtrans", "fast", "faster")
@@ -140,6 +141,11 @@ class PruneConfig:
     masks' plan at 20%, 30% and 50% and than the one-shot plan on dev and in the test means (50%: two seeds of
     three at 60 mask steps, all three at 120); re-ranking the heads as well won at 30% and lost badly at 50%.
     Empty (default): the masks pick every unit.
+    ``allocation`` says how the target is shared among the pruned units, in the settling steps' hold and in the
+    plan: "scores" (default) puts one threshold on every mask's scores, so the masks decide how much each
+    structure and layer keeps; "structure" keeps the same fraction of each structure's units (heads, neurons,
+    hidden dims), ranked by the masks across layers; "layer" the same fraction of every layer's heads and of its
+    neurons, as the one-shot baseline does (:data:`vtrans_kernels.masks.allocation.ALLOCATIONS`).
     """
 
     method: str = "vib"
@@ -181,6 +187,7 @@ class PruneConfig:
     bias_compensation: bool = False
     calibration_batches: int = 8
     rank_by_calibration: tuple[str, ...] = ()
+    allocation: str = "scores"
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 50
@@ -232,6 +239,7 @@ class PruneConfig:
         self._compact_source()
         if self.mask_start not in MASK_STARTS:
             raise ValueError(f"mask_start: expected one of {MASK_STARTS}, got {self.mask_start!r}")
+        self._allocation()
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0, got {self.temperature}")
 
@@ -249,6 +257,17 @@ class PruneConfig:
         if self.rank_by_calibration and self.fold_scales:
             raise ValueError("fold_scales: expected False with rank_by_calibration (the masks' scales belong to the "
                              "masks' units, not to the ones the calibration scores pick)")
+
+    def _allocation(self) -> None:
+        """``allocation``: a known rule, and not alongside a rule that sets the counts itself."""
+        if check_allocation(self.allocation) == "scores":
+            return
+        if self.uniform:
+            raise ValueError(f"allocation: {self.allocation!r} cannot combine with uniform=True (a uniform plan "
+                             "sets every layer's counts itself); use allocation='scores'")
+        if self.target == "latency":
+            raise ValueError(f"allocation: {self.allocation!r} cannot combine with target='latency' (the latency "
+                             "table chooses the widths); use allocation='scores'")
 
     def _latency_settings(self) -> None:
         """With target "latency": the sparsity of the speedup, an existing table, widths left to the table."""

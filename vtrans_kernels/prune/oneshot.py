@@ -2,7 +2,6 @@
 same fraction of every structure (the FFN's fraction adjusted to land on the target). The comparison point every method should beat."""
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -12,6 +11,7 @@ from ..hf.adapters import adapter_for
 from ..hf.adapters.base import get_module
 from ..hf.plan import CompactionPlan
 from ..hf.slicing import weight_dims
+from ..masks.allocation import closest_fraction, kept_count
 from ..masks.mask_set import STRUCTURES
 from ..masks.size_model import SizeMeasure
 from .data import Batches
@@ -84,23 +84,13 @@ def oneshot_plan(model: nn.Module, batches: Batches, target_sparsity: float, *,
     scores = unit_scores(model, batches, calibration_steps)
 
     def counts(ratio, ffn_ratio):
-        keep = lambda n, s, r: max(1, math.ceil(r * n)) if s in structures else n  # noqa: E731
+        keep = lambda n, s, r: kept_count(n, r) if s in structures else n  # noqa: E731
         return (keep(spec.hidden_size, "hidden", ratio), [keep(u, "heads", ratio) for u in spec.units_per_layer],
                 [keep(f, "ffn", ffn_ratio) for f in spec.ffn_per_layer])
 
-    def closest(sparsity_at) -> float:
-        """The ratio whose sparsity (falling as the ratio grows) is closest to the target."""
-        low, high = 0.0, 1.0
-        for _ in range(40):
-            mid = (low + high) / 2
-            if sparsity_at(mid) > target_sparsity:
-                low = mid
-            else:
-                high = mid
-        return min((low, high), key=lambda r: abs(sparsity_at(r) - target_sparsity))
-
-    ratio = closest(lambda r: measure.sparsity(*counts(r, r)))
-    ffn_ratio = closest(lambda f: measure.sparsity(*counts(ratio, f))) if "ffn" in structures else ratio
+    ratio = closest_fraction(lambda r: measure.sparsity(*counts(r, r)), target_sparsity)
+    ffn_ratio = closest_fraction(lambda f: measure.sparsity(*counts(ratio, f)), target_sparsity) \
+        if "ffn" in structures else ratio
     hidden, heads, ffn = counts(ratio, ffn_ratio)
     top = lambda score, k: sorted(torch.topk(score, k).indices.tolist())  # noqa: E731
     return CompactionPlan(

@@ -2,6 +2,7 @@
 and one place where the flags become :class:`PruneConfig` fields."""
 import argparse
 
+from ..masks.allocation import ALLOCATIONS
 from .config import (COMPACT_SOURCES, MASK_STARTS, QUENCH_GRADIENTS, VARIANTS, PruneConfig, compaction_settings,
                      vib_mask_init)
 
@@ -33,6 +34,15 @@ def add_schedule_options(parser: argparse.ArgumentParser) -> None:
                         "for removed units; PruneConfig.quench_gradient)")
 
 
+def add_allocation_option(parser: argparse.ArgumentParser) -> None:
+    """The --allocation flag (``PruneConfig.allocation``)."""
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default=PruneConfig.allocation,
+                        help="how the target is shared among the pruned units: 'scores' (one threshold on the masks' "
+                             "scores), 'structure' (the same fraction of heads, of neurons and of hidden dims) or "
+                             "'layer' (that fraction of every layer's heads and neurons, as the one-shot baseline); "
+                             "default %(default)s")
+
+
 def add_mask_options(parser: argparse.ArgumentParser) -> None:
     """Add the mask-training flags with ``vtrans prune``'s defaults. A recipe that runs other settings by default
     changes them with ``parser.set_defaults`` after this call; the help shows the defaults in force."""
@@ -47,6 +57,7 @@ def add_mask_options(parser: argparse.ArgumentParser) -> None:
                    help="VIB initial log sigma^2 (default -1: near the decision boundary, so a few "
                         "hundred steps reach the target)")
     add_schedule_options(p)
+    add_allocation_option(p)
     p.add_argument("--hidden-distill", choices=("mse", "relative"), default=PruneConfig.hidden_distill,
                    help="hidden-state distillation: plain MSE, or MSE relative to the teacher's power per layer "
                         "(for LLaMA-style residual streams, whose plain MSE drowns the size target; default "
@@ -69,5 +80,5 @@ def mask_config(args: argparse.Namespace) -> dict:
                 mask_lr=args.mask_lr, mask_init=vib_mask_init(args.method, args.log_sigma2_init),
                 mask_start=args.mask_start, settle_fraction=args.settle_fraction,
                 quench_fraction=args.quench_fraction, quench_gradient=args.quench_gradient,
-                hidden_distill=args.hidden_distill,
+                hidden_distill=args.hidden_distill, allocation=args.allocation,
                 **compaction_settings(args.no_fold_scales, args.compact_from, comma_list(args.rank_by_calibration)))

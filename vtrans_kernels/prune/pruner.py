@@ -207,7 +207,7 @@ class Pruner:
         self.step += 1
         if self.step > self.config.steps - self.config.settle_steps:
             self.unheld_sparsity = self.masks.sparsity(self.measure)
-            self.masks.hold(self.measure, self.lagrangian.target_at(self.step))
+            self.masks.hold(self.measure, self.lagrangian.target_at(self.step), self.config.allocation)
         self._quench()
 
     def _quench(self) -> None:
@@ -289,7 +289,8 @@ class Pruner:
         ``config.rank_by_calibration`` the named structures keep the masks' count per layer, filled with the
         units the calibration scores (:meth:`score_units`) rank highest."""
         target = self.config.target_sparsity if target_sparsity is None else target_sparsity
-        plan = self.masks.plan(target, self.measure, uniform=self.config.uniform, round_to=self.config.round_to)
+        plan = self.masks.plan(target, self.measure, uniform=self.config.uniform, round_to=self.config.round_to,
+                               allocation=self.config.allocation)
         if self.config.rank_by_calibration:
             if self.calibration_scores is None:
                 raise ValueError("rank_by_calibration: the pruner has no calibration scores; call "
