@@ -398,13 +398,16 @@ def test_heads_ffn_figure_draws_each_schedule_once(tmp_path):
                      row("vtrans", sparsity, seed, 0.99, "0.5", "0.5", "straight_through",
                          finetune_lrs="5e-05 0.0001 0.0002 0.0004"),
                      dict(row("oneshot", sparsity, seed, 0.99, settle=""), structures=""),
+                     row("vtrans", sparsity, seed, 0.99, "0.5", "0.5", "straight_through", allocation="layer"),
                      row("vtrans", sparsity, seed, base + 0.02, "0.5", "0.5", "straight_through"),
+                     row("vtrans", sparsity, seed, base + 0.03, "0.5", "0.5", "straight_through",
+                         allocation="structure"),
                      row("vtrans", sparsity, seed, base), row("hard_concrete", sparsity, seed, base + 0.01),
                      row("oneshot", sparsity, seed, base - 0.01, settle="")]
     drawn = _drawn(figures.heads_ffn_figure(rows, "sentiment"))
     labels = [figures.HEADS_FFN_SERIES[key][0] for key in figures.HEADS_FFN_SERIES]
     assert list(drawn) == labels
-    expected = {labels[0]: 0.02, labels[1]: 0.0, labels[2]: 0.01, labels[3]: -0.01}
+    expected = {labels[0]: 0.02, labels[1]: 0.03, labels[2]: 0.0, labels[3]: 0.01, labels[4]: -0.01}
     for label, offset in expected.items():
         assert drawn[label] == pytest.approx([0.755 + offset, 0.735 + offset], abs=1e-9)
     assert tmp_path / "encoder_sentiment_heads_ffn.png" in figures.encoder_figures(rows, tmp_path)

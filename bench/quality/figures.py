@@ -323,13 +323,16 @@ def _catalogued_series(rows: list[dict], catalogue: dict, columns: tuple[str, ..
 
 
 # --- Encoder, every hidden dim kept (findings.md, "A straight-through quench") ---
-# One series per (method, settling fraction, quench fraction, quench gradient, allocation) as the CSV holds them: VTrans at the
-# default schedule of the variants that train weights and at the earlier default, hard-concrete at the schedule
-# its 3-seed cells ran, one-shot (no masks). Masks from their initialisation (VIB log σ² -1), scales folded, the
+# One series per (method, settling fraction, quench fraction, quench gradient, allocation) as the CSV holds them:
+# VTrans at the default schedule of the variants that train weights (with the default allocation, and with the
+# same fraction of heads and of neurons), at the earlier default, hard-concrete at the schedule its 3-seed cells
+# ran, one-shot (no masks). Masks from their initialisation (VIB log σ² -1), scales folded, the
 # weights the masks trained, the searched fine-tune grid, the study budget.
 HEADS_FFN_SERIES = {
     ("vtrans", "0.5", "0.5", "straight_through", ""): ("VTrans, default schedule (last half held, no gate noise)",
                                                        "C0"),
+    ("vtrans", "0.5", "0.5", "straight_through", "structure"): (
+        "VTrans, default schedule, the same fraction\nof heads and of neurons (allocation='structure')", "C4"),
     ("vtrans", "0.2", "", "", ""): ("VTrans, earlier default (last 20% held, gate noise to the end)", "C9"),
     ("hard_concrete", "0.2", "", "", ""): ("hard-concrete (last 20% held)", COLORS["hard_concrete"]),
     ("oneshot", "", "", "", ""): (ONESHOT, COLORS["oneshot"]),

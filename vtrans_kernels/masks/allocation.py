@@ -15,6 +15,7 @@ ALLOCATIONS = ("scores", "structure", "layer")
 
 
 def check_allocation(allocation: str) -> str:
+    """``allocation`` itself if it is one of :data:`ALLOCATIONS`, else a ValueError naming the choices."""
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation: expected one of {ALLOCATIONS}, got {allocation!r}")
     return allocation

@@ -208,6 +208,7 @@ class MaskSet(nn.Module):
         ends with a few steps of training under this projection, so the masks' own decision is on the target and
         the last steps train the model the final plan makes."""
         decision = self.decide(measure, target_sparsity, tolerance=0.0, allocation=allocation)
+
         def keep_of(structure: str, layer: int | None) -> torch.Tensor:
             return decision.hidden if layer is None else getattr(decision, structure)[layer]
 
