@@ -32,7 +32,8 @@ def test_defaults_are_vtrans_prunes_and_pruneconfigs():
     config = PruneConfig(**mask_config(parsed([])))
     reference = PruneConfig()
     for name in ("method", "variant", "structures", "mask_lr", "mask_start", "settle_fraction", "quench_fraction",
-                 "quench_gradient", "hidden_distill", "fold_scales", "compact_from", "rank_by_calibration", "allocation"):
+                 "quench_gradient", "hidden_distill", "fold_scales", "compact_from", "rank_by_calibration",
+                 "allocation"):
         assert getattr(config, name) == getattr(reference, name), name
 
 

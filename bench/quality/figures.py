@@ -124,8 +124,8 @@ def _settled_series(rows: list[dict], room: int, value: str = "test_after",
                     methods: dict = ENCODER_METHODS) -> list[Series]:
     """Rows of the newer objective (``mask_start`` set: masks that may start from the one-shot plan and settle on
     the target), one series per method, start, settling fraction, VIB init, size count, ramp, quench (and its
-    gradient) and allocation, drawing column ``value`` and labelled by ``methods``; when there are more than ``room``, the ones
-    measured at the most sparsities are drawn (the rest are in summary.md)."""
+    gradient) and allocation, drawing column ``value`` and labelled by ``methods``; when there are more than
+    ``room``, the ones measured at the most sparsities are drawn (the rest are in summary.md)."""
     groups = defaultdict(list)
     for row in rows:
         if row.get("mask_start"):
