@@ -164,12 +164,13 @@ class MaskSet(nn.Module):
         of each structure's (or each layer's) units, ranked by the scores, whatever the masks' own decision. A
         measure with its own ``decide`` (a latency table, which admits only the widths it shows are fast) makes
         the decision instead."""
+        shared_fraction = check_allocation(allocation) != "scores"
         if hasattr(measure, "decide"):
-            if check_allocation(allocation) != "scores":
+            if shared_fraction:
                 raise ValueError(f"allocation: {allocation!r} needs a size measure; a latency table chooses the "
                                  "widths itself (use 'scores')")
             return measure.decide(self, target_sparsity, tolerance)
-        if check_allocation(allocation) != "scores" and target_sparsity is not None:
+        if shared_fraction and target_sparsity is not None:
             return self._shared_fraction_decision(measure, target_sparsity, allocation)
         decision = self.decision()
         if target_sparsity is None or abs(measure.sparsity(*decision.counts(self.spec)) - target_sparsity) \
