@@ -374,9 +374,10 @@ def test_headline_figures_one_series_per_method_legend_outside(tmp_path):
 
 
 def test_heads_ffn_figure_draws_each_schedule_once(tmp_path):
-    """The every-hidden-dim-kept figure: VTrans at the default and the earlier schedule, hard-concrete and one-shot,
-    means over seeds; the same methods at other settings (another schedule, the original weights, another lr grid,
-    all structures pruned) score higher on purpose and are not drawn."""
+    """The every-hidden-dim-kept figure: VTrans at the default schedule (each allocation drawn, and "structure" on
+    the original weights), hard-concrete and one-shot, means over seeds; the same methods at other settings
+    (another schedule, the original weights of another allocation, another lr grid, all structures pruned, "layer")
+    score higher on purpose and are not drawn."""
     import figures
 
     def row(method, sparsity, seed, acc, settle="0.2", quench="", gradient="", **extra):
@@ -395,6 +396,8 @@ def test_heads_ffn_figure_draws_each_schedule_once(tmp_path):
             # the decoys first: a series keeps the first row of a seed, so one let through would show
             rows += [row("hard_concrete", sparsity, seed, 0.99, "0.5", "0.5", "straight_through"),
                      row("vtrans", sparsity, seed, 0.99, compact_from="original"),
+                     row("vtrans", sparsity, seed, 0.99, "0.5", "0.5", "straight_through", compact_from="original",
+                         fold_scales="False"),
                      row("vtrans", sparsity, seed, 0.99, "0.5", "0.5", "straight_through",
                          finetune_lrs="5e-05 0.0001 0.0002 0.0004"),
                      dict(row("oneshot", sparsity, seed, 0.99, settle=""), structures=""),
@@ -402,12 +405,15 @@ def test_heads_ffn_figure_draws_each_schedule_once(tmp_path):
                      row("vtrans", sparsity, seed, base + 0.02, "0.5", "0.5", "straight_through"),
                      row("vtrans", sparsity, seed, base + 0.03, "0.5", "0.5", "straight_through",
                          allocation="structure"),
-                     row("vtrans", sparsity, seed, base), row("hard_concrete", sparsity, seed, base + 0.01),
+                     row("vtrans", sparsity, seed, 0.99),
+                     row("vtrans", sparsity, seed, base + 0.04, "0.5", "0.5", "straight_through",
+                         allocation="structure", compact_from="original", fold_scales="False"),
+                     row("hard_concrete", sparsity, seed, base + 0.01),
                      row("oneshot", sparsity, seed, base - 0.01, settle="")]
     drawn = _drawn(figures.heads_ffn_figure(rows, "sentiment"))
     labels = [figures.HEADS_FFN_SERIES[key][0] for key in figures.HEADS_FFN_SERIES]
     assert list(drawn) == labels
-    expected = {labels[0]: 0.02, labels[1]: 0.03, labels[2]: 0.0, labels[3]: 0.01, labels[4]: -0.01}
+    expected = {labels[0]: 0.02, labels[1]: 0.03, labels[2]: 0.04, labels[3]: 0.01, labels[4]: -0.01}
     for label, offset in expected.items():
         assert drawn[label] == pytest.approx([0.755 + offset, 0.735 + offset], abs=1e-9)
     assert tmp_path / "encoder_sentiment_heads_ffn.png" in figures.encoder_figures(rows, tmp_path)

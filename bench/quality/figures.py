@@ -322,20 +322,21 @@ def _catalogued_series(rows: list[dict], catalogue: dict, columns: tuple[str, ..
     return [series[key] for key in catalogue if key in series]
 
 
-# --- Encoder, every hidden dim kept (findings.md, "A straight-through quench") ---
-# One series per (method, settling fraction, quench fraction, quench gradient, allocation) as the CSV holds them:
-# VTrans at the default schedule of the variants that train weights (with the default allocation, and with the
-# same fraction of heads and of neurons), at the earlier default, hard-concrete at the schedule its 3-seed cells
-# ran, one-shot (no masks). Masks from their initialisation (VIB log σ² -1), scales folded, the
-# weights the masks trained, the searched fine-tune grid, the study budget.
+# --- Encoder, every hidden dim kept (findings.md, "A straight-through quench" and the sections after it) ---
+# One series per (method, settling fraction, quench fraction, quench gradient, allocation, weights compacted) as the
+# CSV holds them: VTrans at the default schedule of the variants that train weights (with the default allocation;
+# with the same fraction of heads and of neurons; and that plan's units on the weights from before mask training,
+# the best 50% sentiment setting on dev), hard-concrete at the schedule its 3-seed cells ran, one-shot (no masks).
+# Masks from their initialisation (VIB log σ² -1), the searched fine-tune grid, the study budget.
 HEADS_FFN_SERIES = {
-    ("vtrans", "0.5", "0.5", "straight_through", ""): ("VTrans, default schedule (last half held, no gate noise)",
-                                                       "C0"),
-    ("vtrans", "0.5", "0.5", "straight_through", "structure"): (
+    ("vtrans", "0.5", "0.5", "straight_through", "", ""): (
+        "VTrans, default schedule (last half held, no gate noise)", "C0"),
+    ("vtrans", "0.5", "0.5", "straight_through", "structure", ""): (
         "VTrans, default schedule, the same fraction\nof heads and of neurons (allocation='structure')", "C4"),
-    ("vtrans", "0.2", "", "", ""): ("VTrans, earlier default (last 20% held, gate noise to the end)", "C9"),
-    ("hard_concrete", "0.2", "", "", ""): ("hard-concrete (last 20% held)", COLORS["hard_concrete"]),
-    ("oneshot", "", "", "", ""): (ONESHOT, COLORS["oneshot"]),
+    ("vtrans", "0.5", "0.5", "straight_through", "structure", "original"): (
+        "the same units on the weights from before\nmask training (compact_from='original')", "C9"),
+    ("hard_concrete", "0.2", "", "", "", ""): ("hard-concrete (last 20% held)", COLORS["hard_concrete"]),
+    ("oneshot", "", "", "", "", ""): (ONESHOT, COLORS["oneshot"]),
 }
 
 
@@ -343,12 +344,13 @@ def heads_ffn_series(rows: list[dict]) -> list[Series]:
     """The series of a task's every-hidden-dim-kept figure, in ``HEADS_FFN_SERIES`` order (those with rows)."""
     rows = _at_budget([r for r in rows if r.get("structures") == "heads ffn"
                        and r.get("finetune_lrs") == SEARCHED_LRS and not r.get("uniform")
-                       and r.get("mask_start", "") in ("", "init") and not r.get("compact_from")
+                       and r.get("mask_start", "") in ("", "init")
                        and not r.get("warmup_fraction") and not r.get("size_count")
                        and r.get("log_sigma2_init", "") in ("", str(DEFAULT_INIT))
-                       and r.get("fold_scales", "") in ("", "True")])
+                       # the original weights are compacted without the masks' scales
+                       and (r.get("fold_scales", "") in ("", "True") or r.get("compact_from") == "original")])
     return _catalogued_series(rows, HEADS_FFN_SERIES, ("method", "settle_fraction", "quench_fraction",
-                                                       "quench_gradient", "allocation"), "test_after")
+                                                       "quench_gradient", "allocation", "compact_from"), "test_after")
 
 
 def heads_ffn_figure(rows: list[dict], task: str):
