@@ -395,7 +395,7 @@ def test_heads_ffn_figure_draws_each_schedule_once(tmp_path):
             base = 0.8 - 0.1 * sparsity + 0.01 * seed
             # the decoys first: a series keeps the first row of a seed, so one let through would show
             rows += [row("hard_concrete", sparsity, seed, 0.99, "0.5", "0.5", "straight_through"),
-                     row("vtrans", sparsity, seed, 0.99, compact_from="original"),
+                     row("vtrans", sparsity, seed, 0.99), row("vtrans", sparsity, seed, 0.99, compact_from="original"),
                      row("vtrans", sparsity, seed, 0.99, "0.5", "0.5", "straight_through", compact_from="original",
                          fold_scales="False"),
                      row("vtrans", sparsity, seed, 0.99, "0.5", "0.5", "straight_through",
@@ -405,7 +405,6 @@ def test_heads_ffn_figure_draws_each_schedule_once(tmp_path):
                      row("vtrans", sparsity, seed, base + 0.02, "0.5", "0.5", "straight_through"),
                      row("vtrans", sparsity, seed, base + 0.03, "0.5", "0.5", "straight_through",
                          allocation="structure"),
-                     row("vtrans", sparsity, seed, 0.99),
                      row("vtrans", sparsity, seed, base + 0.04, "0.5", "0.5", "straight_through",
                          allocation="structure", compact_from="original", fold_scales="False"),
                      row("hard_concrete", sparsity, seed, base + 0.01),
